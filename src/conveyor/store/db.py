@@ -1,0 +1,476 @@
+"""The state store: releases, deployments with their events, and running instances.
+
+SQLAlchemy 2 over SQLite (the default, one file under the conveyor home) or PostgreSQL. The schema
+is owned by Alembic and brought to "head" by `Store.open()`. Every public method is one short
+transaction and returns frozen records, never ORM objects: the agent writes from one thread while
+CLI processes read the same database concurrently.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, delete, event, select, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+
+from conveyor.store.models import DeploymentRow, EventRow, InstanceRow, ReleaseRow
+
+KINDS = frozenset({"deploy", "rollback"})
+OUTCOMES = frozenset({"in_progress", "succeeded", "failed", "rolled_back", "aborted"})
+ROLES = frozenset({"starting", "active", "standby"})
+
+ALEMBIC_DIR = Path(__file__).resolve().parent / "alembic"
+# Serialises schema upgrades between processes on PostgreSQL (pg_advisory_xact_lock key).
+_PG_MIGRATION_LOCK = 0x636F6E76  # "conv"
+# How long SQLite waits for another process's write lock before failing, in milliseconds.
+SQLITE_BUSY_TIMEOUT_MS = 5000
+# Execution option telling the SQLite "begin" hook which BEGIN to emit.
+_BEGIN_OPTION = "conveyor_sqlite_begin"
+
+
+class StoreError(Exception):
+    """A user-facing state store error."""
+
+
+class DuplicateRelease(StoreError):
+    def __init__(self, app: str, version: str) -> None:
+        super().__init__(f"release {version} of {app} already exists")
+        self.app = app
+        self.version = version
+
+
+class UnknownDeployment(StoreError, LookupError):
+    def __init__(self, deployment_id: int) -> None:
+        super().__init__(f"no deployment with id {deployment_id}")
+        self.deployment_id = deployment_id
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    app: str
+    version: str
+    commit: str | None
+    digest: str
+    size: int  # bytes of the stored .tar.gz archive
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    deployment_id: int
+    at: datetime
+    state: str
+    reason: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    id: int
+    app: str
+    environment: str
+    version: str
+    kind: str
+    outcome: str
+    started_at: datetime
+    finished_at: datetime | None
+    reason: str
+    previous_version: str | None
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    app: str
+    environment: str
+    service: str
+    color: str
+    version: str
+    digest: str
+    role: str
+    pid: int | None
+    pgid: int | None
+    port: int | None
+    proc_start: int | None
+    started_at: datetime
+    standby_until: datetime | None
+    deployment_id: int | None
+
+
+def database_url(home: Path) -> str:
+    """`$CONVEYOR_DATABASE_URL`, or the SQLite file `home/state.db`."""
+    override = os.environ.get("CONVEYOR_DATABASE_URL")
+    if override:
+        return override
+    return f"sqlite:///{home / 'state.db'}"
+
+
+def normalize_url(url: str) -> URL:
+    """Parse `url`, pointing bare `postgresql://` (and `postgres://`) URLs at psycopg 3."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def redacted_url(url: str) -> str:
+    """`url` with its password masked, safe for logs and error messages."""
+    try:
+        return normalize_url(url).render_as_string(hide_password=True)
+    except Exception:
+        # An unparsable URL may still contain a secret: show only its scheme.
+        scheme = url.split(":", 1)[0] if ":" in url else "?"
+        return f"{scheme}://<unparsable url>"
+
+
+def _check_choice(what: str, value: str, allowed: frozenset[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"invalid {what} {value!r} (expected one of {', '.join(sorted(allowed))})")
+
+
+def _setup_sqlite(engine: Engine) -> None:
+    """WAL, a busy timeout, foreign keys, and real transactions on SQLite.
+
+    pysqlite's legacy transaction handling neither wraps DDL in transactions nor lets us choose
+    BEGIN IMMEDIATE; we turn it off and emit BEGIN ourselves (the recipe from SQLAlchemy's
+    SQLite dialect documentation). Writers use BEGIN IMMEDIATE so they queue on the busy
+    timeout instead of failing when a concurrent reader's snapshot blocks the lock upgrade.
+    """
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            # busy_timeout first: switching to WAL needs a lock another process may hold.
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(conn.get_execution_options().get(_BEGIN_OPTION, "BEGIN"))
+
+
+def _make_engine(url: URL) -> Engine:
+    if url.get_backend_name() == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:"):
+            # One shared connection, or each pooled connection would see its own empty database.
+            engine = create_engine(
+                url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+            )
+        else:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            # The pool hands a connection to one thread at a time, so sharing across threads is safe.
+            engine = create_engine(url, connect_args={"check_same_thread": False})
+        _setup_sqlite(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _upgrade(engine: Engine) -> None:
+    """Bring the schema to Alembic "head", one process at a time."""
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            # BEGIN IMMEDIATE takes the database write lock up front: a second process opening
+            # the same file waits here, then finds the schema already at head.
+            conn.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+        with conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+                )
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+
+def _release(row: ReleaseRow) -> ReleaseRecord:
+    return ReleaseRecord(
+        app=row.app,
+        version=row.version,
+        commit=row.commit,
+        digest=row.digest,
+        size=row.size,
+        created_at=row.created_at,
+    )
+
+
+def _deployment(row: DeploymentRow) -> DeploymentRecord:
+    return DeploymentRecord(
+        id=row.id,
+        app=row.app,
+        environment=row.environment,
+        version=row.version,
+        kind=row.kind,
+        outcome=row.outcome,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        reason=row.reason,
+        previous_version=row.previous_version,
+    )
+
+
+def _event(row: EventRow) -> EventRecord:
+    return EventRecord(
+        deployment_id=row.deployment_id,
+        at=row.at,
+        state=row.state,
+        reason=row.reason,
+        data=dict(row.data),
+    )
+
+
+def _instance(row: InstanceRow) -> InstanceRecord:
+    return InstanceRecord(
+        app=row.app,
+        environment=row.environment,
+        service=row.service,
+        color=row.color,
+        version=row.version,
+        digest=row.digest,
+        role=row.role,
+        pid=row.pid,
+        pgid=row.pgid,
+        port=row.port,
+        proc_start=row.proc_start,
+        started_at=row.started_at,
+        standby_until=row.standby_until,
+        deployment_id=row.deployment_id,
+    )
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        """Use `Store.open(url)`; this does not create or upgrade the schema."""
+        self._engine = engine
+        # Same pool, but transactions started through it take SQLite's write lock immediately.
+        self._writer = engine.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """Connect to `url` and create or upgrade the schema (idempotent)."""
+        engine = _make_engine(normalize_url(url))
+        try:
+            _upgrade(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine)
+
+    @property
+    def dialect(self) -> str:
+        """The SQLAlchemy dialect name: sqlite or postgresql."""
+        return self._engine.dialect.name
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with Session(self._writer, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    # releases
+
+    def add_release(self, rec: ReleaseRecord) -> None:
+        row = ReleaseRow(
+            app=rec.app,
+            version=rec.version,
+            commit=rec.commit,
+            digest=rec.digest,
+            size=rec.size,
+            created_at=rec.created_at,
+        )
+        try:
+            with self._write() as session:
+                session.add(row)
+        except IntegrityError as exc:
+            raise DuplicateRelease(rec.app, rec.version) from exc
+
+    def get_release(self, app: str, version: str) -> ReleaseRecord | None:
+        with self._read() as session:
+            row = session.scalars(
+                select(ReleaseRow).where(ReleaseRow.app == app, ReleaseRow.version == version)
+            ).one_or_none()
+            return _release(row) if row is not None else None
+
+    def list_releases(self, app: str) -> list[ReleaseRecord]:
+        """Newest first."""
+        with self._read() as session:
+            rows = session.scalars(
+                select(ReleaseRow)
+                .where(ReleaseRow.app == app)
+                .order_by(ReleaseRow.created_at.desc(), ReleaseRow.id.desc())
+            )
+            return [_release(row) for row in rows]
+
+    # deployments
+
+    def create_deployment(
+        self,
+        app: str,
+        environment: str,
+        version: str,
+        kind: str,
+        previous_version: str | None,
+        at: datetime,
+        reason: str = "",
+    ) -> int:
+        _check_choice("deployment kind", kind, KINDS)
+        row = DeploymentRow(
+            app=app,
+            environment=environment,
+            version=version,
+            kind=kind,
+            outcome="in_progress",
+            started_at=at,
+            finished_at=None,
+            reason=reason,
+            previous_version=previous_version,
+        )
+        with self._write() as session:
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def add_event(
+        self, deployment_id: int, state: str, reason: str, data: dict[str, Any], at: datetime
+    ) -> None:
+        with self._write() as session:
+            if session.get(DeploymentRow, deployment_id) is None:
+                raise UnknownDeployment(deployment_id)
+            session.add(
+                EventRow(deployment_id=deployment_id, at=at, state=state, reason=reason, data=data)
+            )
+
+    def finish_deployment(
+        self, deployment_id: int, outcome: str, reason: str, at: datetime
+    ) -> None:
+        _check_choice("outcome", outcome, OUTCOMES - {"in_progress"})
+        with self._write() as session:
+            row = session.get(DeploymentRow, deployment_id)
+            if row is None:
+                raise UnknownDeployment(deployment_id)
+            row.outcome = outcome
+            row.reason = reason
+            row.finished_at = at
+
+    def set_outcome(self, deployment_id: int, outcome: str, reason: str) -> None:
+        """Change the outcome of a finished deployment, e.g. a success later rolled back."""
+        _check_choice("outcome", outcome, OUTCOMES)
+        with self._write() as session:
+            row = session.get(DeploymentRow, deployment_id)
+            if row is None:
+                raise UnknownDeployment(deployment_id)
+            row.outcome = outcome
+            row.reason = reason
+
+    def get_deployment(self, deployment_id: int) -> DeploymentRecord | None:
+        with self._read() as session:
+            row = session.get(DeploymentRow, deployment_id)
+            return _deployment(row) if row is not None else None
+
+    def list_deployments(
+        self, app: str, environment: str, limit: int = 50
+    ) -> list[DeploymentRecord]:
+        """Newest first (by id: ids grow with creation, timestamps may tie)."""
+        with self._read() as session:
+            rows = session.scalars(
+                select(DeploymentRow)
+                .where(DeploymentRow.app == app, DeploymentRow.environment == environment)
+                .order_by(DeploymentRow.id.desc())
+                .limit(limit)
+            )
+            return [_deployment(row) for row in rows]
+
+    def events(self, deployment_id: int) -> list[EventRecord]:
+        """Oldest first."""
+        with self._read() as session:
+            rows = session.scalars(
+                select(EventRow)
+                .where(EventRow.deployment_id == deployment_id)
+                .order_by(EventRow.id.asc())
+            )
+            return [_event(row) for row in rows]
+
+    def in_progress(self, app: str, environment: str) -> DeploymentRecord | None:
+        """The newest unfinished deployment of app+environment, if any."""
+        with self._read() as session:
+            row = session.scalars(
+                select(DeploymentRow)
+                .where(
+                    DeploymentRow.app == app,
+                    DeploymentRow.environment == environment,
+                    DeploymentRow.outcome == "in_progress",
+                )
+                .order_by(DeploymentRow.id.desc())
+                .limit(1)
+            ).one_or_none()
+            return _deployment(row) if row is not None else None
+
+    # instances
+
+    def upsert_instance(self, rec: InstanceRecord) -> None:
+        """Insert or replace the instance keyed by (app, environment, service, color)."""
+        _check_choice("instance role", rec.role, ROLES)
+        with self._write() as session:
+            key = (rec.app, rec.environment, rec.service, rec.color)
+            row = session.get(InstanceRow, key)
+            if row is None:
+                row = InstanceRow(
+                    app=rec.app, environment=rec.environment, service=rec.service, color=rec.color
+                )
+                session.add(row)
+            row.version = rec.version
+            row.digest = rec.digest
+            row.role = rec.role
+            row.pid = rec.pid
+            row.pgid = rec.pgid
+            row.port = rec.port
+            row.proc_start = rec.proc_start
+            row.started_at = rec.started_at
+            row.standby_until = rec.standby_until
+            row.deployment_id = rec.deployment_id
+
+    def delete_instance(self, app: str, environment: str, service: str, color: str) -> None:
+        """Forget an instance; forgetting one that is not recorded is not an error."""
+        with self._write() as session:
+            session.execute(
+                delete(InstanceRow).where(
+                    InstanceRow.app == app,
+                    InstanceRow.environment == environment,
+                    InstanceRow.service == service,
+                    InstanceRow.color == color,
+                )
+            )
+
+    def instances(self, app: str, environment: str | None = None) -> list[InstanceRecord]:
+        """Ordered by environment, service, color."""
+        with self._read() as session:
+            query = select(InstanceRow).where(InstanceRow.app == app)
+            if environment is not None:
+                query = query.where(InstanceRow.environment == environment)
+            rows = session.scalars(
+                query.order_by(InstanceRow.environment, InstanceRow.service, InstanceRow.color)
+            )
+            return [_instance(row) for row in rows]

@@ -1,0 +1,126 @@
+"""ORM tables of the state store.
+
+These classes never leave `conveyor.store`: `Store` converts rows into frozen records so callers
+cannot lazily load, mutate or outlive a session by accident. The Alembic migrations in
+`store/alembic/versions/` must describe exactly these tables (a test compares them).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is timezone-aware UTC in Python on every backend.
+
+    PostgreSQL keeps the offset (timestamptz); SQLite stores text without one, so values are
+    converted to UTC before they are written and marked UTC again when they are read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            # A naive datetime is ambiguous (local time? UTC?): refuse it rather than guess.
+            raise ValueError(f"naive datetime {value.isoformat()} given to the store; use UTC")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ReleaseRow(Base):
+    __tablename__ = "releases"
+    __table_args__ = (
+        UniqueConstraint("app", "version", name="uq_releases_app_version"),
+        Index("ix_releases_app_created", "app", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    app: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(64))
+    commit: Mapped[str | None] = mapped_column(String(64))
+    digest: Mapped[str] = mapped_column(String(80))
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class DeploymentRow(Base):
+    __tablename__ = "deployments"
+    __table_args__ = (
+        # Serves list_deployments (newest first) and in_progress for one app+environment.
+        Index("ix_deployments_app_env_id", "app", "environment", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    app: Mapped[str] = mapped_column(String(200))
+    environment: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    reason: Mapped[str] = mapped_column(Text, default="")
+    previous_version: Mapped[str | None] = mapped_column(String(64))
+
+
+class EventRow(Base):
+    __tablename__ = "deployment_events"
+    __table_args__ = (Index("ix_deployment_events_deployment_id", "deployment_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("deployments.id", ondelete="CASCADE")
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    state: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class InstanceRow(Base):
+    __tablename__ = "instances"
+
+    app: Mapped[str] = mapped_column(String(200), primary_key=True)
+    environment: Mapped[str] = mapped_column(String(200), primary_key=True)
+    service: Mapped[str] = mapped_column(String(200), primary_key=True)
+    color: Mapped[str] = mapped_column(String(16), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[str] = mapped_column(String(80))
+    role: Mapped[str] = mapped_column(String(16))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    pgid: Mapped[int | None] = mapped_column(Integer)
+    port: Mapped[int | None] = mapped_column(Integer)
+    proc_start: Mapped[int | None] = mapped_column(BigInteger)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    standby_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    deployment_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("deployments.id", ondelete="SET NULL")
+    )
