@@ -1,0 +1,5 @@
+import sys
+
+from conveyor.agent.server import main
+
+sys.exit(main())

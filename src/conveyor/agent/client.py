@@ -1,0 +1,105 @@
+"""The CLI's side of the agent socket; starts the agent in the background when none runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from conveyor.paths import Paths
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+class AgentUnavailable(Exception):
+    pass
+
+
+class AgentClient:
+    def __init__(self, project_dir: Path, paths: Paths) -> None:
+        self.project_dir = project_dir
+        self.paths = paths
+
+    def request(
+        self, req: dict[str, Any], on_progress: Progress | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Send one request; feed progress lines to `on_progress`; return the result line."""
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(5.0)
+            sock.connect(str(self.paths.agent_socket))
+        except OSError as exc:
+            raise AgentUnavailable(str(exc)) from exc
+        with sock:
+            sock.sendall(json.dumps(req).encode() + b"\n")
+            sock.settimeout(timeout)
+            with sock.makefile("rb") as stream:
+                for line in stream:
+                    msg = json.loads(line)
+                    if msg.get("type") == "result":
+                        return dict(msg)
+                    if on_progress is not None:
+                        on_progress(msg)
+        raise AgentUnavailable("the agent closed the connection without an answer")
+
+    def ping(self) -> dict[str, Any] | None:
+        try:
+            result = self.request({"op": "ping"}, timeout=5.0)
+        except (AgentUnavailable, OSError, ValueError):
+            return None
+        return dict(result.get("data") or {})
+
+    def ensure(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Return the running agent's ping answer, starting the agent first if needed."""
+        info = self.ping()
+        if info is not None:
+            return info
+        self.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.ping()
+            if info is not None:
+                return info
+            time.sleep(0.05)
+        raise AgentUnavailable(
+            f"the agent did not answer within {timeout:g}s; see {self.paths.agent_log}"
+        )
+
+    def start(self) -> int:
+        self.paths.ensure()
+        with open(self.paths.agent_log, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "conveyor.agent", "--project", str(self.project_dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=self.project_dir,
+                start_new_session=True,  # the agent outlives this CLI call
+                env=os.environ.copy(),
+            )
+        return proc.pid
+
+    def stop(self, keep_running: bool, timeout: float = 60.0) -> bool:
+        """Ask the agent to stop and wait until it is gone. False if it was not running."""
+        try:
+            self.request({"op": "stop", "keep_running": keep_running}, timeout=10.0)
+        except (AgentUnavailable, OSError):
+            return False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.paths.agent_socket.exists() and self.ping() is None:
+                return True
+            time.sleep(0.05)
+        raise AgentUnavailable(f"the agent did not stop within {timeout:g}s")
+
+    def info(self) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads((self.paths.home / "agent.json").read_text()))
+        except (OSError, ValueError):
+            return None

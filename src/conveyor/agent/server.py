@@ -1,0 +1,185 @@
+"""The long-running agent: one per project. It owns the rollout engine and the process supervisor.
+
+The CLI talks to it over a unix socket (mode 0600, in `.conveyor/`): one JSON request per line, answered
+by zero or more `{"type": "progress"}` lines and one `{"type": "result"}` line. Services and the proxy run
+in their own sessions, so they keep serving when the agent dies; a new agent adopts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from conveyor import __version__
+from conveyor.agent.metrics import AdminServer
+from conveyor.engine.engine import Engine, Outcome
+from conveyor.engine.errors import EngineError
+from conveyor.paths import Paths
+from conveyor.store.db import Store, database_url
+
+log = logging.getLogger("conveyor.agent")
+
+SUPERVISE_EVERY = 0.5
+
+
+class Agent:
+    def __init__(self, project_dir: Path, paths: Paths) -> None:
+        self.project_dir = project_dir
+        self.paths = paths
+        self.store = Store.open(database_url(paths.home))
+        self.engine = Engine(project_dir, paths, self.store)
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+        self._keep_running = True
+        self.admin: AdminServer | None = None
+
+    async def run(self) -> None:
+        notes = await self.engine.recover()
+        for note in notes:
+            log.info("%s", note)
+        sock = self.paths.agent_socket
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        server = await asyncio.start_unix_server(self._serve, path=str(sock), limit=2**20)
+        os.chmod(sock, 0o600)
+        admin_host, admin_port = self._admin_address()
+        self.admin = AdminServer(self.engine, admin_host, admin_port)
+        await self.admin.start()
+        self._write_info()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        supervisor = asyncio.create_task(self._supervise())
+        log.info("agent %s ready for %s (admin http://%s:%d)", os.getpid(), self.project_dir, admin_host, self.admin.port)
+        await self._stop.wait()
+        supervisor.cancel()
+        server.close()
+        await self.admin.stop()
+        await self.engine.shutdown(self._keep_running)
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.paths.home / "agent.json").unlink()
+        self.store.close()
+        log.info("agent stopped (services %s)", "left running" if self._keep_running else "stopped")
+
+    def _admin_address(self) -> tuple[str, int]:
+        try:
+            cfg = self.engine.config()
+            return cfg.agent.admin_host, cfg.agent.admin_port
+        except EngineError:
+            return "127.0.0.1", 0
+
+    def _write_info(self) -> None:
+        assert self.admin is not None
+        info = {
+            "pid": os.getpid(),
+            "version": __version__,
+            "started_at": self.started_at,
+            "admin": f"http://{self.admin.host}:{self.admin.port}",
+            "project": str(self.project_dir),
+        }
+        (self.paths.home / "agent.json").write_text(json.dumps(info))
+
+    async def _supervise(self) -> None:
+        while True:
+            await asyncio.sleep(SUPERVISE_EVERY)
+            try:
+                for note in await self.engine.supervise_once():
+                    log.info("%s", note)
+            except Exception:  # the supervisor must outlive any one bad pass
+                log.exception("supervisor pass failed")
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            if not line:
+                return
+            request = json.loads(line)
+
+            def emit(event: dict[str, Any]) -> None:
+                # A client that went away (Ctrl-C) must not stop the deployment.
+                with contextlib.suppress(Exception):
+                    writer.write(json.dumps({"type": "progress", **event}).encode() + b"\n")
+
+            result = await self._handle(request, emit)
+        except EngineError as exc:
+            result = {"ok": False, "exit": exc.exit_code, "error": str(exc)}
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            result = {"ok": False, "exit": 2, "error": f"bad request: {exc}"}
+        except Exception as exc:
+            log.exception("request failed")
+            result = {"ok": False, "exit": 1, "error": f"internal error: {exc}"}
+        with contextlib.suppress(Exception):
+            writer.write(json.dumps({"type": "result", **result}).encode() + b"\n")
+            await writer.drain()
+            writer.close()
+
+    async def _handle(self, req: dict[str, Any], emit: Any) -> dict[str, Any]:
+        op = req["op"]
+        if op == "ping":
+            return {"ok": True, "exit": 0, "data": {"pid": os.getpid(), "version": __version__}}
+        if op == "deploy":
+            return _outcome(await self.engine.deploy(req["env"], req["version"], emit))
+        if op == "rollback":
+            return _outcome(await self.engine.rollback(req["env"], emit))
+        if op == "status":
+            return {"ok": True, "exit": 0, "data": await self.engine.status(req["env"])}
+        if op == "stop":
+            self._keep_running = bool(req.get("keep_running", False))
+            self._stop.set()
+            return {"ok": True, "exit": 0, "data": {"keep_running": self._keep_running}}
+        return {"ok": False, "exit": 2, "error": f"unknown operation {op!r}"}
+
+
+def _outcome(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "ok": outcome.exit_code == 0,
+        "exit": outcome.exit_code,
+        "data": outcome.to_json(),
+        "error": None if outcome.exit_code == 0 else outcome.reason,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="conveyor-agent")
+    parser.add_argument("--project", type=Path, required=True)
+    args = parser.parse_args(argv)
+    project = args.project.resolve()
+    paths = Paths.for_project(project)
+    paths.ensure()
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    # One agent per project: a second one would fight the first over processes and routes.
+    lock = open(paths.home / "agent.lock", "w")  # noqa: SIM115 - held for the process lifetime
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("another conveyor agent is already running for this project", file=sys.stderr)
+        return 1
+    paths.agent_pidfile.write_text(str(os.getpid()))
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        pass
+    agent = Agent(project, paths)
+    asyncio.run(agent.run())
+    with contextlib.suppress(FileNotFoundError):
+        paths.agent_pidfile.unlink()
+    return 0
