@@ -1,0 +1,357 @@
+"""The state store against real SQLite files and the real PostgreSQL server on 127.0.0.1:5432."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import psycopg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from psycopg import sql
+from sqlalchemy import create_engine, text
+
+from conveyor.store import (
+    DeploymentRecord,
+    DuplicateRelease,
+    InstanceRecord,
+    ReleaseRecord,
+    Store,
+    UnknownDeployment,
+    database_url,
+    redacted_url,
+)
+from conveyor.store.db import normalize_url
+from conveyor.store.models import Base
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+VERSION_TABLE = "conveyor_alembic_version"
+T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def _pg_unavailable(reason: str) -> None:
+    # In CI the server is part of the environment: its absence is a failure, not a skip.
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session (one per xdist worker), dropped at the end."""
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        _pg_unavailable(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
+    name = f"conveyor_test_{secrets.token_hex(6)}"
+    admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.close()
+
+
+def _reset_pg(url: str) -> None:
+    """Empty the database completely, so each test starts from a schema-less database."""
+    dbname = url.rsplit("/", 1)[1]
+    with psycopg.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={dbname}") as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/home/state.db"
+        return
+    pg_url: str = request.getfixturevalue("pg_database")
+    _reset_pg(pg_url)
+    yield pg_url
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[Store]:
+    opened = Store.open(url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def _release(version: str, at: datetime, app: str = "shop") -> ReleaseRecord:
+    return ReleaseRecord(
+        app=app,
+        version=version,
+        commit="a" * 40,
+        digest=f"sha256-{version}",
+        size=42,
+        created_at=at,
+    )
+
+
+def _instance(color: str, environment: str = "dev", **changes: object) -> InstanceRecord:
+    fields: dict[str, object] = {
+        "app": "shop",
+        "environment": environment,
+        "service": "web",
+        "color": color,
+        "version": "v1",
+        "digest": "sha256-v1",
+        "role": "active",
+        "pid": 1234,
+        "pgid": 1234,
+        "port": 41000,
+        "proc_start": 987654321012,
+        "started_at": T0,
+        "standby_until": None,
+        "deployment_id": None,
+    }
+    fields.update(changes)
+    return InstanceRecord(**fields)  # type: ignore[arg-type]
+
+
+# schema
+
+
+def _schema_version(url: str) -> list[str]:
+    engine = create_engine(normalize_url(url))
+    try:
+        with engine.connect() as conn:
+            return [
+                row[0] for row in conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))
+            ]
+    finally:
+        engine.dispose()
+
+
+def test_open_is_idempotent_and_keeps_data(url: str) -> None:
+    first = Store.open(url)
+    first.add_release(_release("v1", T0))
+    first.close()
+    second = Store.open(url)
+    try:
+        assert [r.version for r in second.list_releases("shop")] == ["v1"]
+    finally:
+        second.close()
+    assert _schema_version(url) == ["0001"]
+
+
+def test_migrations_match_the_orm_models(store: Store, url: str) -> None:
+    engine = create_engine(normalize_url(url))
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"version_table": VERSION_TABLE, "compare_type": True}
+            )
+            assert compare_metadata(context, Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_first_open_from_several_processes(url: str) -> None:
+    # Each process migrates an empty database at the same moment: exactly one creates the
+    # schema, the others must wait for it and find it at head.
+    script = "import sys; from conveyor.store import Store; Store.open(sys.argv[1]).close()"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(3)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+    assert _schema_version(url) == ["0001"]
+
+
+# releases
+
+
+def test_release_round_trip_and_order(store: Store) -> None:
+    store.add_release(_release("v1", T0))
+    store.add_release(_release("v3", T0 + timedelta(minutes=2)))
+    store.add_release(_release("v2", T0 + timedelta(minutes=1)))
+    store.add_release(_release("other", T0, app="blog"))
+
+    assert store.get_release("shop", "v1") == _release("v1", T0)
+    assert store.get_release("shop", "nope") is None
+    assert store.get_release("blog", "v1") is None
+    assert [r.version for r in store.list_releases("shop")] == ["v3", "v2", "v1"]
+    assert [r.version for r in store.list_releases("blog")] == ["other"]
+    assert store.list_releases("none") == []
+
+
+def test_duplicate_release_is_refused(store: Store) -> None:
+    store.add_release(_release("v1", T0))
+    with pytest.raises(DuplicateRelease, match="v1"):
+        store.add_release(_release("v1", T0 + timedelta(seconds=1)))
+    # The same version of another app is a different release.
+    store.add_release(_release("v1", T0, app="blog"))
+    assert len(store.list_releases("shop")) == 1
+
+
+# time zones
+
+
+def test_datetimes_come_back_aware_utc(store: Store) -> None:
+    paris = timezone(timedelta(hours=2))
+    local = datetime(2024, 5, 1, 14, 0, 0, 500, tzinfo=paris)
+    store.add_release(_release("v1", local))
+    got = store.get_release("shop", "v1")
+    assert got is not None
+    assert got.created_at == local
+    assert got.created_at.tzinfo is UTC
+    assert got.created_at.hour == 12
+
+    dep = store.create_deployment("shop", "dev", "v1", "deploy", None, local)
+    store.add_event(dep, "starting", "", {}, local)
+    record = store.get_deployment(dep)
+    assert record is not None and record.started_at.tzinfo is UTC
+    assert store.events(dep)[0].at.tzinfo is UTC
+
+
+def test_naive_datetimes_are_refused(store: Store) -> None:
+    with pytest.raises(Exception, match="naive datetime"):
+        store.add_release(_release("v1", datetime(2024, 5, 1, 12, 0)))
+    assert store.list_releases("shop") == []
+
+
+# deployments
+
+
+def test_deployment_lifecycle(store: Store) -> None:
+    dep = store.create_deployment("shop", "dev", "v2", "deploy", "v1", T0, reason="by alice")
+    assert store.get_deployment(dep) == DeploymentRecord(
+        id=dep,
+        app="shop",
+        environment="dev",
+        version="v2",
+        kind="deploy",
+        outcome="in_progress",
+        started_at=T0,
+        finished_at=None,
+        reason="by alice",
+        previous_version="v1",
+    )
+    assert store.in_progress("shop", "dev") == store.get_deployment(dep)
+    assert store.in_progress("shop", "prod") is None
+
+    store.add_event(dep, "starting", "start green", {"color": "green", "port": 41001}, T0)
+    later = T0 + timedelta(seconds=3)
+    store.add_event(dep, "healthy", "2 checks passed", {"checks": [1, 2], "ok": True}, later)
+    events = store.events(dep)
+    assert [(e.state, e.reason, e.data) for e in events] == [
+        ("starting", "start green", {"color": "green", "port": 41001}),
+        ("healthy", "2 checks passed", {"checks": [1, 2], "ok": True}),
+    ]
+    assert [e.at for e in events] == [T0, later]
+    assert all(e.deployment_id == dep for e in events)
+
+    done = T0 + timedelta(seconds=5)
+    store.finish_deployment(dep, "succeeded", "green is live", done)
+    finished = store.get_deployment(dep)
+    assert finished is not None
+    assert (finished.outcome, finished.reason, finished.finished_at) == (
+        "succeeded",
+        "green is live",
+        done,
+    )
+    assert store.in_progress("shop", "dev") is None
+
+    store.set_outcome(dep, "rolled_back", "rolled back to v1")
+    rolled = store.get_deployment(dep)
+    assert rolled is not None
+    assert (rolled.outcome, rolled.reason, rolled.finished_at) == (
+        "rolled_back",
+        "rolled back to v1",
+        done,
+    )
+
+
+def test_list_deployments_newest_first_with_limit(store: Store) -> None:
+    ids = [
+        store.create_deployment("shop", "dev", f"v{i}", "deploy", None, T0 + timedelta(seconds=i))
+        for i in range(5)
+    ]
+    store.create_deployment("shop", "prod", "v9", "rollback", "v8", T0)
+    store.create_deployment("blog", "dev", "v9", "deploy", None, T0)
+    assert [d.id for d in store.list_deployments("shop", "dev")] == ids[::-1]
+    assert [d.id for d in store.list_deployments("shop", "dev", limit=2)] == ids[:2:-1]
+    assert [d.kind for d in store.list_deployments("shop", "prod")] == ["rollback"]
+    assert store.list_deployments("shop", "staging") == []
+    # Several unfinished ones (e.g. after a crash): the newest is reported.
+    assert store.in_progress("shop", "dev") == store.get_deployment(ids[-1])
+
+
+def test_unknown_deployment_and_bad_values(store: Store) -> None:
+    assert store.get_deployment(999) is None
+    assert store.events(999) == []
+    with pytest.raises(UnknownDeployment):
+        store.add_event(999, "starting", "", {}, T0)
+    with pytest.raises(UnknownDeployment):
+        store.finish_deployment(999, "failed", "", T0)
+    with pytest.raises(UnknownDeployment):
+        store.set_outcome(999, "failed", "")
+    with pytest.raises(ValueError, match="kind"):
+        store.create_deployment("shop", "dev", "v1", "upgrade", None, T0)
+    dep = store.create_deployment("shop", "dev", "v1", "deploy", None, T0)
+    with pytest.raises(ValueError, match="outcome"):
+        store.finish_deployment(dep, "great", "", T0)
+    with pytest.raises(ValueError, match="outcome"):
+        store.finish_deployment(dep, "in_progress", "", T0)
+
+
+# instances
+
+
+def test_instances_upsert_list_delete(store: Store) -> None:
+    dep = store.create_deployment("shop", "dev", "v1", "deploy", None, T0)
+    blue = _instance("blue", deployment_id=dep)
+    green = _instance("green", role="standby", standby_until=T0 + timedelta(minutes=10))
+    prod = _instance("blue", environment="prod", pid=None, pgid=None, port=None, proc_start=None)
+    for rec in (green, prod, blue):
+        store.upsert_instance(rec)
+    store.upsert_instance(_instance("blue", app="blog"))
+
+    assert store.instances("shop") == [blue, green, prod]
+    assert store.instances("shop", "dev") == [blue, green]
+    assert store.instances("shop", "staging") == []
+
+    replaced = _instance("blue", version="v2", digest="sha256-v2", pid=99, role="starting")
+    store.upsert_instance(replaced)
+    assert store.instances("shop", "dev") == [replaced, green]
+
+    store.delete_instance("shop", "dev", "web", "green")
+    store.delete_instance("shop", "dev", "web", "green")  # already gone: no error
+    assert store.instances("shop", "dev") == [replaced]
+    assert len(store.instances("blog")) == 1
+
+    with pytest.raises(ValueError, match="role"):
+        store.upsert_instance(_instance("blue", role="retired"))
+
+
+# urls
+
+
+def test_database_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("CONVEYOR_DATABASE_URL", raising=False)
+    assert database_url(tmp_path) == f"sqlite:///{tmp_path}/state.db"
+    monkeypatch.setenv("CONVEYOR_DATABASE_URL", "postgresql://u:p@db/conveyor")
+    assert database_url(tmp_path) == "postgresql://u:p@db/conveyor"
+
+
+def test_urls_are_normalised_and_redacted() -> None:
+    assert normalize_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
+    assert normalize_url("postgres://u@h/db").drivername == "postgresql+psycopg"
+    assert normalize_url("sqlite:///x.db").drivername == "sqlite"
+    shown = redacted_url("postgresql://alice:s3cret@db.internal:5432/conveyor")
+    assert "s3cret" not in shown
+    assert "alice" in shown and "db.internal" in shown
+    assert "s3cret" not in redacted_url("not a url s3cret")
