@@ -1,0 +1,382 @@
+"""LocalRuntime against real processes: start, health, stop, process groups, adoption."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import http.client
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor.health import probe_http
+from conveyor.runtimes import (
+    ColorSpec,
+    Instance,
+    LocalRuntime,
+    RuntimeStartError,
+    free_port,
+    read_proc_stat,
+    tail,
+)
+
+DEMOAPP = Path(__file__).resolve().parents[2] / "examples" / "demoapp"
+PY = shlex.quote(sys.executable)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        time.sleep(0.02)
+
+
+def wait_healthy(port: int, timeout: float = 15.0) -> None:
+    def healthy() -> bool:
+        ok, _ = asyncio.run(probe_http("127.0.0.1", port, "/healthz", 1.0))
+        return ok
+
+    wait_until(healthy, timeout, f"/healthz on port {port}")
+
+
+def gone(pid: int) -> bool:
+    """No such process, or only a zombie nobody has reaped yet."""
+    stat = read_proc_stat(pid)
+    return stat is None or stat.state in ("Z", "X")
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="cv", dir="/tmp"))
+    yield path
+    subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+@pytest.fixture
+def runtime() -> Iterator[LocalRuntime]:
+    rt = LocalRuntime()
+    started: list[Instance] = []
+    original = rt.start
+
+    def tracking_start(spec: ColorSpec) -> Instance:
+        inst = original(spec)
+        started.append(inst)
+        return inst
+
+    rt.start = tracking_start  # type: ignore[method-assign]
+    yield rt
+    # Never leave processes behind, whatever a test did.
+    for inst in started:
+        rt.stop_sync(inst, 0)
+
+
+def make_spec(
+    workdir: Path,
+    command: str,
+    *,
+    cwd: Path = DEMOAPP,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    color: str = "blue",
+) -> ColorSpec:
+    full_env = {"PATH": os.environ["PATH"]}
+    full_env.update(env or {})
+    return ColorSpec(
+        app="demo",
+        environment="test",
+        service="web",
+        color=color,
+        version="v1",
+        command=command,
+        cwd=cwd,
+        env=full_env,
+        port=port,
+        log_path=workdir / "logs" / "test" / "web" / f"{color}.log",
+    )
+
+
+def demo_spec(workdir: Path, port: int, **env: str) -> ColorSpec:
+    return make_spec(
+        workdir,
+        f"{PY} app.py --port {port}",
+        env={"PORT": str(port), **env},
+        port=port,
+    )
+
+
+def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def test_demo_app_lifecycle(runtime: LocalRuntime, workdir: Path) -> None:
+    port = free_port()
+    inst = runtime.start(demo_spec(workdir, port, DEMO_VERSION="v7"))
+
+    assert inst.pgid == inst.pid
+    assert inst.port == port
+    stat = read_proc_stat(inst.pid)
+    assert stat is not None and stat.start == inst.proc_start and stat.pgrp == inst.pid
+    # Its own session: the sid (field 6) is its own pid.
+    fields = Path(f"/proc/{inst.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    assert int(fields[3]) == inst.pid
+    assert runtime.alive(inst)
+    assert runtime.exit_detail(inst) == "running"
+
+    wait_healthy(port)
+    status, headers, body = get(port, "/")
+    assert status == 200
+    assert body == b"hello from v7\n"
+    assert headers["X-Demo-Version"] == "v7"
+
+    asyncio.run(runtime.stop(inst, grace=10))
+    assert not runtime.alive(inst)
+    assert runtime.exit_detail(inst) == "exited with code 0"
+    log = inst.log_path.read_text()
+    assert log.startswith("--- ")
+    assert " start web blue v1 port=" + str(port) + " ---" in log.splitlines()[0]
+    assert "got SIGTERM" in log
+
+
+def test_stop_kills_the_whole_process_group(runtime: LocalRuntime, workdir: Path) -> None:
+    port = free_port()
+    pidfile = workdir / "child.pid"
+    inner = f"sleep 1000 & echo $! > {pidfile}; exec {PY} app.py --port {port}"
+    inst = runtime.start(make_spec(workdir, f"sh -c {shlex.quote(inner)}", port=port))
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() != "", what="child pid")
+    child = int(pidfile.read_text())
+    child_stat = read_proc_stat(child)
+    assert child_stat is not None and child_stat.pgrp == inst.pgid
+    wait_healthy(port)
+
+    asyncio.run(runtime.stop(inst, grace=10))
+    assert runtime.exit_detail(inst) == "exited with code 0"
+    wait_until(lambda: gone(child), 5, "the grandchild to die")
+
+
+def test_stop_sweeps_group_members_that_ignore_sigterm(
+    runtime: LocalRuntime, workdir: Path
+) -> None:
+    pidfile = workdir / "child.pid"
+    # The helper ignores SIGTERM; the leader exits on it. The helper must not survive stop().
+    inner = (
+        f"sh -c \"trap '' TERM; exec sleep 1000\" & echo $! > {pidfile}; "
+        f"exec {PY} -c 'import time; print(\"up\", flush=True); time.sleep(1000)'"
+    )
+    inst = runtime.start(make_spec(workdir, f"sh -c {shlex.quote(inner)}"))
+    wait_until(lambda: "up" in inst.log_path.read_text(), what="leader to start")
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() != "", what="child pid")
+    child = int(pidfile.read_text())
+    # The trap must be in place before we signal, or the test proves nothing.
+    wait_until(
+        lambda: "sleep" in Path(f"/proc/{child}/cmdline").read_bytes().decode(),
+        what="helper to exec sleep",
+    )
+
+    asyncio.run(runtime.stop(inst, grace=10))
+    assert runtime.exit_detail(inst) == "killed by SIGTERM"
+    wait_until(lambda: gone(child), 5, "the SIGTERM-ignoring helper to die")
+
+
+def test_sigkill_after_grace_when_sigterm_is_ignored(
+    runtime: LocalRuntime, workdir: Path
+) -> None:
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ignoring TERM', flush=True); time.sleep(1000)"
+    )
+    inst = runtime.start(make_spec(workdir, f"{PY} -c {shlex.quote(code)}"))
+    wait_until(lambda: "ignoring TERM" in inst.log_path.read_text(), what="handler installed")
+
+    started = time.monotonic()
+    asyncio.run(runtime.stop(inst, grace=0.5))
+    elapsed = time.monotonic() - started
+    assert elapsed >= 0.5
+    assert elapsed < 5
+    assert not runtime.alive(inst)
+    assert runtime.exit_detail(inst) == "killed by SIGKILL"
+
+
+def test_stop_does_not_block_the_event_loop(runtime: LocalRuntime, workdir: Path) -> None:
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ignoring TERM', flush=True); time.sleep(1000)"
+    )
+    inst = runtime.start(make_spec(workdir, f"{PY} -c {shlex.quote(code)}"))
+    wait_until(lambda: "ignoring TERM" in inst.log_path.read_text(), what="handler installed")
+
+    async def scenario() -> int:
+        ticks = 0
+        stopping = asyncio.create_task(runtime.stop(inst, grace=0.6))
+        while not stopping.done():
+            ticks += 1
+            await asyncio.sleep(0.01)
+        await stopping
+        return ticks
+
+    # A blocking stop() would let the ticker run once or twice at most.
+    assert asyncio.run(scenario()) > 10
+    assert runtime.exit_detail(inst) == "killed by SIGKILL"
+
+
+def test_exit_code_and_alive_after_exit(runtime: LocalRuntime, workdir: Path) -> None:
+    inst = runtime.start(make_spec(workdir, f"{PY} -c 'raise SystemExit(3)'"))
+    wait_until(lambda: not runtime.alive(inst), what="exit")
+    assert runtime.exit_detail(inst) == "exited with code 3"
+    # The zombie was reaped by alive().
+    assert read_proc_stat(inst.pid) is None or read_proc_stat(inst.pid).start != inst.proc_start  # type: ignore[union-attr]
+
+
+def test_command_not_found_exits_127(runtime: LocalRuntime, workdir: Path) -> None:
+    inst = runtime.start(make_spec(workdir, "no-such-program-here --port 1"))
+    wait_until(lambda: not runtime.alive(inst), what="exit")
+    assert runtime.exit_detail(inst) == "exited with code 127"
+    assert any("not found" in line for line in tail(inst.log_path))
+
+
+def test_unspawnable_command_raises(runtime: LocalRuntime, workdir: Path) -> None:
+    spec = make_spec(workdir, "true", cwd=workdir / "missing")
+    with pytest.raises(RuntimeStartError, match="missing"):
+        runtime.start(spec)
+
+
+def test_pid_reuse_mismatch_is_not_alive_and_not_killed(
+    runtime: LocalRuntime, workdir: Path
+) -> None:
+    inst = runtime.start(make_spec(workdir, "sleep 1000"))
+    impostor = dataclasses.replace(inst, proc_start=inst.proc_start + 1)
+
+    assert runtime.alive(inst)
+    assert not runtime.alive(impostor)
+    assert not LocalRuntime().alive(impostor)
+    assert LocalRuntime().alive(inst)  # adopted by pid + proc_start
+    assert runtime.exit_detail(impostor) == "not running"
+
+    # A record whose identity does not match must never get the real process killed.
+    asyncio.run(runtime.stop(impostor, grace=1))
+    LocalRuntime().stop_sync(impostor, grace=1)
+    assert runtime.alive(inst)
+
+    runtime.stop_sync(inst, grace=5)
+    assert runtime.exit_detail(inst) == "killed by SIGTERM"
+
+
+def test_adopt_process_started_by_another_python_process(workdir: Path) -> None:
+    port = free_port()
+    spec = demo_spec(workdir, port)
+    # A separate Python process starts the app and exits, like an agent that went away.
+    starter = f"""
+import dataclasses, json, sys
+from pathlib import Path
+from conveyor.runtimes import ColorSpec, LocalRuntime
+spec = ColorSpec(**{{**json.loads(sys.argv[1]), "cwd": Path(sys.argv[2]), "log_path": Path(sys.argv[3])}})
+inst = LocalRuntime().start(spec)
+print(json.dumps({{**dataclasses.asdict(inst), "log_path": str(inst.log_path)}}))
+"""
+    fields = dataclasses.asdict(spec)
+    fields.pop("cwd")
+    fields.pop("log_path")
+    out = subprocess.run(
+        [sys.executable, "-c", starter, json.dumps(fields), str(spec.cwd), str(spec.log_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    record = json.loads(out.stdout)
+
+    runtime = LocalRuntime()
+    inst = runtime.adopt(
+        pid=record["pid"],
+        pgid=record["pgid"],
+        port=record["port"],
+        proc_start=record["proc_start"],
+        started_at=record["started_at"],
+        log_path=Path(record["log_path"]),
+    )
+    try:
+        assert runtime.alive(inst)
+        assert runtime.exit_detail(inst) == "running"
+        stat = Path(f"/proc/{inst.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        assert int(stat[1]) != os.getpid()  # not our child: reparented when the starter exited
+        wait_healthy(port)
+        assert get(port, "/")[2] == b"hello from v1\n"
+
+        asyncio.run(runtime.stop(inst, grace=10))
+        assert not runtime.alive(inst)
+        assert runtime.exit_detail(inst) == "not running"
+        assert "got SIGTERM" in inst.log_path.read_text()
+    finally:
+        runtime.stop_sync(inst, 0)
+
+
+def test_environment_is_exactly_the_spec(
+    runtime: LocalRuntime, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVEYOR_TEST_LEAK", "should-not-pass")
+    # env(1), not python: python would add LC_CTYPE itself (PEP 538 locale coercion).
+    spec = make_spec(workdir, "env", env={"PORT": "4321", "GREETING": "hi there"})
+    inst = runtime.start(spec)
+    wait_until(lambda: not runtime.alive(inst), what="exit")
+    assert runtime.exit_detail(inst) == "exited with code 0"
+    lines = spec.log_path.read_text().splitlines()[1:]  # after the header
+    env = dict(line.split("=", 1) for line in lines)
+    assert env["PORT"] == "4321"
+    assert env["GREETING"] == "hi there"
+    assert "CONVEYOR_TEST_LEAK" not in env
+    # /bin/sh itself exports PWD; nothing else is added.
+    assert set(env) - {"PWD"} == set(spec.env)
+
+
+def test_shell_expansion_in_command(runtime: LocalRuntime, workdir: Path) -> None:
+    inst = runtime.start(make_spec(workdir, "echo port is $PORT", env={"PORT": "5555"}))
+    wait_until(lambda: not runtime.alive(inst), what="exit")
+    assert tail(inst.log_path, 1) == ["port is 5555"]
+
+
+def test_log_is_appended_and_tailed(runtime: LocalRuntime, workdir: Path) -> None:
+    spec = make_spec(workdir, "sh -c 'for i in 1 2 3 4 5; do echo line $i; echo err $i >&2; done'")
+    for _ in range(2):
+        inst = runtime.start(spec)
+        wait_until(lambda inst=inst: not runtime.alive(inst), what="exit")  # type: ignore[misc]
+    lines = spec.log_path.read_text().splitlines()
+    assert sum(1 for line in lines if line.startswith("--- ")) == 2
+    assert lines.count("line 5") == 2 and lines.count("err 5") == 2
+    assert tail(spec.log_path, 3) == lines[-3:]
+    assert tail(spec.log_path, 1000) == lines
+    assert tail(spec.log_path, 0) == []
+
+
+def test_tail_reads_only_the_end_of_large_files(tmp_path: Path) -> None:
+    log = tmp_path / "big.log"
+    with log.open("w") as f:
+        for i in range(300_000):
+            f.write(f"line {i} {'x' * (i % 50)}\n")
+        f.write("last line without newline")
+    expected = log.read_text().splitlines()[-20:]
+    assert tail(log) == expected
+    assert tail(log, 5) == expected[-5:]
+    assert tail(tmp_path / "missing.log") == []
+
+
+def test_free_port_is_bindable() -> None:
+    import socket
+
+    port = free_port()
+    assert 0 < port < 65536
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
