@@ -1,0 +1,537 @@
+"""The models of conveyor.toml, the error type, and environment resolution.
+
+Everything is strict and closed: TOML is typed, so a string where a number belongs is a mistake
+rather than something to coerce, and an unknown key is almost always a typo.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from conveyor.core.durations import parse_duration
+
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
+IMPLICIT_ENVIRONMENT = "dev"
+# Hosts that bind every address, so they collide with any other host on the same port.
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
+class ConfigError(Exception):
+    """A problem in conveyor.toml, located as precisely as we can: file, line and dotted key.
+
+    `more` holds further problems found in the same pass; str() puts each on its own line,
+    the most relevant one first.
+    """
+
+    def __init__(
+        self,
+        file: Path | None,
+        line: int | None,
+        key: str,
+        message: str,
+        *,
+        more: Sequence[ConfigError] = (),
+    ) -> None:
+        super().__init__(message)
+        self.file = file
+        self.line = line
+        self.key = key
+        self.message = message
+        self.more = tuple(more)
+
+    def headline(self) -> str:
+        where = _display_path(self.file) if self.file is not None else ""
+        if where and self.line is not None:
+            where = f"{where}:{self.line}"
+        return ": ".join(part for part in (where, self.key, self.message) if part)
+
+    def __str__(self) -> str:
+        return "\n".join([self.headline(), *(other.headline() for other in self.more)])
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One validation problem before it is located in the source text.
+
+    `path` is the key path in the TOML document; `kind` is "unknown", "missing" or "invalid";
+    for an unknown key, `hint` is the valid key it most resembles.
+    """
+
+    path: tuple[str, ...]
+    message: str
+    kind: str = "invalid"
+    hint: str | None = None
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+# --- field types -------------------------------------------------------------------------------
+
+
+def _check_name(kind: str) -> Any:
+    def check(value: str) -> str:
+        if not NAME_PATTERN.fullmatch(value):
+            raise ValueError(
+                f"invalid {kind} name {value!r}: use lowercase letters, digits, '-' and '_', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    return check
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _at_least_one(value: int) -> int:
+    if value < 1:
+        raise ValueError(f"must be at least 1 (got {value})")
+    return value
+
+
+def _non_negative(value: int) -> int:
+    if value < 0:
+        raise ValueError(f"must be 0 or more (got {value})")
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
+AtLeastOne = Annotated[int, AfterValidator(_at_least_one)]
+ServiceName = Annotated[str, AfterValidator(_check_name("service"))]
+EnvironmentName = Annotated[str, AfterValidator(_check_name("environment"))]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# --- conveyor.toml -----------------------------------------------------------------------------
+
+
+class AppConfig(_Model):
+    name: Annotated[str, AfterValidator(_check_name("app"))]
+
+
+class HealthConfig(_Model):
+    path: str = "/healthz"
+    interval: PositiveDuration = 1.0
+    timeout: PositiveDuration = 2.0
+    healthy_threshold: AtLeastOne = 2
+    unhealthy_threshold: AtLeastOne = 3
+    start_timeout: PositiveDuration = 60.0
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_absolute(cls, value: str) -> str:
+        if not value.startswith("/") or any(c.isspace() for c in value):
+            raise ValueError(
+                f"health path must start with '/' and contain no spaces (got {value!r})"
+            )
+        return value
+
+
+class ServiceConfig(_Model):
+    # `kind` comes first: pydantic validates fields in declaration order, and the checks on
+    # command, port and env depend on it.
+    kind: Literal["web", "worker"] = "web"
+    command: str
+    port: int | None = Field(default=None, validate_default=True)
+    listen: str = "127.0.0.1"
+    env: dict[str, str] = Field(default_factory=dict)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    stop_timeout: Duration = 10.0
+    workdir: str = "."
+
+    @field_validator("command")
+    @classmethod
+    def _command_placeholders(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip():
+            raise ValueError("command must not be empty")
+        for name in re.findall(r"\{([^{}]*)\}", value):
+            if name != "port":
+                raise ValueError(
+                    f"unknown placeholder {{{name}}} in command (only {{port}} is substituted)"
+                )
+        if "{" in value.replace("{port}", "") or "}" in value.replace("{port}", ""):
+            raise ValueError(
+                "stray '{' or '}' in command (braces are only allowed in the {port} placeholder)"
+            )
+        if "{port}" in value and info.data.get("kind") == "worker":
+            raise ValueError("workers have no port: remove {port} from the command")
+        return value
+
+    @field_validator("port")
+    @classmethod
+    def _port_matches_kind(cls, value: int | None, info: ValidationInfo) -> int | None:
+        kind = info.data.get("kind")
+        if kind == "web" and value is None:
+            raise ValueError("web services need a port (the public port the proxy listens on)")
+        if kind == "worker" and value is not None:
+            raise ValueError('workers have no port: remove it (or use kind = "web")')
+        if value is not None and not 1 <= value <= 65535:
+            raise ValueError(f"port must be between 1 and 65535 (got {value})")
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_a_host(cls, value: str) -> str:
+        if not value or any(c.isspace() for c in value):
+            raise ValueError(f"listen must be a host address like 127.0.0.1 (got {value!r})")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        for name in value:
+            if not name or "=" in name or "\0" in name:
+                raise ValueError(f"invalid environment variable name {name!r}")
+            if name == "PORT" and info.data.get("kind") == "web":
+                raise ValueError("PORT is set by conveyor to each color's own port: remove it")
+        return value
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir_inside_release(cls, value: str) -> str:
+        parts = PurePosixPath(value).parts
+        if not value or value.startswith("/") or ".." in parts:
+            raise ValueError(
+                f"workdir must be a path inside the release, relative to its root (got {value!r})"
+            )
+        return value
+
+    def command_for(self, port: int | None) -> str:
+        """The command with {port} substituted (the only placeholder validation allows)."""
+        if port is None:
+            return self.command
+        return self.command.replace("{port}", str(port))
+
+
+class RolloutConfig(_Model):
+    standby: Duration = 600.0
+    drain_timeout: Duration = 30.0
+
+
+class ProxyConfig(_Model):
+    max_request_line: AtLeastOne = 8192
+    max_header_size: AtLeastOne = 65536
+    max_headers: AtLeastOne = 100
+    connect_timeout: PositiveDuration = 5.0
+    upstream_timeout: PositiveDuration = 60.0
+    retries: Annotated[int, AfterValidator(_non_negative)] = 3
+
+
+class AgentConfig(_Model):
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 0
+
+    @field_validator("admin_port")
+    @classmethod
+    def _port_range(cls, value: int) -> int:
+        if not 0 <= value <= 65535:
+            raise ValueError(f"admin_port must be between 0 and 65535 (got {value})")
+        return value
+
+
+class EnvironmentConfig(_Model):
+    # Partial overrides, validated once merged into the base (see resolve_environment), so that
+    # errors can point at the override's own key.
+    services: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    rollout: dict[str, Any] = Field(default_factory=dict)
+
+
+class ResolvedEnvironment(_Model):
+    """One environment with its overrides applied: what the engine deploys."""
+
+    name: str
+    app: str
+    services: dict[str, ServiceConfig]
+    rollout: RolloutConfig
+    proxy: ProxyConfig
+
+    def web_services(self) -> dict[str, ServiceConfig]:
+        return {name: svc for name, svc in self.services.items() if svc.kind == "web"}
+
+
+class Config(_Model):
+    app: AppConfig
+    services: dict[ServiceName, ServiceConfig]
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    environments: dict[EnvironmentName, EnvironmentConfig] = Field(
+        default_factory=dict, validate_default=True
+    )
+    source: Path = Path("conveyor.toml")
+
+    @field_validator("services")
+    @classmethod
+    def _at_least_one_service(cls, value: dict[str, ServiceConfig]) -> dict[str, ServiceConfig]:
+        if not value:
+            raise ValueError("define at least one service, e.g. [services.web]")
+        return value
+
+    @field_validator("environments")
+    @classmethod
+    def _implicit_dev(cls, value: dict[str, EnvironmentConfig]) -> dict[str, EnvironmentConfig]:
+        # Without [environments] there is still somewhere to deploy to.
+        return value or {IMPLICIT_ENVIRONMENT: EnvironmentConfig()}
+
+    def environment(self, name: str) -> ResolvedEnvironment:
+        resolved, issues = resolve_environment(self, name)
+        if resolved is None:
+            first, *rest = [
+                ConfigError(self.source, None, dotted_key(i.path), i.message) for i in issues
+            ]
+            raise ConfigError(first.file, None, first.key, first.message, more=rest)
+        return resolved
+
+
+# --- environments ------------------------------------------------------------------------------
+
+
+def resolve_environment(
+    config: Config, name: str
+) -> tuple[ResolvedEnvironment | None, list[Issue]]:
+    """Apply environment `name`'s overrides; the resolved environment, or the problems found."""
+    if name not in config.environments:
+        known = ", ".join(config.environments)
+        return None, [Issue(("--env",), f"unknown environment {name!r} (known: {known})")]
+    overrides = config.environments[name]
+    prefix = ("environments", name)
+    issues: list[Issue] = []
+    for service in overrides.services:
+        if service not in config.services:
+            hint = did_you_mean(service, config.services)
+            known = f"did you mean {hint!r}?" if hint else "services: " + ", ".join(config.services)
+            issues.append(Issue((*prefix, "services", service), f"unknown service ({known})"))
+
+    services: dict[str, ServiceConfig] = {}
+    for service, base in config.services.items():
+        override = overrides.services.get(service)
+        if not override:
+            services[service] = base
+            continue
+        merged = deep_merge(base.model_dump(exclude_unset=True), override)
+        try:
+            services[service] = ServiceConfig.model_validate(merged)
+        except ValidationError as err:
+            # The base validated on its own, so the override is what broke it: blame its keys.
+            issues.extend(
+                issues_from_validation(err, ServiceConfig, (*prefix, "services", service))
+            )
+
+    rollout = config.rollout
+    if overrides.rollout:
+        merged = deep_merge(config.rollout.model_dump(exclude_unset=True), overrides.rollout)
+        try:
+            rollout = RolloutConfig.model_validate(merged)
+        except ValidationError as err:
+            issues.extend(issues_from_validation(err, RolloutConfig, (*prefix, "rollout")))
+
+    if issues:
+        return None, issues
+    issues.extend(_listen_conflicts(name, services, overrides))
+    if issues:
+        return None, issues
+    env = ResolvedEnvironment(
+        name=name, app=config.app.name, services=services, rollout=rollout, proxy=config.proxy
+    )
+    return env, []
+
+
+def _listen_conflicts(
+    env_name: str, services: Mapping[str, ServiceConfig], overrides: EnvironmentConfig
+) -> list[Issue]:
+    issues: list[Issue] = []
+    seen: list[tuple[str, str, int]] = []
+    for name, svc in services.items():
+        if svc.kind != "web" or svc.port is None:
+            continue
+        for other, host, port in seen:
+            if port == svc.port and (host == svc.listen or {host, svc.listen} & _WILDCARD_HOSTS):
+                override = overrides.services.get(name, {})
+                if "port" in override or "listen" in override:
+                    path: tuple[str, ...] = ("environments", env_name, "services", name, "port")
+                    where = f" in environment {env_name!r}"
+                else:
+                    path, where = ("services", name, "port"), ""
+                issues.append(
+                    Issue(
+                        path,
+                        f"port {svc.port} on {svc.listen} is already used by service "
+                        f"{other!r}{where} (each web service needs its own listen address)",
+                    )
+                )
+                break
+        seen.append((name, svc.listen, svc.port))
+    return issues
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`; tables merge key by key, everything else is replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        current = merged.get(key)
+        if isinstance(current, Mapping) and isinstance(value, Mapping):
+            merged[key] = deep_merge(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# --- pydantic errors -> issues -----------------------------------------------------------------
+
+_TOML_TYPES: dict[type, str] = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a float",
+    str: "a string",
+    dict: "a table",
+    list: "an array",
+}
+
+
+# pydantic's wording is about Python types; users wrote TOML.
+_EXPECTED = {
+    "model_type": "expected a table",
+    "dict_type": "expected a table",
+    "int_type": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "string_type": "expected a string",
+    "bool_type": "expected true or false",
+    "list_type": "expected an array",
+}
+
+
+def issues_from_validation(
+    err: ValidationError, model: type[BaseModel], prefix: tuple[str, ...] = ()
+) -> list[Issue]:
+    """Translate pydantic's errors for `model` (found at `prefix` in the document) to issues."""
+    issues: list[Issue] = []
+    for error in err.errors(include_url=False):
+        # "[key]" marks an error in a dict key (e.g. a bad service name): point at the key itself.
+        loc = tuple(str(part) for part in error["loc"] if part != "[key]")
+        path = (*prefix, *loc)
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            fields = _fields_at(model, loc[:-1])
+            hint = did_you_mean(loc[-1], fields)
+            message = f"unknown key {loc[-1]!r}"
+            message += f" (did you mean {hint!r}?)" if hint else _known_keys(fields)
+            issues.append(Issue(path, message, "unknown", hint))
+        elif kind == "missing":
+            is_table = _is_table(model, loc)
+            what = f"missing table [{dotted_key(path)}]" if is_table else "missing required key"
+            issues.append(Issue(path, what, "missing"))
+        elif kind in ("value_error", "assertion_error"):
+            issues.append(Issue(path, str(error["ctx"]["error"])))
+        else:
+            expected = _EXPECTED.get(kind) or _lower_first(error["msg"]).replace(
+                "input should be", "must be"
+            )
+            issues.append(Issue(path, f"{expected}{_got(error['input'])}"))
+    return issues
+
+
+def _known_keys(fields: Sequence[str]) -> str:
+    return f" (valid keys: {', '.join(fields)})" if fields else ""
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def _got(value: object) -> str:
+    name = _TOML_TYPES.get(type(value))
+    if name is None:
+        return ""
+    if isinstance(value, dict | list):
+        return f" (got {name})"
+    return f" (got {name}: {value!r})"
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip Annotated[...] and Optional[...] down to the type that describes the value."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            args = [a for a in get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return annotation
+            annotation = args[0]
+        else:
+            return annotation
+
+
+def _type_at(model: type[BaseModel], loc: Sequence[str]) -> Any:
+    current: Any = model
+    remaining = list(loc)
+    while remaining:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(remaining.pop(0))
+            if field is None:
+                return None
+            current = field.annotation
+        elif get_origin(current) is dict:
+            remaining.pop(0)
+            current = get_args(current)[1]
+        else:
+            return None
+    return _unwrap(current)
+
+
+def _fields_at(model: type[BaseModel], loc: Sequence[str]) -> list[str]:
+    found = _type_at(model, loc)
+    if isinstance(found, type) and issubclass(found, BaseModel):
+        return [name for name in found.model_fields if not (found is Config and name == "source")]
+    return []
+
+
+def _is_table(model: type[BaseModel], loc: Sequence[str]) -> bool:
+    found = _type_at(model, loc)
+    return get_origin(found) is dict or (isinstance(found, type) and issubclass(found, BaseModel))
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def dotted_key(path: Sequence[str]) -> str:
+    """A key path as written in TOML: bare keys as they are, anything else quoted."""
+    if path and path[0].startswith("--"):
+        return path[0]
+    return ".".join(part if _BARE_KEY.fullmatch(part) else f'"{part}"' for part in path)
