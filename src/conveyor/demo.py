@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from conveyor.loadgen import LoadGenerator, percentile
-from conveyor.runtimes.base import free_port
+from conveyor.runtimes.local import free_port
 
 CONFIG = """\
 [app]
@@ -138,21 +138,32 @@ def run_demo(keep: bool = False) -> int:
         if code != 0:
             raise RuntimeError(f"rollback failed: {out.get('error')}")
         switches.append(("v2 → v1 (rollback)", out["switch_ms"]["web"]))
-        demo.say(f"[green]✓[/] rolled back to {out['version']} in {out['switch_ms']['web']:g} ms (standby switch)")
+        demo.say(
+            f"[green]✓[/] rolled back to {out['version']} in {out['switch_ms']['web']:g} ms (standby switch)"
+        )
         time.sleep(0.5)  # let traffic reach v1 so the summary shows it served
         result = load.stop()
         load = None
         console.rule("summary")
         demo.say(f"requests served   {result.requests}")
-        demo.say(f"failed requests   {result.failed}  (non-2xx {result.non_2xx}, socket errors {result.errors})")
-        demo.say("served by         " + ", ".join(f"{v}: {n}" for v, n in sorted(result.versions.items())))
-        demo.say(f"latency p50/p99   {percentile(result.latencies, 50) * 1000:.1f} / {percentile(result.latencies, 99) * 1000:.1f} ms")
+        demo.say(
+            f"failed requests   {result.failed}  (non-2xx {result.non_2xx}, socket errors {result.errors})"
+        )
+        demo.say(
+            "served by         "
+            + ", ".join(f"{v}: {n}" for v, n in sorted(result.versions.items()))
+        )
+        demo.say(
+            f"latency p50/p99   {percentile(result.latencies, 50) * 1000:.1f} / {percentile(result.latencies, 99) * 1000:.1f} ms"
+        )
         for label, ms in switches:
             demo.say(f"switch {label:<20} {ms:g} ms")
         for sample in result.error_samples:
             demo.say(f"  [red]{sample}[/]")
         ok = result.failed == 0 and result.requests > 0
-        demo.say("[bold green]zero failed requests[/]" if ok else "[bold red]some requests failed[/]")
+        demo.say(
+            "[bold green]zero failed requests[/]" if ok else "[bold red]some requests failed[/]"
+        )
     except (RuntimeError, subprocess.TimeoutExpired, OSError, KeyError, ValueError) as exc:
         console.print(f"[bold red]demo failed:[/] {exc}")
     finally:

@@ -59,7 +59,13 @@ class Agent:
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         supervisor = asyncio.create_task(self._supervise())
-        log.info("agent %s ready for %s (admin http://%s:%d)", os.getpid(), self.project_dir, admin_host, self.admin.port)
+        log.info(
+            "agent %s ready for %s (admin http://%s:%d)",
+            os.getpid(),
+            self.project_dir,
+            admin_host,
+            self.admin.port,
+        )
         await self._stop.wait()
         supervisor.cancel()
         server.close()

@@ -94,11 +94,15 @@ def _version_callback(value: bool) -> None:
 def _root(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version."),
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Show the version."
+        ),
     ] = False,
     project_dir: Annotated[
         Path | None,
-        typer.Option("--project", "-C", help="Directory of conveyor.toml (default: search upwards)."),
+        typer.Option(
+            "--project", "-C", help="Directory of conveyor.toml (default: search upwards)."
+        ),
     ] = None,
 ) -> None:
     if project_dir is not None:
@@ -110,8 +114,12 @@ def _root(
 
 @app.command()
 def init(
-    name: Annotated[str | None, typer.Option(help="App name (default: the directory name).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing conveyor.toml.")] = False,
+    name: Annotated[
+        str | None, typer.Option(help="App name (default: the directory name).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing conveyor.toml.")
+    ] = False,
 ) -> None:
     """Write a commented conveyor.toml for the app in this directory.
 
@@ -143,7 +151,9 @@ def _slug(text: str) -> str:
 
 @release_app.command("create")
 def release_create(
-    version: Annotated[str | None, typer.Option("--version", help="Version name (default: commit or time).")] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Version name (default: commit or time).")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Snapshot the app's source into an immutable, content-addressed release.
@@ -243,7 +253,9 @@ def _finish(result: dict[str, Any], json_out: bool, done: str) -> None:
 
 @app.command()
 def deploy(
-    version: Annotated[str, typer.Argument(help="A release created with `conveyor release create`.")],
+    version: Annotated[
+        str, typer.Argument(help="A release created with `conveyor release create`.")
+    ],
     env: EnvReq,
     json_out: JsonOpt = False,
 ) -> None:
@@ -322,7 +334,10 @@ def status(env: EnvOpt = "dev", json_out: JsonOpt = False) -> None:
     if json_out:
         emit_json(data)
         return
-    console.print(f"[bold]{data['app']}[/] / {env}" + (f"  (deploying: {data['deploying']})" if data.get("deploying") else ""))
+    console.print(
+        f"[bold]{data['app']}[/] / {env}"
+        + (f"  (deploying: {data['deploying']})" if data.get("deploying") else "")
+    )
     table = Table("service", "active", "health", "standby", "url", box=None)
     for s in data["services"]:
         a, sb = s["active"], s["standby"]
@@ -330,7 +345,11 @@ def status(env: EnvOpt = "dev", json_out: JsonOpt = False) -> None:
         health = ("[green]healthy[/]" if a["healthy"] else "[red]unhealthy[/]") if a else "-"
         standby = "-"
         if sb:
-            until = datetime.fromisoformat(sb["until"]).astimezone().strftime("%H:%M:%S") if sb.get("until") else "?"
+            until = (
+                datetime.fromisoformat(sb["until"]).astimezone().strftime("%H:%M:%S")
+                if sb.get("until")
+                else "?"
+            )
             standby = f"{sb['version']} ({sb['color']}) until {until}"
         table.add_row(s["name"], active, health, standby, s["url"] or "-")
     console.print(table)
@@ -382,7 +401,12 @@ def history(
         took = f"{(d.finished_at - d.started_at).total_seconds():.1f}s" if d.finished_at else "-"
         color = colors.get(d.outcome, "cyan")
         table.add_row(
-            str(d.id), d.version, d.kind, f"[{color}]{d.outcome}[/]", _when(d.started_at), took,
+            str(d.id),
+            d.version,
+            d.kind,
+            f"[{color}]{d.outcome}[/]",
+            _when(d.started_at),
+            took,
             d.reason.splitlines()[0] if d.reason else "",
         )
     console.print(table)
@@ -392,9 +416,13 @@ def history(
 def logs(
     service: Annotated[str, typer.Argument(help="Service name from conveyor.toml.")],
     env: EnvOpt = "dev",
-    color: Annotated[str | None, typer.Option(help="blue or green (default: the active color).")] = None,
+    color: Annotated[
+        str | None, typer.Option(help="blue or green (default: the active color).")
+    ] = None,
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines to show.")] = 50,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
 ) -> None:
     """Show a service's output (stdout and stderr of its processes).
 
@@ -402,7 +430,7 @@ def logs(
 
         conveyor logs web --env dev --follow
     """
-    from conveyor.runtimes.base import tail
+    from conveyor.runtimes.local import tail
 
     proj = project()
     cfg = proj.config()
@@ -415,7 +443,11 @@ def logs(
     if color is None:
         store = proj.store()
         try:
-            active = [i for i in store.instances(cfg.app.name, env) if i.service == service and i.role == "active"]
+            active = [
+                i
+                for i in store.instances(cfg.app.name, env)
+                if i.service == service and i.role == "active"
+            ]
         finally:
             store.close()
         color = active[0].color if active else None
@@ -465,7 +497,10 @@ def agent_start() -> None:
 @agent_app.command("stop")
 def agent_stop(
     keep_running: Annotated[
-        bool, typer.Option("--keep-running", help="Leave services and the proxy serving (for an upgrade).")
+        bool,
+        typer.Option(
+            "--keep-running", help="Leave services and the proxy serving (for an upgrade)."
+        ),
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
@@ -478,7 +513,9 @@ def agent_stop(
     proj = project()
     if not keep_running and not yes:
         if not sys.stdin.isatty():
-            fail("this stops every service of the project and its proxy: pass --yes (or --keep-running)")
+            fail(
+                "this stops every service of the project and its proxy: pass --yes (or --keep-running)"
+            )
         typer.confirm("Stop every service of this project and the proxy?", abort=True)
     try:
         stopped = proj.agent().stop(keep_running)
@@ -487,7 +524,10 @@ def agent_stop(
     if not stopped:
         console.print("agent was not running")
         return
-    console.print("agent stopped" + (": services keep serving" if keep_running else ", services and proxy stopped"))
+    console.print(
+        "agent stopped"
+        + (": services keep serving" if keep_running else ", services and proxy stopped")
+    )
 
 
 @agent_app.command("status")
@@ -508,7 +548,9 @@ def agent_status(json_out: JsonOpt = False) -> None:
     elif ping is None:
         console.print("agent not running")
     else:
-        console.print(f"agent running, pid {data.get('pid')}, metrics at {data.get('admin')}/metrics")
+        console.print(
+            f"agent running, pid {data.get('pid')}, metrics at {data.get('admin')}/metrics"
+        )
     raise typer.Exit(0 if ping is not None else 1)
 
 
@@ -517,7 +559,9 @@ def agent_status(json_out: JsonOpt = False) -> None:
 
 @app.command()
 def demo(
-    keep: Annotated[bool, typer.Option("--keep", help="Keep the scratch directory afterwards.")] = False,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the scratch directory afterwards.")
+    ] = False,
 ) -> None:
     """Run conveyor's main job end to end in a scratch directory: deploy v1, switch to v2 under
     live traffic, refuse a v3 that never gets healthy, roll back, and print a summary.

@@ -30,8 +30,8 @@ from conveyor.paths import Paths
 from conveyor.releases import ReleaseError, ReleaseStore
 from conveyor.routers.base import Backend, ProxyUnavailable, RouterError
 from conveyor.routers.builtin import ProxyClient, start_proxy
-from conveyor.runtimes.base import ColorSpec, Instance, free_port, tail
-from conveyor.runtimes.local import LocalRuntime, RuntimeStartError
+from conveyor.runtimes.base import ColorSpec, Instance, RuntimeStartError
+from conveyor.runtimes.local import LocalRuntime, free_port, tail
 from conveyor.store.db import InstanceRecord, ReleaseRecord, Store
 
 log = logging.getLogger("conveyor.engine")
@@ -346,7 +346,9 @@ class Engine:
             run.queue.put_nowait(r.Crash(name, f"could not start: {exc}", self._monotonic()))
             return
         run.new[name] = inst
-        self.store.upsert_instance(self._row(run.env.name, name, color, run.release, inst, "starting", run.deployment_id))
+        self.store.upsert_instance(
+            self._row(run.env.name, name, color, run.release, inst, "starting", run.deployment_id)
+        )
         where = f" on 127.0.0.1:{inst.port}" if inst.port else ""
         run.emit(
             {
@@ -364,7 +366,7 @@ class Engine:
         color: str,
         release: ReleaseRecord,
         inst: Instance,
-        role: Literal["starting", "active", "standby"],
+        role: str,
         deployment_id: int | None,
         standby_until: datetime | None = None,
     ) -> InstanceRecord:
@@ -393,7 +395,9 @@ class Engine:
                 run.queue.put_nowait(r.Crash(name, detail, self._monotonic()))
                 return
             if svc.kind == "web" and inst.port is not None:
-                ok, detail = await probe_http("127.0.0.1", inst.port, svc.health.path, svc.health.timeout)
+                ok, detail = await probe_http(
+                    "127.0.0.1", inst.port, svc.health.path, svc.health.timeout
+                )
             else:
                 ok, detail = True, "running"
             if not ok:
@@ -407,7 +411,10 @@ class Engine:
     async def _stop_color(self, run: _Run, action: r.StopColor) -> None:
         svc = run.env.services[action.service]
         new = run.new.get(action.service)
-        if new is not None and self._handles.get((run.env.name, action.service, action.color)) is new:
+        if (
+            new is not None
+            and self._handles.get((run.env.name, action.service, action.color)) is new
+        ):
             await self.runtime.stop(new, svc.stop_timeout)
             self._handles.pop((run.env.name, action.service, action.color), None)
             self.store.delete_instance(self.app, run.env.name, action.service, action.color)
@@ -479,7 +486,15 @@ class Engine:
         for svc_state in state.services:
             name, color = svc_state.plan.name, svc_state.plan.new_color
             self.store.upsert_instance(
-                self._row(run.env.name, name, color, run.release, run.new[name], "active", run.deployment_id)
+                self._row(
+                    run.env.name,
+                    name,
+                    color,
+                    run.release,
+                    run.new[name],
+                    "active",
+                    run.deployment_id,
+                )
             )
             old = run.old.get(name)
             if old is not None and svc_state.plan.kind == "web":
@@ -550,7 +565,9 @@ class Engine:
         assert plan.version is not None
         if plan.mode == "redeploy":
             emit({"step": "plan", "message": plan.reason})
-            outcome = await self.deploy(env_name, plan.version, emit, kind="rollback", reason=plan.reason)
+            outcome = await self.deploy(
+                env_name, plan.version, emit, kind="rollback", reason=plan.reason
+            )
             if outcome.exit_code == 0:
                 self._mark_rolled_back(env_name, current, outcome.deployment_id)
             return outcome
@@ -604,30 +621,43 @@ class Engine:
                 self.store.finish_deployment(dep_id, "failed", reason, utcnow())
                 return Outcome(1, dep_id, "failed", reason)
             switch_ms[service] = round((time.perf_counter() - started) * 1000, 2)
-            self.store.upsert_instance(_with(standby, role="active", standby_until=None, deployment_id=dep_id))
-            replaced.extend(
-                row for row in rows if row.service == service and row.role == "active"
+            self.store.upsert_instance(
+                _with(standby, role="active", standby_until=None, deployment_id=dep_id)
             )
+            replaced.extend(row for row in rows if row.service == service and row.role == "active")
         self._record(run, "switched", f"traffic is back on {plan.version}")
         # Workers have no standby: start the rolled-back version beside the current one, then swap.
         tree: Path | None = None
         for row in rows:
             svc = env.services.get(row.service)
-            if svc is None or svc.kind != "worker" or row.role != "active" or row.version == plan.version:
+            if (
+                svc is None
+                or svc.kind != "worker"
+                or row.role != "active"
+                or row.version == plan.version
+            ):
                 continue
             tree = tree or ReleaseStore(self.paths.home, self.store, self.app).tree(release)
             color = r.other_color(row.color)
             inst = self._spawn(env, row.service, color, plan.version, tree)
-            self.store.upsert_instance(self._row(env.name, row.service, color, release, inst, "active", dep_id))
+            self.store.upsert_instance(
+                self._row(env.name, row.service, color, release, inst, "active", dep_id)
+            )
             replaced.append(row)
-            self._record(run, "started", f"{row.service} {plan.version} ({color}) started", row.service)
-        await self._drain(run, r.Drain(tuple((row.service, row.color) for row in replaced if row.port)))
+            self._record(
+                run, "started", f"{row.service} {plan.version} ({color}) started", row.service
+            )
+        await self._drain(
+            run, r.Drain(tuple((row.service, row.color) for row in replaced if row.port))
+        )
         with contextlib.suppress(asyncio.QueueEmpty):
             run.queue.get_nowait()
         for row in replaced:
             svc = env.services.get(row.service)
             await self._stop(row, svc.stop_timeout if svc else 10.0)
-            self._record(run, "stopped", f"stopped {row.service} {row.version} ({row.color})", row.service)
+            self._record(
+                run, "stopped", f"stopped {row.service} {row.version} ({row.color})", row.service
+            )
         reason = f"rolled back to {plan.version}"
         self.store.finish_deployment(dep_id, "succeeded", reason, utcnow())
         self._mark_rolled_back(env.name, current, dep_id)
@@ -636,7 +666,12 @@ class Engine:
             dep_id,
             "succeeded",
             reason,
-            {"environment": env.name, "version": plan.version, "previous_version": current, "switch_ms": switch_ms},
+            {
+                "environment": env.name,
+                "version": plan.version,
+                "previous_version": current,
+                "switch_ms": switch_ms,
+            },
         )
 
     # --- status -----------------------------------------------------------------------------
@@ -761,7 +796,16 @@ class Engine:
             return [f"dropped {what}: its standby time is over"]
         try:
             await self._restart(cfg.environment(row.environment), row)
-        except (ConfigError, UserError, RuntimeStartError, ReleaseError, RouterError, ProxyUnavailable, OSError, KeyError) as exc:
+        except (
+            ConfigError,
+            UserError,
+            RuntimeStartError,
+            ReleaseError,
+            RouterError,
+            ProxyUnavailable,
+            OSError,
+            KeyError,
+        ) as exc:
             return [f"could not bring back {what}: {exc}"]
         return [f"restarted {what}: it was not running"]
 
@@ -775,9 +819,22 @@ class Engine:
             port = None  # someone took it meanwhile: a fresh port, and the route follows
         inst = self._spawn(env, row.service, row.color, row.version, tree, port=port)
         self.store.upsert_instance(
-            self._row(env.name, row.service, row.color, release, inst, row.role, row.deployment_id, row.standby_until)
+            self._row(
+                env.name,
+                row.service,
+                row.color,
+                release,
+                inst,
+                row.role,
+                row.deployment_id,
+                row.standby_until,
+            )
         )
-        if row.role == "active" and inst.port is not None and env.services[row.service].kind == "web":
+        if (
+            row.role == "active"
+            and inst.port is not None
+            and env.services[row.service].kind == "web"
+        ):
             await self._push(self._route_for(env, row.service, row.color, inst.port))
 
     async def supervise_once(self) -> list[str]:
@@ -811,7 +868,16 @@ class Engine:
                 try:
                     await self._restart(cfg.environment(row.environment), row)
                     notes.append(f"restarted {what}: it had exited")
-                except (ConfigError, UserError, RuntimeStartError, ReleaseError, RouterError, ProxyUnavailable, OSError, KeyError) as exc:
+                except (
+                    ConfigError,
+                    UserError,
+                    RuntimeStartError,
+                    ReleaseError,
+                    RouterError,
+                    ProxyUnavailable,
+                    OSError,
+                    KeyError,
+                ) as exc:
                     notes.append(f"could not restart {what}: {exc}")
             elif row.role == "standby" and not self._alive(row):
                 self.store.delete_instance(row.app, row.environment, row.service, row.color)
@@ -830,15 +896,15 @@ class Engine:
             return
         cfg_app = self._app
         rows = self.store.instances(cfg_app) if cfg_app else []
-        await asyncio.gather(
-            *(self._stop_keep_row(row) for row in rows), return_exceptions=True
-        )
+        await asyncio.gather(*(self._stop_keep_row(row) for row in rows), return_exceptions=True)
         with contextlib.suppress(RouterError, ProxyUnavailable):
             await self.router.shutdown()
 
     async def _stop_keep_row(self, row: InstanceRecord) -> None:
         # The rows stay: they are the desired state a later `agent start` brings back.
-        inst = self._handles.pop((row.environment, row.service, row.color), None) or self._instance(row)
+        inst = self._handles.pop((row.environment, row.service, row.color), None) or self._instance(
+            row
+        )
         if inst is not None:
             await self.runtime.stop(inst, 10.0)
 

@@ -1,0 +1,182 @@
+"""A real conveyor project in a temp directory, driven through the real CLI, agent and proxy."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor.demo import demo_app_source
+from conveyor.runtimes.local import free_port
+
+CONFIG = """\
+[app]
+name = "shop"
+
+[services.web]
+command = "{python} app.py --port {{port}}"
+port = {port}
+stop_timeout = "3s"
+
+[services.web.health]
+path = "/healthz"
+interval = "100ms"
+timeout = "1s"
+healthy_threshold = 2
+start_timeout = "{start_timeout}"
+{extra_services}
+[rollout]
+standby = "{standby}"
+drain_timeout = "2s"
+
+[environments.dev]
+{extra}
+"""
+
+WORKER = """
+[services.jobs]
+kind = "worker"
+command = "{python} worker.py"
+
+[services.jobs.health]
+interval = "100ms"
+"""
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Project:
+    def __init__(self, root: Path) -> None:
+        self.dir = root
+        self.port = free_port()
+        self.home = root / ".conveyor"
+        self.env = {**os.environ, "CONVEYOR_PROJECT": str(root)}
+        for key in ("CONVEYOR_HOME", "CONVEYOR_DATABASE_URL"):
+            self.env.pop(key, None)
+        src = demo_app_source()
+        for name in ("app.py", "worker.py"):
+            shutil.copy(src / name, root / name)
+
+    def configure(
+        self,
+        standby: str = "60s",
+        start_timeout: str = "5s",
+        worker: bool = False,
+        extra: str = "",
+    ) -> None:
+        python = sys.executable
+        (self.dir / "conveyor.toml").write_text(
+            CONFIG.format(
+                python=python,
+                port=self.port,
+                standby=standby,
+                start_timeout=start_timeout,
+                extra_services=WORKER.format(python=python) if worker else "",
+                extra=extra,
+            )
+        )
+
+    def cli(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "conveyor", *args],
+            env=self.env,
+            cwd=self.dir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def json(self, *args: str) -> tuple[int, Any]:
+        proc = self.cli(*args, "--json")
+        try:
+            data = json.loads(proc.stdout) if proc.stdout.strip() else None
+        except json.JSONDecodeError as exc:
+            raise AssertionError(f"not JSON: {proc.stdout!r} {proc.stderr!r}") from exc
+        return proc.returncode, data
+
+    def release(self, version: str, **behaviour: Any) -> None:
+        (self.dir / "demo.json").write_text(json.dumps({"version": version, **behaviour}))
+        proc = self.cli("release", "create", "--version", version)
+        assert proc.returncode == 0, proc.stderr
+
+    def deploy(self, version: str, env: str = "dev") -> tuple[int, Any]:
+        return self.json("deploy", version, "--env", env)
+
+    def get(self, path: str = "/", port: int | None = None) -> tuple[int, str, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", port or self.port, timeout=5)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read().decode()
+            return resp.status, body, resp.getheader("X-Demo-Version") or ""
+        finally:
+            conn.close()
+
+    def serving(self) -> str:
+        try:
+            return self.get()[2]
+        except OSError:
+            return ""
+
+    def db(self, sql: str) -> list[tuple[Any, ...]]:
+        with contextlib.closing(sqlite3.connect(self.home / "state.db")) as conn:
+            return list(conn.execute(sql))
+
+    def pid(self, name: str) -> int | None:
+        try:
+            return int((self.home / f"{name}.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def cleanup(self) -> None:
+        self.cli("agent", "stop", "--yes", timeout=60)
+        # Belt and braces: whatever survived a failed test must not leak into the next one.
+        pgids: list[int] = []
+        with contextlib.suppress(sqlite3.Error, OSError):
+            pgids = [row[0] for row in self.db("SELECT pgid FROM instances") if row[0]]
+        for pid in [*pgids, self.pid("proxy"), self.pid("agent")]:
+            if pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.fixture
+def project() -> Iterator[Project]:
+    root = Path(tempfile.mkdtemp(prefix="cv", dir="/tmp"))
+    proj = Project(root)
+    try:
+        yield proj
+    finally:
+        proj.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
