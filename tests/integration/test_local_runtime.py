@@ -192,9 +192,7 @@ def test_stop_sweeps_group_members_that_ignore_sigterm(
     wait_until(lambda: gone(child), 5, "the SIGTERM-ignoring helper to die")
 
 
-def test_sigkill_after_grace_when_sigterm_is_ignored(
-    runtime: LocalRuntime, workdir: Path
-) -> None:
+def test_sigkill_after_grace_when_sigterm_is_ignored(runtime: LocalRuntime, workdir: Path) -> None:
     code = (
         "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
         "print('ignoring TERM', flush=True); time.sleep(1000)"
@@ -279,13 +277,13 @@ def test_adopt_process_started_by_another_python_process(workdir: Path) -> None:
     port = free_port()
     spec = demo_spec(workdir, port)
     # A separate Python process starts the app and exits, like an agent that went away.
-    starter = f"""
+    starter = """
 import dataclasses, json, sys
 from pathlib import Path
 from conveyor.runtimes import ColorSpec, LocalRuntime
-spec = ColorSpec(**{{**json.loads(sys.argv[1]), "cwd": Path(sys.argv[2]), "log_path": Path(sys.argv[3])}})
+spec = ColorSpec(**{**json.loads(sys.argv[1]), "cwd": Path(sys.argv[2]), "log_path": Path(sys.argv[3])})
 inst = LocalRuntime().start(spec)
-print(json.dumps({{**dataclasses.asdict(inst), "log_path": str(inst.log_path)}}))
+print(json.dumps({**dataclasses.asdict(inst), "log_path": str(inst.log_path)}))
 """
     fields = dataclasses.asdict(spec)
     fields.pop("cwd")
