@@ -1,0 +1,1 @@
+"""The data path: a reverse proxy process driven over a unix control socket."""

@@ -1,0 +1,314 @@
+"""One request/response exchange: picks a backend, gets a connection, retries, times out.
+
+The client side (`downstream.ClientProtocol`) parses the request and hands the bytes to forward
+to an `Exchange`; the upstream side (`upstream.UpstreamProtocol`) parses the response and writes
+it to the client. The exchange owns what joins them: backend choice, connection pooling, the
+retry policy, the response-head timeout and the counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import TYPE_CHECKING
+
+from conveyor.proxy.flow import PAUSE_PENDING
+from conveyor.proxy.model import Backend, ColorStats
+from conveyor.proxy.responses import canned
+from conveyor.proxy.upstream import UpstreamProtocol
+
+if TYPE_CHECKING:
+    from conveyor.proxy.downstream import ClientProtocol
+    from conveyor.proxy.server import Proxy
+
+# Above this many buffered request bytes (no upstream connection yet), stop reading the client.
+PENDING_HIGH = 256 * 1024
+# A request sent on a reused connection is kept (up to this size) until the first response byte,
+# so that it can be replayed on a fresh connection if the pooled one was already dead.
+REPLAY_CAP = 256 * 1024
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"))
+FIRST_BACKOFF = 0.025
+
+
+class Exchange:
+    __slots__ = (
+        "client",
+        "finished",
+        "keep_alive",
+        "method",
+        "pending",
+        "pending_size",
+        "proxy",
+        "replay",
+        "replay_size",
+        "request_done",
+        "responded",
+        "started",
+        "stats",
+        "timer",
+        "tunnel",
+        "upgrade",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        client: ClientProtocol,
+        method: bytes,
+        head: bytes,
+        keep_alive: bool,
+        upgrade: bool,
+    ) -> None:
+        self.client = client
+        self.proxy: Proxy = client.proxy
+        self.method = method
+        self.pending: list[bytes] = [head]
+        self.pending_size = len(head)
+        self.replay: list[bytes] | None = None
+        self.replay_size = 0
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.request_done = False
+        self.responded = False
+        self.finished = False
+        self.tunnel = False
+        self.started = 0.0
+        self.stats: ColorStats | None = None
+        self.upstream: UpstreamProtocol | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- request bytes -------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Queue request bytes; `flush` (called once per client read) writes them upstream."""
+        self.pending.append(data)
+        self.pending_size += len(data)
+        if self.upstream is None and self.pending_size > PENDING_HIGH:
+            self.client.pause(PAUSE_PENDING)
+
+    def flush(self) -> None:
+        up = self.upstream
+        if up is None or not self.pending:
+            return
+        pending = self.pending
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        self.pending_size = 0
+        if self.replay is not None:
+            self.replay.append(data)
+            self.replay_size += len(data)
+            if self.replay_size > REPLAY_CAP:
+                self.replay = None
+        up.transport.write(data)
+        if self.request_done and self.timer is None and not up.head_done and not self.tunnel:
+            self.timer = self.proxy.loop.call_later(
+                self.client.limits.upstream_timeout, self.on_timeout
+            )
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Pick a backend from the route table as it is now and send the request."""
+        proxy = self.proxy
+        self.started = proxy.loop.time()
+        route = proxy.routes.get(self.client.name)
+        backend = route.pick() if route is not None else None
+        if backend is None:
+            self.local_response(503)
+            return
+        self.bind(backend)
+        conn = proxy.pool.take(backend.host, backend.port)
+        if conn is not None:
+            self.attach(conn, reused=True)
+        else:
+            proxy.loop.create_task(self.open(first=backend))
+
+    def bind(self, backend: Backend) -> None:
+        old = self.stats
+        if old is not None:
+            old.requests -= 1
+            old.inflight -= 1
+        stats = self.stats = backend.stats
+        stats.requests += 1
+        stats.inflight += 1
+
+    def attach(self, conn: UpstreamProtocol, reused: bool) -> None:
+        self.upstream = conn
+        conn.start(self)
+        self.replay = [] if reused and self.method in IDEMPOTENT else None
+        self.replay_size = 0
+        if self.client.write_paused:
+            conn.pause_reading()
+        self.flush()
+        self.client.resume(PAUSE_PENDING)
+
+    async def open(self, first: Backend | None) -> None:
+        """Connect to a backend, retrying refused/unreachable ones (the app may be restarting).
+
+        The request is still entirely in `pending` (the client is paused when that grows), so a
+        failed connect can always be retried: first on the route's other live backends, then after
+        a growing back-off, re-reading the route table each time because a swap to a healthy
+        colour may have happened meanwhile.
+        """
+        proxy = self.proxy
+        limits = self.client.limits
+        backoffs_left = limits.retries
+        delay = FIRST_BACKOFF
+        tried: set[tuple[str, int]] = set()
+        backend = first
+        while not self.finished:
+            if backend is None:
+                route = proxy.routes.get(self.client.name)
+                if route is None:
+                    self.local_response(503)
+                    return
+                backend = route.pick(tried)
+                if backend is None:
+                    if not tried:
+                        self.local_response(503)
+                        return
+                    if backoffs_left <= 0:
+                        self.local_response(502)
+                        return
+                    backoffs_left -= 1
+                    await asyncio.sleep(delay)
+                    delay *= 2
+                    tried.clear()
+                    continue
+                self.bind(backend)
+            host, port = backend.host, backend.port
+            try:
+                _, conn = await asyncio.wait_for(
+                    proxy.loop.create_connection(
+                        partial(UpstreamProtocol, proxy, host, port), host, port
+                    ),
+                    limits.connect_timeout,
+                )
+            except (OSError, TimeoutError):
+                tried.add((host, port))
+                backend = None
+                continue
+            if self.finished:
+                proxy.pool.put(conn)
+                return
+            self.attach(conn, reused=False)
+            return
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def on_timeout(self) -> None:
+        self.timer = None
+        up = self.upstream
+        if up is not None and not up.head_done and not self.finished:
+            self.local_response(504)
+
+    def head_received(self) -> None:
+        timer = self.timer
+        if timer is not None:
+            timer.cancel()
+            self.timer = None
+        # The response has started: what was sent can no longer be replayed.
+        self.replay = None
+
+    def response_complete(self, status: int, reusable: bool) -> None:
+        """The final response went out whole: count it, recycle the upstream connection."""
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        stats = self.stats
+        if stats is not None:
+            stats.observe(status, self.proxy.loop.time() - self.started)
+            stats.inflight -= 1
+        if self.tunnel:
+            # The upstream connection stays attached: it is now one end of the pipe.
+            return
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            up.exchange = None
+            if reusable and self.request_done and not self.pending:
+                self.proxy.pool.put(up)
+            else:
+                up.transport.close()
+        self.client.exchange_done(self)
+
+    def start_tunnel(self) -> None:
+        """After a 101: bytes flow raw both ways; the exchange counts as answered."""
+        self.tunnel = True
+        self.response_complete(101, reusable=False)
+        self.client.start_tunnel(self)
+
+    def upstream_lost(self, got_bytes: bool) -> None:
+        """The upstream connection closed (or sent garbage) before the response was complete."""
+        if self.finished:
+            return
+        up = self.upstream
+        replay = self.replay
+        if not got_bytes and replay is not None and not self.responded:
+            # A pooled connection the backend had already closed: replay on a fresh one.
+            self.upstream = None
+            if up is not None:
+                up.exchange = None
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.replay = None
+            self.pending[0:0] = replay
+            self.pending_size += self.replay_size
+            self.proxy.loop.create_task(self.open(first=None))
+            return
+        self.local_response(502)
+
+    def local_response(self, status: int) -> None:
+        """Answer with an error the proxy generates (502/503/504) or cut the client off."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            up.exchange = None
+            up.transport.close()
+        stats = self.stats
+        if stats is not None:
+            stats.inflight -= 1
+            if status in (502, 504):
+                stats.upstream_errors += 1
+        client = self.client
+        if self.responded:
+            # Part of the real response already went out: the only honest signal left is to
+            # cut the connection.
+            self.keep_alive = False
+            client.transport.close()
+            return
+        if stats is not None:
+            stats.observe(status, self.proxy.loop.time() - self.started)
+        keep = self.keep_alive and self.request_done and not self.upgrade
+        self.keep_alive = keep
+        self.responded = True
+        client.transport.write(canned(status, keep))
+        client.exchange_done(self)
+
+    def abort(self) -> None:
+        """The client went away: drop everything without answering."""
+        up = self.upstream
+        if self.tunnel:
+            if up is not None:
+                up.transport.close()
+            return
+        if self.finished:
+            return
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.upstream = None
+        if up is not None:
+            up.exchange = None
+            up.transport.close()
+        if self.stats is not None:
+            self.stats.inflight -= 1

@@ -1,0 +1,122 @@
+"""The proxy process's state: route table, listeners, upstream pool, counters, draining."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from conveyor.proxy.downstream import ClientProtocol
+from conveyor.proxy.model import (
+    ColorStats,
+    ConfigurationError,
+    Limits,
+    Route,
+    parse_backends,
+    parse_listen,
+)
+from conveyor.proxy.upstream import Pool
+
+
+class BindError(Exception):
+    pass
+
+
+def _bind_message(host: str, port: int, exc: OSError) -> str:
+    if exc.errno:
+        reason = os.strerror(exc.errno)
+        reason = reason[:1].lower() + reason[1:]
+        return f"cannot listen on {host}:{port}: [Errno {exc.errno}] {reason}"
+    return f"cannot listen on {host}:{port}: {exc}"
+
+
+class Proxy:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.started_at = time.time()
+        # name -> Route. Read by every request at dispatch; replaced, never mutated in place.
+        self.routes: dict[str, Route] = {}
+        self.listeners: dict[str, asyncio.Server] = {}
+        # name -> colour -> counters; outlives route swaps.
+        self.stats: dict[str, dict[str, ColorStats]] = {}
+        self.pool = Pool()
+        self.clients: set[ClientProtocol] = set()
+        self.closing = False
+        self._lock = asyncio.Lock()
+
+    async def set_route(self, name: str, listen: object, backends: object, limits: object) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError("name must be a non-empty string")
+        address = parse_listen(listen)
+        lim = Limits.from_json(limits)
+        async with self._lock:
+            stats_of = self.stats.get(name, {})
+            route = Route(name, address, parse_backends(backends, stats_of), lim)
+            old = self.routes.get(name)
+            new_server: asyncio.Server | None = None
+            if old is None or old.listen != address:
+                new_server = await self._listen(name, address)
+            # Nothing can fail from here on: commit.
+            self.stats[name] = stats_of
+            self.routes[name] = route
+            if new_server is not None:
+                previous = self.listeners.get(name)
+                self.listeners[name] = new_server
+                if previous is not None:
+                    previous.close()
+            self.pool.prune(self._live_addresses())
+
+    async def _listen(self, name: str, address: tuple[str, int]) -> asyncio.Server:
+        host, port = address
+        if self.closing:
+            raise BindError("the proxy is shutting down")
+        try:
+            return await self.loop.create_server(
+                lambda: ClientProtocol(self, name),
+                host,
+                port,
+                reuse_address=True,
+                backlog=1024,
+            )
+        except OSError as exc:
+            raise BindError(_bind_message(host, port, exc)) from exc
+
+    async def remove_route(self, name: str) -> None:
+        async with self._lock:
+            self.routes.pop(name, None)
+            self.stats.pop(name, None)
+            server = self.listeners.pop(name, None)
+            if server is not None:
+                server.close()
+            self.pool.prune(self._live_addresses())
+
+    def _live_addresses(self) -> set[tuple[str, int]]:
+        return {(b.host, b.port) for r in self.routes.values() for b in r.backends}
+
+    def routes_json(self) -> dict[str, Any]:
+        return {name: route.to_json() for name, route in self.routes.items()}
+
+    def stats_json(self) -> dict[str, Any]:
+        return {
+            name: {"colors": {color: s.to_json() for color, s in colors.items()}}
+            for name, colors in self.stats.items()
+        }
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let in-flight exchanges finish (bounded), then close everything."""
+        self.closing = True
+        for server in self.listeners.values():
+            server.close()
+        self.listeners.clear()
+        deadline = self.loop.time() + timeout
+        while True:
+            for client in list(self.clients):
+                if client.idle:
+                    client.transport.close()
+            if not self.clients or self.loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        for client in list(self.clients):
+            client.transport.abort()
+        self.pool.close_all()

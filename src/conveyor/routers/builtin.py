@@ -1,0 +1,167 @@
+"""Client of the built-in proxy's control socket, and starting the proxy process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from conveyor.routers.base import Backend, ProxyUnavailable, RouterError
+
+CALL_TIMEOUT = 5.0
+START_TIMEOUT = 10.0
+
+
+class ProxyClient:
+    """Async `Router` over the proxy's unix control socket: one short connection per call."""
+
+    def __init__(self, path: Path, timeout: float = CALL_TIMEOUT) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    async def call(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(str(self.path), limit=16 * 1024 * 1024),
+                self.timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise ProxyUnavailable(
+                f"proxy control socket {self.path}: {exc or 'timed out'}"
+            ) from exc
+        try:
+            writer.write(json.dumps(request).encode() + b"\n")
+            line = await asyncio.wait_for(reader.readline(), self.timeout)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ProxyUnavailable(
+                f"proxy control socket {self.path}: {exc or 'timed out'}"
+            ) from exc
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        return _decode(line, self.path)
+
+    async def ping(self) -> dict[str, Any]:
+        return await self.call({"op": "ping"})
+
+    async def set_route(
+        self,
+        name: str,
+        listen: tuple[str, int],
+        backends: Sequence[Backend],
+        limits: Mapping[str, Any] | None = None,
+    ) -> None:
+        request: dict[str, Any] = {
+            "op": "set_route",
+            "name": name,
+            "listen": [listen[0], listen[1]],
+            "backends": [b.to_json() for b in backends],
+        }
+        if limits is not None:
+            request["limits"] = dict(limits)
+        await self.call(request)
+
+    async def remove_route(self, name: str) -> None:
+        await self.call({"op": "remove_route", "name": name})
+
+    async def stats(self) -> dict[str, Any]:
+        return await self.call({"op": "stats"})
+
+    async def shutdown(self) -> None:
+        await self.call({"op": "shutdown"})
+
+
+def _decode(line: bytes, path: Path) -> dict[str, Any]:
+    if not line:
+        raise ProxyUnavailable(f"proxy control socket {path}: closed without answering")
+    try:
+        response = json.loads(line)
+    except ValueError as exc:
+        raise ProxyUnavailable(f"proxy control socket {path}: garbled answer") from exc
+    if not isinstance(response, dict):
+        raise ProxyUnavailable(f"proxy control socket {path}: garbled answer")
+    if not response.get("ok"):
+        raise RouterError(str(response.get("error", "unknown error")))
+    return response
+
+
+def ping_sync(path: Path, timeout: float = 1.0) -> dict[str, Any]:
+    """Blocking ping, for callers outside an event loop (start_proxy, the CLI)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(str(path))
+            s.sendall(b'{"op":"ping"}\n')
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        except OSError as exc:
+            raise ProxyUnavailable(f"proxy control socket {path}: {exc}") from exc
+    return _decode(buf, path)
+
+
+def read_pid(pidfile: Path) -> int | None:
+    """The pid in `pidfile` if that process exists, else None."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def start_proxy(
+    home: Path,
+    control: Path,
+    pidfile: Path,
+    log: Path,
+    python: str = sys.executable,
+) -> int:
+    """Start the proxy (unless one already answers on `control`) and return its pid.
+
+    The process gets its own session so that it outlives whoever started it; its output is
+    appended to `log`. Waits up to START_TIMEOUT seconds for it to answer ping.
+    """
+    with contextlib.suppress(ProxyUnavailable):
+        return int(ping_sync(control)["pid"])
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [python, "-m", "conveyor.proxy", "--control", str(control), "--pidfile", str(pidfile)],
+            cwd=home,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            return int(ping_sync(control)["pid"])
+        except ProxyUnavailable:
+            pass
+        code = proc.poll()
+        if code is not None:
+            raise ProxyUnavailable(f"proxy exited with code {code} at start; see {log}")
+        if time.monotonic() > deadline:
+            proc.terminate()
+            raise ProxyUnavailable(f"proxy did not answer within {START_TIMEOUT:g}s; see {log}")
+        time.sleep(0.02)
