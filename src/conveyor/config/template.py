@@ -133,7 +133,7 @@ path = {health_path}
 # max_headers = 100
 # connect_timeout = "5s"        # connecting to the backend color
 # upstream_timeout = "60s"      # waiting for the backend's response
-# retries = 3                   # connection attempts to a backend before answering 502
+# retries = 3                   # rounds of re-connecting (with back-off) before answering 502
 
 [agent]
 # The agent's admin HTTP endpoint (/metrics). Port 0 picks a free port: see `conveyor agent status`.
