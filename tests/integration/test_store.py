@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from conveyor.store import (
     InstanceRecord,
     ReleaseRecord,
     Store,
+    StoreError,
     UnknownDeployment,
     database_url,
     redacted_url,
@@ -355,3 +357,31 @@ def test_urls_are_normalised_and_redacted() -> None:
     assert "s3cret" not in shown
     assert "alice" in shown and "db.internal" in shown
     assert "s3cret" not in redacted_url("not a url s3cret")
+
+
+def test_open_errors_are_actionable_and_hide_the_password(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound but not listening: connections are refused
+        with pytest.raises(StoreError, match="cannot open the database") as refused:
+            Store.open(f"postgresql://alice:s3cret@127.0.0.1:{port}/conveyor")
+    assert "s3cret" not in str(refused.value)
+    assert "alice:***@127.0.0.1" in str(refused.value)
+    with pytest.raises(StoreError, match="unsupported database mysql"):
+        Store.open("mysql://alice:s3cret@127.0.0.1/conveyor")
+    with pytest.raises(StoreError, match="invalid database URL"):
+        Store.open("not a url")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError, match="cannot open the database"):
+        Store.open(f"sqlite:///{tmp_path}/file/sub/state.db")
+
+
+def test_missing_postgres_fails_under_ci_and_skips_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true but"):
+        _pg_unavailable("server down")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="server down"):
+        _pg_unavailable("server down")

@@ -20,7 +20,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, delete, event, select, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
@@ -264,9 +264,31 @@ class Store:
     @classmethod
     def open(cls, url: str) -> Store:
         """Connect to `url` and create or upgrade the schema (idempotent)."""
-        engine = _make_engine(normalize_url(url))
+        where = redacted_url(url)
+        try:
+            parsed = normalize_url(url)
+        except ArgumentError as exc:
+            raise StoreError(f"invalid database URL {where}: {exc}") from exc
+        if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+            raise StoreError(
+                f"unsupported database {where}: use sqlite:///path or postgresql://user@host/db"
+            )
+        try:
+            engine = _make_engine(parsed)
+        except ModuleNotFoundError as exc:
+            raise StoreError(
+                f"cannot open {where}: the PostgreSQL driver is missing ({exc}); "
+                "install conveyor-deploy[postgres]"
+            ) from exc
+        except OSError as exc:
+            raise StoreError(f"cannot open the database {where}: {exc}") from exc
         try:
             _upgrade(engine)
+        except DBAPIError as exc:
+            engine.dispose()
+            # exc.orig is the driver's message, without SQLAlchemy's SQL echo; URLs in messages
+            # are always the redacted form.
+            raise StoreError(f"cannot open the database {where}: {exc.orig}") from exc
         except BaseException:
             engine.dispose()
             raise
