@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.config.loader import load_config
 from conveyor.health import probe_http
 from conveyor.runtimes import ColorSpec, Instance, LocalRuntime, free_port
 
@@ -321,6 +322,13 @@ def test_example_config_is_consistent() -> None:
     assert web["health"]["path"] == "/healthz"
     assert config["services"]["worker"]["kind"] == "worker"
     assert json.loads((DEMOAPP / "demo.json").read_text()) == {"version": "v1"}
+
+    loaded = load_config(DEMOAPP / "conveyor.toml")
+    dev = loaded.environment("dev")
+    assert dev.services["web"].port == 8080
+    assert dev.services["web"].command_for(4321) == "python3 app.py --port 4321"
+    assert dev.services["worker"].kind == "worker"
+    assert loaded.environment("staging").services["web"].port == 8081
     # The scripts run as plain python3 with nothing but the standard library.
     for script in ("app.py", "worker.py"):
         tree = ast.parse((DEMOAPP / script).read_text())

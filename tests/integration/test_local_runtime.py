@@ -24,6 +24,7 @@ from conveyor.runtimes import (
     LocalRuntime,
     RuntimeStartError,
     free_port,
+    local,
     read_proc_stat,
     tail,
 )
@@ -378,3 +379,18 @@ def test_free_port_is_bindable() -> None:
     assert 0 < port < 65536
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+def test_only_recent_exit_statuses_are_kept(
+    runtime: LocalRuntime, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "KEEP_FINISHED", 2)
+    first = runtime.start(make_spec(workdir, "sh -c 'exit 4'"))
+    wait_until(lambda: not runtime.alive(first), what="exit")
+    assert runtime.exit_detail(first) == "exited with code 4"
+    for _ in range(3):
+        inst = runtime.start(make_spec(workdir, "true"))
+        wait_until(lambda inst=inst: not runtime.alive(inst), what="exit")  # type: ignore[misc]
+    # The oldest handle was dropped: it is now known only through /proc, like an adopted one.
+    assert runtime.exit_detail(first) == "not running"
+    assert runtime.exit_detail(inst) == "exited with code 0"

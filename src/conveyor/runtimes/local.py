@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +22,9 @@ from pathlib import Path
 from conveyor.runtimes.base import ColorSpec, Instance, RuntimeStartError
 
 POLL_INTERVAL = 0.05
+# Handles of exited children are kept for exit_detail(); a long-running agent starts
+# processes on every deploy, so only this many finished ones are remembered.
+KEEP_FINISHED = 256
 # After SIGKILL the kernel tears the process down promptly; this only bounds the wait
 # for a process stuck in uninterruptible sleep so stop() always returns.
 KILL_WAIT = 5.0
@@ -89,6 +92,7 @@ class LocalRuntime:
         if stat is None:  # pragma: no cover - only if someone else reaped our child
             raise RuntimeStartError(f"process {proc.pid} vanished right after start")
         self._children[(proc.pid, stat.start)] = proc
+        self._forget_old_exits()
         return Instance(
             pid=proc.pid,
             pgid=proc.pid,
@@ -97,6 +101,12 @@ class LocalRuntime:
             started_at=time.time(),
             log_path=spec.log_path,
         )
+
+    def _forget_old_exits(self) -> None:
+        finished = [key for key, proc in self._children.items() if proc.poll() is not None]
+        # Dicts keep insertion order, so the first ones are the oldest.
+        for key in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            del self._children[key]
 
     def adopt(
         self,
@@ -142,38 +152,29 @@ class LocalRuntime:
         return f"exited with code {code}"
 
     async def stop(self, inst: Instance, grace: float) -> None:
-        await self._stop(inst, grace, asyncio.sleep)
+        # Runs on the agent's event loop: wait by sleeping asynchronously, never block.
+        for pause in self._stop_steps(inst, grace):
+            await asyncio.sleep(pause)
 
     def stop_sync(self, inst: Instance, grace: float) -> None:
         """stop() for callers without an event loop."""
+        for pause in self._stop_steps(inst, grace):
+            time.sleep(pause)
 
-        async def sleep(seconds: float) -> None:
-            time.sleep(seconds)
-
-        # The coroutine never suspends on a real event (sleep blocks), so driving it with
-        # asyncio.run would only add a loop; step it by hand instead.
-        coro = self._stop(inst, grace, sleep)
-        try:
-            while True:
-                coro.send(None)
-        except StopIteration:
-            pass
-
-    async def _stop(
-        self, inst: Instance, grace: float, sleep: Callable[[float], Awaitable[None]]
-    ) -> None:
+    def _stop_steps(self, inst: Instance, grace: float) -> Iterator[float]:
+        """The stop sequence; yields how long to pause between checks (the caller sleeps)."""
         if not self._group_is_ours(inst):
             return
         if self.alive(inst):
             self._signal_group(inst, signal.SIGTERM)
             deadline = time.monotonic() + grace
             while self.alive(inst) and time.monotonic() < deadline:
-                await sleep(POLL_INTERVAL)
+                yield POLL_INTERVAL
             if self.alive(inst):
                 self._signal_group(inst, signal.SIGKILL)
                 deadline = time.monotonic() + KILL_WAIT
                 while self.alive(inst) and time.monotonic() < deadline:
-                    await sleep(POLL_INTERVAL)
+                    yield POLL_INTERVAL
         # The leader is gone; whatever it forked into its group and that shrugged off
         # SIGTERM goes now, so a stopped color leaves nothing behind.
         if self._group_is_ours(inst):
