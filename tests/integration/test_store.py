@@ -220,8 +220,10 @@ def test_datetimes_come_back_aware_utc(store: Store) -> None:
 
 
 def test_naive_datetimes_are_refused(store: Store) -> None:
-    with pytest.raises(Exception, match="naive datetime"):
+    with pytest.raises(ValueError, match="naive datetime"):
         store.add_release(_release("v1", datetime(2024, 5, 1, 12, 0)))
+    with pytest.raises(ValueError, match="naive datetime"):
+        store.create_deployment("shop", "dev", "v1", "deploy", None, datetime(2024, 5, 1))
     assert store.list_releases("shop") == []
 
 
