@@ -246,6 +246,8 @@ def test_crash_after(runner: Runner) -> None:
 
 def test_sigterm_finishes_in_flight_requests(runner: Runner) -> None:
     inst, port = runner.start_healthy()
+    idle = connect(port)  # an idle keep-alive connection must not hold up the exit
+    assert request(idle, "GET", "/")[0] == 200
     result: list[tuple[int, bytes]] = []
 
     def slow_request() -> None:
@@ -260,7 +262,9 @@ def test_sigterm_finishes_in_flight_requests(runner: Runner) -> None:
         return "http_requests_in_flight 2\n" in metrics  # the slow one and this scrape
 
     wait_until(in_flight, 10, "the slow request to be in flight")
+    started = time.monotonic()
     asyncio.run(runner.runtime.stop(inst, grace=10))
+    assert time.monotonic() - started < 5
     client.join(10)
     assert result == [(200, b"slept 1500 ms\n")]
     assert runner.runtime.exit_detail(inst) == "exited with code 0"

@@ -251,6 +251,13 @@ def test_unspawnable_command_raises(runtime: LocalRuntime, workdir: Path) -> Non
     spec = make_spec(workdir, "true", cwd=workdir / "missing")
     with pytest.raises(RuntimeStartError, match="missing"):
         runtime.start(spec)
+    with pytest.raises(RuntimeStartError, match="null"):
+        runtime.start(make_spec(workdir, "true", env={"BAD": "a\x00b"}))
+    blocker = workdir / "not-a-dir"
+    blocker.write_text("")
+    bad_log = dataclasses.replace(make_spec(workdir, "true"), log_path=blocker / "x.log")
+    with pytest.raises(RuntimeStartError, match="cannot open log"):
+        runtime.start(bad_log)
 
 
 def test_pid_reuse_mismatch_is_not_alive_and_not_killed(

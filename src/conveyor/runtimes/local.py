@@ -83,7 +83,7 @@ class LocalRuntime:
                 start_new_session=True,
                 close_fds=True,
             )
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte in the command or env
             raise RuntimeStartError(f"cannot start {spec.command!r} in {spec.cwd}: {e}") from e
         finally:
             os.close(log_fd)
