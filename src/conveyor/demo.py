@@ -61,13 +61,34 @@ def demo_app_source() -> Path:
     raise FileNotFoundError("the demo app is missing from this installation")
 
 
-class _Demo:
-    def __init__(self, workdir: Path, console: Console) -> None:
-        self.dir = workdir
+class ScratchProject:
+    """The demo app in a temp directory, driven through the real `conveyor` CLI."""
+
+    def __init__(self, console: Console, config: str = CONFIG) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="conveyor-demo-", dir="/tmp"))
         self.console = console
-        self.env = {**os.environ, "CONVEYOR_PROJECT": str(workdir)}
+        self.env = {**os.environ, "CONVEYOR_PROJECT": str(self.dir)}
         self.env.pop("CONVEYOR_HOME", None)
         self.env.pop("CONVEYOR_DATABASE_URL", None)
+        for name in ("app.py", "worker.py"):
+            shutil.copy(demo_app_source() / name, self.dir / name)
+        self.port = free_port("127.0.0.1")
+        (self.dir / "conveyor.toml").write_text(
+            config.format(python=sys.executable, port=self.port)
+        )
+
+    def close(self, keep: bool = False) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "conveyor", "agent", "stop", "--yes"],
+            env=self.env,
+            cwd=self.dir,
+            capture_output=True,
+            timeout=60,
+        )
+        if keep:
+            self.console.print(f"kept {self.dir}")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def say(self, text: str) -> None:
         self.console.print(text)
@@ -95,18 +116,14 @@ class _Demo:
 
 def run_demo(keep: bool = False) -> int:
     console = Console(highlight=False)
-    workdir = Path(tempfile.mkdtemp(prefix="conveyor-demo-", dir="/tmp"))
-    demo = _Demo(workdir, console)
-    for name in ("app.py", "worker.py"):
-        shutil.copy(demo_app_source() / name, workdir / name)
-    port = free_port("127.0.0.1")
-    (workdir / "conveyor.toml").write_text(CONFIG.format(python=sys.executable, port=port))
+    demo = ScratchProject(console)
+    port = demo.port
     load: LoadGenerator | None = None
     switches: list[tuple[str, float]] = []
     ok = False
     try:
         console.rule("conveyor demo")
-        demo.say(f"scratch project in {workdir}, public port 127.0.0.1:{port}")
+        demo.say(f"scratch project in {demo.dir}, public port 127.0.0.1:{port}")
         demo.release("v1")
         code, out = demo.conveyor("deploy", "v1", "--env", "dev", "--json")
         if code != 0:
@@ -169,15 +186,5 @@ def run_demo(keep: bool = False) -> int:
     finally:
         if load is not None:
             load.stop()
-        subprocess.run(
-            [sys.executable, "-m", "conveyor", "agent", "stop", "--yes"],
-            env=demo.env,
-            cwd=workdir,
-            capture_output=True,
-            timeout=60,
-        )
-        if keep:
-            console.print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        demo.close(keep)
     return 0 if ok else 1

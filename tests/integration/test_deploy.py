@@ -181,6 +181,7 @@ def test_agent_kill_under_load_drops_nothing_and_the_next_agent_adopts_everythin
     assert project.pid("proxy") == proxy_pid  # adopted, not restarted
     assert project.db("SELECT pid FROM instances")[0][0] == app_pid
     code, status = project.json("status", "--env", "dev")
+    assert code == 0
     assert status["services"][0]["active"]["healthy"] is True
     result = load.stop()
     assert result.failed == 0, (result.statuses, result.error_samples)

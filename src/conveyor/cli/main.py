@@ -127,23 +127,18 @@ def init(
 
         cd myapp && conveyor init
     """
-    from conveyor.config.template import detect, render_template
+    from conveyor.config.template import default_app_name, detect, render_template
 
     here = Path(os.environ.get("CONVEYOR_PROJECT", ".")).resolve()
     target = here / "conveyor.toml"
     if target.exists() and not force:
         fail(f"{target} already exists (use --force to overwrite it)")
     command, port, health = detect(here)
-    app_name = name or _slug(here.name)
+    app_name = name or default_app_name(here)
     text = render_template(app_name, command, port, health)
     target.write_text(text)
     console.print(f"wrote {target}: app {app_name!r}, web service `{command}` on port {port}")
     console.print("next: conveyor release create --version v1 && conveyor deploy v1 --env dev")
-
-
-def _slug(text: str) -> str:
-    out = "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-_")
-    return out or "app"
 
 
 # --- releases ---------------------------------------------------------------------------------
