@@ -236,8 +236,9 @@ def test_exit_code_and_alive_after_exit(runtime: LocalRuntime, workdir: Path) ->
     inst = runtime.start(make_spec(workdir, f"{PY} -c 'raise SystemExit(3)'"))
     wait_until(lambda: not runtime.alive(inst), what="exit")
     assert runtime.exit_detail(inst) == "exited with code 3"
-    # The zombie was reaped by alive().
-    assert read_proc_stat(inst.pid) is None or read_proc_stat(inst.pid).start != inst.proc_start  # type: ignore[union-attr]
+    # alive() reaped the zombie: no process with this identity is left.
+    stat = read_proc_stat(inst.pid)
+    assert stat is None or stat.start != inst.proc_start
 
 
 def test_command_not_found_exits_127(runtime: LocalRuntime, workdir: Path) -> None:
