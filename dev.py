@@ -21,7 +21,7 @@ STAMP = VENV / ".conveyor-installed"
 
 
 def ensure_venv() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file may run on an older python3
         sys.exit(f"conveyor needs Python 3.11 or newer (this is {sys.version.split()[0]})")
     if not PY.exists():
         print(f"creating {VENV}", flush=True)
