@@ -177,8 +177,8 @@ class ClientProtocol(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        # head_raw is not reset here: it counts from the end of the previous message.
         self.in_head = True
-        self.head_raw = 0
         self.url = b""
         self.lines = []
         self.nheaders = 0

@@ -60,6 +60,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.framing = RAW
         self.until_close = False
         self.complete = False
+        self.keep_alive = False
         self.status = 0
 
     # -- asyncio -------------------------------------------------------------------------------
@@ -124,9 +125,7 @@ class UpstreamProtocol(asyncio.Protocol):
             return
         self._flush(ex)
         if self.complete:
-            ex.response_complete(
-                self.status, self.parser.should_keep_alive() and not self.until_close
-            )
+            ex.response_complete(self.status, self.keep_alive and not self.until_close)
 
     def _flush(self, ex: Exchange) -> None:
         out = self.out
@@ -197,6 +196,8 @@ class UpstreamProtocol(asyncio.Protocol):
                 )
             return
         self.head_done = True
+        # Asked now: after on_message_complete llhttp has already reset its flags.
+        self.keep_alive = self.parser.should_keep_alive()
         ex.head_received()
         lines = self.lines
         parts = [b"HTTP/1.1 ", STATUS_BYTES[status], b" ", self.reason, _CRLF, *lines]
