@@ -401,7 +401,7 @@ def test_bind_failure_leaves_table_untouched() -> None:
             proxy_with_route([backend(blue)]) as (proxy, port),
         ):
             before = proxy.routes_json()
-            with pytest.raises(BindError, match=r"cannot listen on 127\.0\.0\.1:%d" % green.port):
+            with pytest.raises(BindError, match=rf"cannot listen on 127\.0\.0\.1:{green.port}"):
                 await proxy.set_route("dev/web", [LOCAL, green.port], [backend(green)], None)
             assert proxy.routes_json() == before
             r, w = await connect(port)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from functools import partial
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from conveyor.proxy.flow import PAUSE_PENDING
@@ -110,7 +111,7 @@ class Exchange:
     def dispatch(self) -> None:
         """Pick a backend from the route table as it is now and send the request."""
         proxy = self.proxy
-        self.started = proxy.loop.time()
+        self.started = perf_counter()
         route = proxy.routes.get(self.client.name)
         backend = route.pick() if route is not None else None
         if backend is None:
@@ -218,7 +219,7 @@ class Exchange:
             self.timer = None
         stats = self.stats
         if stats is not None:
-            stats.observe(status, self.proxy.loop.time() - self.started)
+            stats.observe(status, perf_counter() - self.started)
             stats.inflight -= 1
         if self.tunnel:
             # The upstream connection stays attached: it is now one end of the pipe.
@@ -286,7 +287,7 @@ class Exchange:
             client.transport.close()
             return
         if stats is not None:
-            stats.observe(status, self.proxy.loop.time() - self.started)
+            stats.observe(status, perf_counter() - self.started)
         keep = self.keep_alive and self.request_done and not self.upgrade
         self.keep_alive = keep
         self.responded = True
