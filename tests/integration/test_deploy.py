@@ -85,7 +85,7 @@ def test_a_release_that_crashes_on_start_fails_with_its_output(project: Project)
     project.release("v2", crash_after=0.05)
     code, out = project.deploy("v2")
     assert code == 1
-    assert "exited before it became healthy: exited with code 3" in out["reason"]
+    assert "exited before it took traffic: exited with code 3" in out["reason"]
     assert project.get()[2] == "v1"
 
 

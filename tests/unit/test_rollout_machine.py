@@ -119,7 +119,9 @@ def happy_path() -> list[r.Event]:
 def test_happy_path_switches_drains_and_succeeds() -> None:
     state, log = run(happy_path())
     assert state.phase is r.Phase.SUCCEEDED
-    kinds = [type(a).__name__ for _, a in log if not isinstance(a, r.Record)]
+    kinds = [
+        type(a).__name__ for _, a in log if not isinstance(a, (r.Record, r.Announce, r.Analyze, r.Preview))
+    ]
     assert kinds == [
         "StartColor",
         "StartColor",
@@ -131,6 +133,8 @@ def test_happy_path_switches_drains_and_succeeds() -> None:
     ]
     drain = next(a for _, a in log if isinstance(a, r.Drain))
     assert drain.colors == (("web", "blue"),)  # api had no old color; jobs is a worker
+    events = [a.event for _, a in log if isinstance(a, r.Announce)]
+    assert events == ["started", "switched", "succeeded"]
 
 
 def test_a_failed_probe_resets_the_streak() -> None:
