@@ -34,6 +34,7 @@ FIRST_BACKOFF = 0.025
 class Exchange:
     __slots__ = (
         "client",
+        "deadline",
         "finished",
         "keep_alive",
         "method",
@@ -46,7 +47,6 @@ class Exchange:
         "responded",
         "started",
         "stats",
-        "timer",
         "tunnel",
         "upgrade",
         "upstream",
@@ -76,7 +76,9 @@ class Exchange:
         self.started = 0.0
         self.stats: ColorStats | None = None
         self.upstream: UpstreamProtocol | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        # When the response head is due (perf_counter); 0.0 when not waiting. Checked by the
+        # proxy's sweep, which costs less than a timer handle per request.
+        self.deadline = 0.0
 
     # -- request bytes -------------------------------------------------------------------------
 
@@ -101,10 +103,8 @@ class Exchange:
             if self.replay_size > REPLAY_CAP:
                 self.replay = None
         up.transport.write(data)
-        if self.request_done and self.timer is None and not up.head_done and not self.tunnel:
-            self.timer = self.proxy.loop.call_later(
-                self.client.limits.upstream_timeout, self.on_timeout
-            )
+        if self.request_done and not self.deadline and not up.head_done and not self.tunnel:
+            self.deadline = perf_counter() + self.client.limits.upstream_timeout
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -141,7 +141,8 @@ class Exchange:
         if self.client.write_paused:
             conn.pause_reading()
         self.flush()
-        self.client.resume(PAUSE_PENDING)
+        if self.client.paused:
+            self.client.resume(PAUSE_PENDING)
 
     async def open(self, first: Backend | None) -> None:
         """Connect to a backend, retrying refused/unreachable ones (the app may be restarting).
@@ -198,25 +199,20 @@ class Exchange:
     # -- outcomes ------------------------------------------------------------------------------
 
     def on_timeout(self) -> None:
-        self.timer = None
+        self.deadline = 0.0
         up = self.upstream
         if up is not None and not up.head_done and not self.finished:
             self.local_response(504)
 
     def head_received(self) -> None:
-        timer = self.timer
-        if timer is not None:
-            timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
         # The response has started: what was sent can no longer be replayed.
         self.replay = None
 
     def response_complete(self, status: int, reusable: bool) -> None:
         """The final response went out whole: count it, recycle the upstream connection."""
         self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
         stats = self.stats
         if stats is not None:
             stats.observe(status, perf_counter() - self.started)
@@ -251,9 +247,7 @@ class Exchange:
             self.upstream = None
             if up is not None:
                 up.exchange = None
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
+            self.deadline = 0.0
             self.replay = None
             self.pending[0:0] = replay
             self.pending_size += self.replay_size
@@ -266,9 +260,7 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
         up = self.upstream
         self.upstream = None
         if up is not None:
@@ -304,9 +296,7 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
         self.upstream = None
         if up is not None:
             up.exchange = None

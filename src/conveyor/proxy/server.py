@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from time import perf_counter
 from typing import Any
 
 from conveyor.proxy.downstream import ClientProtocol
@@ -17,6 +18,9 @@ from conveyor.proxy.model import (
     parse_listen,
 )
 from conveyor.proxy.upstream import Pool
+
+# How often overdue response heads are looked for: the 504 comes at most this late.
+SWEEP_INTERVAL = 0.05
 
 
 class BindError(Exception):
@@ -44,6 +48,18 @@ class Proxy:
         self.clients: set[ClientProtocol] = set()
         self.closing = False
         self._lock = asyncio.Lock()
+        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _sweep(self) -> None:
+        """Answer 504 for exchanges whose response head is overdue (see Exchange.deadline)."""
+        now = perf_counter()
+        for client in list(self.clients):
+            queue = client.queue
+            if queue:
+                ex = queue[0]
+                if ex.deadline and ex.deadline <= now:
+                    ex.on_timeout()
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     async def set_route(self, name: str, listen: object, backends: object, limits: object) -> None:
         if not isinstance(name, str) or not name:
@@ -120,3 +136,4 @@ class Proxy:
         for client in list(self.clients):
             client.transport.abort()
         self.pool.close_all()
+        self._sweeper.cancel()
