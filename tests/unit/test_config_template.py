@@ -7,7 +7,19 @@ import pytest
 from pydantic import BaseModel
 
 from conveyor.config import load_config
-from conveyor.config.models import AgentConfig, HealthConfig, ProxyConfig, RolloutConfig
+from conveyor.config.models import (
+    DEFAULT_ANALYSIS,
+    METRICS,
+    AgentConfig,
+    AnalysisCheck,
+    HealthConfig,
+    HookConfig,
+    HooksConfig,
+    NotificationConfig,
+    ProxyConfig,
+    RolloutConfig,
+    StickyConfig,
+)
 from conveyor.config.template import FALLBACK, default_app_name, detect, render_template
 
 
@@ -44,21 +56,57 @@ def test_template_commented_examples_are_valid(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.services["web"].health == HealthConfig(path="/")
     assert config.services["jobs"].kind == "worker"
-    assert config.rollout == RolloutConfig()
+    # The first [[rollout.analysis]] is the default check; the others are examples.
+    assert config.rollout.analysis[0] == DEFAULT_ANALYSIS[0]
+    assert [c.metric for c in config.rollout.analysis] == list(METRICS)
+    assert config.rollout.model_copy(update={"analysis": []}) == RolloutConfig()
+    assert config.services["web"].preview_port == 8081
     assert config.proxy == ProxyConfig()
     assert config.agent == AgentConfig()
+    assert config.hooks.smoke == HookConfig(command="python3 smoke.py")
+    assert all(hook is not None for hook in config.hooks.model_dump().values())
+    assert config.notifications == [
+        NotificationConfig(url="https://hooks.slack.com/services/T000/B000/XXXX")
+    ]
     staging = config.environment("staging")
     assert staging.services["web"].port == 18080
     assert staging.services["web"].health.interval == 5.0
+    assert (staging.rollout.strategy, staging.rollout.steps[-1].weight) == ("canary", 100)
+    assert staging.hooks.pre_deploy == HookConfig(command="./check-freeze.sh --staging")
+    assert staging.hooks.smoke == config.hooks.smoke
+
+
+def test_template_preview_port_example_differs_from_port(tmp_path: Path) -> None:
+    text = render_template("shop", "serve {port}", 65535, "/")
+    uncommented = re.sub(r"^# (?=preview_port = )", "", text, flags=re.MULTILINE)
+    path = tmp_path / "conveyor.toml"
+    path.write_text(uncommented)
+    assert load_config(path).services["web"].preview_port == 65534
 
 
 def test_template_mentions_every_key() -> None:
     text = render_template("shop", "serve {port}", 8080, "/")
-    models: list[type[BaseModel]] = [HealthConfig, RolloutConfig, ProxyConfig, AgentConfig]
+    models: list[type[BaseModel]] = [
+        HealthConfig,
+        RolloutConfig,
+        StickyConfig,
+        AnalysisCheck,
+        HooksConfig,
+        NotificationConfig,
+        ProxyConfig,
+        AgentConfig,
+    ]
     keys = [name for model in models for name in model.model_fields]
-    keys += ["command", "kind", "port", "listen", "env", "stop_timeout", "workdir", "health"]
+    keys += ["command", "kind", "port", "preview_port", "listen", "env", "stop_timeout"]
+    keys += ["workdir", "health", "hooks", "notifications"]
+    # Documented in prose rather than as a key line: it is the alternative to `cookie`, and
+    # the two cannot both be uncommented; `field` is described in the http example.
+    prose = {"header", "field", "min"}
     for key in keys:
-        assert re.search(rf"^#? ?{key} = |\.{key}\]", text, re.MULTILINE), key
+        if key in prose:
+            assert re.search(rf"\b{key}\b", text), key
+        else:
+            assert re.search(rf"^#? ?{key} = |\.{key}\]|^# \[\[?{key}\]", text, re.MULTILINE), key
 
 
 def test_detect_django(tmp_path: Path) -> None:

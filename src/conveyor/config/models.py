@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from conveyor.core.durations import parse_duration
@@ -90,6 +91,19 @@ class Issue:
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return matches[0] if matches else None
+
+
+class LocatedValueError(ValueError):
+    """A validation error that names the key it is about, below the value being validated.
+
+    A check that spans several keys (weights across canary steps, a metric and its query) runs
+    on the enclosing value, but the error is worth reporting at the key the user has to change:
+    `path` is that key relative to the value, e.g. ("2", "weight") under `steps`.
+    """
+
+    def __init__(self, message: str, *path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 # --- field types -------------------------------------------------------------------------------
@@ -167,6 +181,8 @@ class ServiceConfig(_Model):
     kind: Literal["web", "worker"] = "web"
     command: str
     port: int | None = Field(default=None, validate_default=True)
+    # Where the new color can be tried before it takes traffic (auto_promote = false).
+    preview_port: int | None = None
     listen: str = "127.0.0.1"
     env: dict[str, str] = Field(default_factory=dict)
     health: HealthConfig = Field(default_factory=HealthConfig)
@@ -203,6 +219,22 @@ class ServiceConfig(_Model):
             raise ValueError(f"port must be between 1 and 65535 (got {value})")
         return value
 
+    @field_validator("preview_port")
+    @classmethod
+    def _preview_port(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is None:
+            return value
+        if info.data.get("kind") == "worker":
+            raise ValueError("workers have no port: remove preview_port")
+        if not 1 <= value <= 65535:
+            raise ValueError(f"preview_port must be between 1 and 65535 (got {value})")
+        if value == info.data.get("port"):
+            raise ValueError(
+                f"preview_port must differ from port ({value}): the public port keeps serving "
+                "the current version while the new one is previewed"
+            )
+        return value
+
     @field_validator("listen")
     @classmethod
     def _listen_is_a_host(cls, value: str) -> str:
@@ -237,9 +269,348 @@ class ServiceConfig(_Model):
         return self.command.replace("{port}", str(port))
 
 
+# --- rollout: strategy, canary steps, analysis -------------------------------------------------
+
+Metric = Literal["error_rate", "latency_p99_ms", "prometheus", "http", "command"]
+METRICS: tuple[Metric, ...] = get_args(Metric)
+# Measured by conveyor's own proxy over a sliding window of its counters.
+BUILTIN_METRICS = frozenset({"error_rate", "latency_p99_ms"})
+DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
+# What an http check's url may contain; the engine substitutes them per deployment.
+URL_PLACEHOLDERS = ("version", "color", "environment", "service", "app", "port")
+# A cookie name or an HTTP header name: an RFC 7230 token (RFC 6265 cookie names are tokens too).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]*)\}")
+
+
+def _check_metric(value: object) -> object:
+    # Before the Literal check, to offer a "did you mean" instead of the list of literals.
+    if isinstance(value, str) and value not in METRICS:
+        hint = did_you_mean(value, METRICS)
+        known = f"did you mean {hint!r}?" if hint else "metrics: " + ", ".join(METRICS)
+        raise ValueError(f"unknown metric {value!r} ({known})")
+    return value
+
+
+def _check_http_url(value: str) -> str:
+    if not re.match(r"https?://[^/\s]", value) or any(c.isspace() for c in value):
+        raise ValueError(f"url must be an http:// or https:// URL (got {value!r})")
+    return value
+
+
+class AnalysisCheck(_Model):
+    """One measurement taken repeatedly while the new version bakes or a canary step runs."""
+
+    # `metric` comes first: the checks on url depend on it.
+    metric: Annotated[Metric, BeforeValidator(_check_metric)]
+    name: str | None = None
+    max: float | None = None
+    min: float | None = None
+    interval: PositiveDuration = 1.0
+    window: PositiveDuration = 10.0
+    min_requests: Annotated[int, AfterValidator(_non_negative)] = 50
+    failure_limit: AtLeastOne = 2
+    timeout: PositiveDuration = 5.0
+    query: str | None = None
+    url: str | None = Field(default=None, validate_default=True)
+    command: str | None = None
+    field: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("name must not be empty")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        metric = info.data.get("metric")
+        if value is None:
+            # Filled in here so that every prometheus check carries the URL it queries.
+            return DEFAULT_PROMETHEUS_URL if metric == "prometheus" else None
+        _check_http_url(value)
+        if metric == "http":
+            for name in _PLACEHOLDER.findall(value):
+                if name not in URL_PLACEHOLDERS:
+                    hint = did_you_mean(name, URL_PLACEHOLDERS)
+                    known = (
+                        f"did you mean {{{hint}}}?"
+                        if hint
+                        else "known: " + " ".join(f"{{{p}}}" for p in URL_PLACEHOLDERS)
+                    )
+                    raise ValueError(f"unknown placeholder {{{name}}} in url ({known})")
+        return value
+
+    @field_validator("field")
+    @classmethod
+    def _field_path(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(not part for part in value.split("."))):
+            raise ValueError(f"field must be a dotted path like 'checks.errors' (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _keys_fit_the_metric(self) -> AnalysisCheck:
+        metric = self.metric
+        needs = {"prometheus": "query", "http": "url", "command": "command"}
+        # Keys that belong to another kind of check are mistakes, not options to ignore.
+        owners = {"query": ("prometheus",), "url": ("prometheus", "http"), "command": ("command",)}
+        for key, metrics in owners.items():
+            if getattr(self, key) is not None and metric not in metrics:
+                raise LocatedValueError(f"{key} is not used by metric {metric!r}", key)
+        required = needs.get(metric)
+        if required is not None:
+            current = getattr(self, required)
+            if current is None or not current.strip():
+                example = {
+                    "query": 'query = "sum(rate(http_requests_total[1m]))"',
+                    "url": 'url = "http://127.0.0.1:{port}/internal/check"',
+                    "command": 'command = "python3 check.py"',
+                }[required]
+                raise LocatedValueError(
+                    f"metric {metric!r} needs a non-empty {required} (e.g. {example})", required
+                )
+        if self.field is not None and metric not in ("http", "command"):
+            raise LocatedValueError(
+                f"field is only for metric 'http' or 'command' ({metric!r} measures a number "
+                "itself)",
+                "field",
+            )
+        # A number is measured, so there must be something to compare it with. (Without
+        # `field`, http/command checks pass or fail on the status alone.)
+        measures_a_number = metric not in ("http", "command") or self.field is not None
+        if measures_a_number and self.max is None and self.min is None:
+            raise LocatedValueError(
+                f"metric {metric!r} needs a threshold: max (fail above) or min (fail below)",
+                "max",
+            )
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise LocatedValueError(
+                f"min ({self.min}) is greater than max ({self.max}): every measurement would fail",
+                "min",
+            )
+        return self
+
+    def display(self) -> str:
+        """The check's name in logs, measurements and notifications."""
+        if self.name is not None:
+            return self.name
+        if self.metric == "http":
+            return f"http {self.url}"
+        return self.metric
+
+
+DEFAULT_ANALYSIS: tuple[AnalysisCheck, ...] = (
+    AnalysisCheck(
+        metric="error_rate",
+        max=0.01,
+        min_requests=50,
+        interval=1.0,
+        window=10.0,
+        failure_limit=2,
+    ),
+)
+
+
+def _parse_pause(value: object) -> object:
+    if value == "manual":
+        return value
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError(
+            f'pause must be a duration like "30s" or "manual" (got {value!r})'
+        ) from None
+
+
+class CanaryStep(_Model):
+    weight: int
+    # None: move on once the step's analysis has passed a round; "manual": wait for
+    # `conveyor promote`.
+    pause: Annotated[float | Literal["manual"], BeforeValidator(_parse_pause)] | None = None
+
+    @field_validator("weight")
+    @classmethod
+    def _weight_range(cls, value: int) -> int:
+        if not 1 <= value <= 100:
+            raise ValueError(f"weight must be between 1 and 100 (got {value})")
+        return value
+
+
+class StickyConfig(_Model):
+    """How a client keeps seeing the same color during a canary."""
+
+    cookie: str | None = "conveyor_canary"
+    header: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _header_replaces_cookie(cls, data: Any) -> Any:
+        # The two are alternatives: writing `header` alone means "no cookie", not "the default
+        # cookie as well".
+        if isinstance(data, dict) and data.get("header") is not None:
+            if data.get("cookie") is not None:
+                raise ValueError("set either cookie or header, not both")
+            data = {**data, "cookie": None}
+        return data
+
+    @field_validator("cookie", "header")
+    @classmethod
+    def _token(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not _TOKEN.fullmatch(value):
+            what = "cookie" if info.field_name == "cookie" else "header"
+            raise ValueError(
+                f"invalid {what} name {value!r}: use letters, digits and !#$%&'*+-.^_`|~ "
+                "(no spaces, '=' or ';')"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_of_them(self) -> StickyConfig:
+        if self.cookie is None and self.header is None:
+            raise ValueError("set a cookie or a header to keep clients on one color")
+        return self
+
+
 class RolloutConfig(_Model):
     standby: Duration = 600.0
     drain_timeout: Duration = 30.0
+    # `strategy` comes before the keys whose checks depend on it.
+    strategy: Literal["bluegreen", "canary"] = "bluegreen"
+    bake: Duration = 60.0
+    auto_promote: bool = True
+    on_inconclusive: Literal["pass", "fail", "wait"] = "wait"
+    steps: list[CanaryStep] = Field(default_factory=list, validate_default=True)
+    sticky: StickyConfig = Field(default_factory=StickyConfig)
+    analysis: list[AnalysisCheck] = Field(default_factory=list)
+
+    @field_validator("auto_promote")
+    @classmethod
+    def _bluegreen_only(cls, value: bool, info: ValidationInfo) -> bool:
+        if not value and info.data.get("strategy") == "canary":
+            raise ValueError(
+                'auto_promote is for strategy = "bluegreen"; a canary waits for '
+                '`conveyor promote` at steps with pause = "manual"'
+            )
+        return value
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_fit_the_strategy(
+        cls, value: list[CanaryStep], info: ValidationInfo
+    ) -> list[CanaryStep]:
+        strategy = info.data.get("strategy")
+        if strategy == "bluegreen" and value:
+            raise ValueError(
+                'steps are only for strategy = "canary" (bluegreen moves all traffic at once)'
+            )
+        if strategy != "canary":
+            return value
+        if not value:
+            raise ValueError(
+                'strategy = "canary" needs steps, e.g. steps = [{ weight = 10, pause = "1m" }, '
+                "{ weight = 100 }]"
+            )
+        for index in range(1, len(value)):
+            if value[index].weight <= value[index - 1].weight:
+                raise LocatedValueError(
+                    f"step weights must increase: {value[index].weight} after "
+                    f"{value[index - 1].weight}",
+                    str(index),
+                    "weight",
+                )
+        if value[-1].weight != 100:
+            raise LocatedValueError(
+                f"the last step must send all traffic to the new version: weight = 100 "
+                f"(got {value[-1].weight})",
+                str(len(value) - 1),
+                "weight",
+            )
+        return value
+
+    @field_validator("analysis")
+    @classmethod
+    def _distinct_names(cls, value: list[AnalysisCheck]) -> list[AnalysisCheck]:
+        # Measurements are recorded and reported by name, so two checks may not share one.
+        seen: set[str] = set()
+        for index, check in enumerate(value):
+            if check.display() in seen:
+                raise LocatedValueError(
+                    f"two checks are named {check.display()!r}: give this one a distinct name",
+                    str(index),
+                    "name",
+                )
+            seen.add(check.display())
+        return value
+
+    def checks(self) -> list[AnalysisCheck]:
+        """The analysis to run: the configured checks, or the default error-rate check."""
+        return list(self.analysis) if self.analysis else list(DEFAULT_ANALYSIS)
+
+
+# --- hooks and notifications -------------------------------------------------------------------
+
+
+class HookConfig(_Model):
+    """A shell command run at one point of a deployment (see HooksConfig)."""
+
+    command: str
+    timeout: PositiveDuration = 60.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _string_is_the_command(cls, data: Any) -> Any:
+        # `smoke = "python3 smoke.py"` is shorthand for `smoke = { command = "python3 smoke.py" }`.
+        if isinstance(data, str):
+            if not data.strip():
+                raise ValueError("hook command must not be empty")
+            return {"command": data}
+        return data
+
+    @field_validator("command")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("hook command must not be empty")
+        return value
+
+
+class HooksConfig(_Model):
+    pre_deploy: HookConfig | None = None
+    smoke: HookConfig | None = None
+    post_switch: HookConfig | None = None
+    post_deploy: HookConfig | None = None
+    on_rollback: HookConfig | None = None
+
+
+Event = Literal["started", "switched", "step", "succeeded", "failed", "rolled_back", "aborted"]
+EVENTS: tuple[Event, ...] = get_args(Event)
+
+
+def _check_event(value: object) -> object:
+    if isinstance(value, str) and value not in EVENTS:
+        hint = did_you_mean(value, EVENTS)
+        known = f"did you mean {hint!r}?" if hint else "events: " + ", ".join(EVENTS)
+        raise ValueError(f"unknown event {value!r} ({known})")
+    return value
+
+
+class NotificationConfig(_Model):
+    url: Annotated[str, AfterValidator(_check_http_url)]
+    events: list[Annotated[Event, BeforeValidator(_check_event)]] = Field(
+        default_factory=lambda: list(EVENTS)
+    )
+    format: Literal["json", "slack", "auto"] = "auto"
+    timeout: PositiveDuration = 5.0
+    retries: Annotated[int, AfterValidator(_non_negative)] = 3
+
+    @field_validator("events")
+    @classmethod
+    def _some_events(cls, value: list[Event]) -> list[Event]:
+        if not value:
+            raise ValueError("events must not be empty (leave it out to get every event)")
+        return value
 
 
 class ProxyConfig(_Model):
@@ -268,6 +639,7 @@ class EnvironmentConfig(_Model):
     # errors can point at the override's own key.
     services: dict[str, dict[str, Any]] = Field(default_factory=dict)
     rollout: dict[str, Any] = Field(default_factory=dict)
+    hooks: dict[str, Any] = Field(default_factory=dict)
 
 
 class ResolvedEnvironment(_Model):
@@ -278,6 +650,8 @@ class ResolvedEnvironment(_Model):
     services: dict[str, ServiceConfig]
     rollout: RolloutConfig
     proxy: ProxyConfig
+    hooks: HooksConfig = Field(default_factory=HooksConfig)
+    notifications: list[NotificationConfig] = Field(default_factory=list)
 
     def web_services(self) -> dict[str, ServiceConfig]:
         return {name: svc for name, svc in self.services.items() if svc.kind == "web"}
@@ -289,6 +663,8 @@ class Config(_Model):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
+    hooks: HooksConfig = Field(default_factory=HooksConfig)
+    notifications: list[NotificationConfig] = Field(default_factory=list)
     environments: dict[EnvironmentName, EnvironmentConfig] = Field(
         default_factory=dict, validate_default=True
     )
@@ -354,10 +730,22 @@ def resolve_environment(
     rollout = config.rollout
     if overrides.rollout:
         merged = deep_merge(config.rollout.model_dump(exclude_unset=True), overrides.rollout)
+        if "sticky" in overrides.rollout:
+            # cookie and header are alternatives: an override naming one replaces the other
+            # instead of adding to it (a merge could never take the base's cookie away).
+            merged["sticky"] = overrides.rollout["sticky"]
         try:
             rollout = RolloutConfig.model_validate(merged)
         except ValidationError as err:
             issues.extend(issues_from_validation(err, RolloutConfig, (*prefix, "rollout")))
+
+    hooks = config.hooks
+    if overrides.hooks:
+        merged = deep_merge(config.hooks.model_dump(exclude_unset=True), overrides.hooks)
+        try:
+            hooks = HooksConfig.model_validate(merged)
+        except ValidationError as err:
+            issues.extend(issues_from_validation(err, HooksConfig, (*prefix, "hooks")))
 
     if issues:
         return None, issues
@@ -365,7 +753,13 @@ def resolve_environment(
     if issues:
         return None, issues
     env = ResolvedEnvironment(
-        name=name, app=config.app.name, services=services, rollout=rollout, proxy=config.proxy
+        name=name,
+        app=config.app.name,
+        services=services,
+        rollout=rollout,
+        proxy=config.proxy,
+        hooks=hooks,
+        notifications=config.notifications,
     )
     return env, []
 
@@ -374,27 +768,36 @@ def _listen_conflicts(
     env_name: str, services: Mapping[str, ServiceConfig], overrides: EnvironmentConfig
 ) -> list[Issue]:
     issues: list[Issue] = []
-    seen: list[tuple[str, str, int]] = []
+    # (service, key, host, port) of every address the proxy will listen on.
+    seen: list[tuple[str, str, str, int]] = []
     for name, svc in services.items():
         if svc.kind != "web" or svc.port is None:
             continue
-        for other, host, port in seen:
-            if port == svc.port and (host == svc.listen or {host, svc.listen} & _WILDCARD_HOSTS):
+        for key, number in (("port", svc.port), ("preview_port", svc.preview_port)):
+            if number is None:
+                continue
+            for other, other_key, host, port in seen:
+                if port != number or not (
+                    host == svc.listen or {host, svc.listen} & _WILDCARD_HOSTS
+                ):
+                    continue
                 override = overrides.services.get(name, {})
-                if "port" in override or "listen" in override:
-                    path: tuple[str, ...] = ("environments", env_name, "services", name, "port")
+                if key in override or "listen" in override:
+                    path: tuple[str, ...] = ("environments", env_name, "services", name, key)
                     where = f" in environment {env_name!r}"
                 else:
-                    path, where = ("services", name, "port"), ""
+                    path, where = ("services", name, key), ""
+                as_preview = " (as its preview_port)" if other_key == "preview_port" else ""
                 issues.append(
                     Issue(
                         path,
-                        f"port {svc.port} on {svc.listen} is already used by service "
-                        f"{other!r}{where} (each web service needs its own listen address)",
+                        f"{key} {number} on {svc.listen} is already used by service "
+                        f"{other!r}{as_preview}{where} (each web service needs its own "
+                        "listen address)",
                     )
                 )
                 break
-        seen.append((name, svc.listen, svc.port))
+            seen.append((name, key, svc.listen, number))
     return issues
 
 
@@ -456,7 +859,10 @@ def issues_from_validation(
             what = f"missing table [{dotted_key(path)}]" if is_table else "missing required key"
             issues.append(Issue(path, what, "missing"))
         elif kind in ("value_error", "assertion_error"):
-            issues.append(Issue(path, str(error["ctx"]["error"])))
+            cause = error["ctx"]["error"]
+            if isinstance(cause, LocatedValueError):
+                path = (*path, *cause.path)
+            issues.append(Issue(path, str(cause)))
         else:
             expected = _EXPECTED.get(kind) or _lower_first(error["msg"]).replace(
                 "input should be", "must be"
@@ -510,6 +916,9 @@ def _type_at(model: type[BaseModel], loc: Sequence[str]) -> Any:
         elif get_origin(current) is dict:
             remaining.pop(0)
             current = get_args(current)[1]
+        elif get_origin(current) is list:
+            remaining.pop(0)  # the index
+            current = get_args(current)[0]
         else:
             return None
     return _unwrap(current)

@@ -57,6 +57,8 @@ def render_template(app_name: str, command: str, port: int, health_path: str) ->
         app_name=_toml_string(app_name),
         command=_toml_string(command),
         port=port,
+        # Any port other than `port` makes a valid example.
+        preview_port=port + 1 if port < 65535 else port - 1,
         health_path=_toml_string(health_path),
     )
 
@@ -89,6 +91,10 @@ command = {command}
 # The public port the proxy listens on. Clients always connect here; conveyor moves them from
 # one color to the other.
 port = {port}
+
+# Where the new version can be tried before it takes traffic, when the rollout waits for
+# `conveyor promote` (auto_promote = false). Unset, conveyor picks a free port.
+# preview_port = {preview_port}
 
 # The address the proxy listens on. Use "0.0.0.0" to accept connections from other machines.
 # listen = "127.0.0.1"
@@ -126,6 +132,53 @@ path = {health_path}
 # In-flight requests on the old color may finish within this before it is stopped.
 # drain_timeout = "30s"
 
+# "bluegreen" moves all traffic to the new version at once; "canary" moves it in steps (see
+# the staging example at the end of this file).
+# strategy = "bluegreen"
+# After the switch (canary: at each step), the new version is watched for this long by the
+# analysis below; a failing analysis rolls back automatically. "0s" disables the watch.
+# bake = "60s"
+# bluegreen: false starts the new version and waits for `conveyor promote` before the switch;
+# meanwhile it can be tried on the service's preview_port.
+# auto_promote = true
+# When a measurement is inconclusive (too little traffic, Prometheus unreachable): count it as
+# "pass", as "fail", or "wait" for a conclusive one.
+# on_inconclusive = "wait"
+
+# [rollout.sticky]
+# canary: clients keep seeing the same version, by a cookie conveyor sets...
+# cookie = "conveyor_canary"
+# ...or by hashing a request header you already send (then no cookie): header = "X-User-Id"
+
+# The checks the analysis runs. Without any [[rollout.analysis]], this default one is used:
+# [[rollout.analysis]]
+# metric = "error_rate"         # 5xx and failed requests / responses, measured by the proxy
+# max = 0.01                    # fail above 1% (and `min` fails below)
+# min_requests = 50             # fewer requests in the window: inconclusive
+# interval = "1s"               # how often to measure
+# window = "10s"                # over how much recent traffic
+# failure_limit = 2             # this many failures in a row fail the analysis
+#
+# [[rollout.analysis]]
+# metric = "latency_p99_ms"     # 99th percentile response time through the proxy
+# max = 500
+#
+# [[rollout.analysis]]
+# metric = "prometheus"         # a PromQL query; {{version}} {{color}} {{environment}} {{service}} {{app}}
+# name = "5xx ratio"
+# query = 'sum(rate(http_requests_total{{status=~"5..",version="{{version}}"}}[1m])) / sum(rate(http_requests_total{{version="{{version}}"}}[1m]))'
+# url = "http://127.0.0.1:9090"
+# max = 0.01
+#
+# [[rollout.analysis]]
+# metric = "http"               # passes on 2xx, or compares the number at `field` in the JSON
+# url = "http://127.0.0.1:{{port}}/internal/selfcheck"
+# timeout = "5s"
+#
+# [[rollout.analysis]]
+# metric = "command"            # passes on exit code 0; run in the release directory
+# command = "python3 check_queue.py"
+
 [proxy]
 # Limits and timeouts of the built-in reverse proxy.
 # max_request_line = 8192       # bytes in the request line
@@ -139,6 +192,27 @@ path = {health_path}
 # The agent's admin HTTP endpoint (/metrics). Port 0 picks a free port: see `conveyor agent status`.
 # admin_host = "127.0.0.1"
 # admin_port = 0
+
+# ---------------------------------------------------------------------------------------------
+# Hooks: shell commands run from the release directory at points of a deploy, with
+# CONVEYOR_URL, CONVEYOR_VERSION and CONVEYOR_ENV set. A string is the command; a table adds
+# a timeout (default "60s").
+# ---------------------------------------------------------------------------------------------
+
+# [hooks]
+# pre_deploy = "./check-freeze.sh"     # before anything starts; failing stops the deploy
+# smoke = {{ command = "python3 smoke.py", timeout = "60s" }}   # new version healthy, no traffic yet
+# post_switch = "./warm-caches.sh"     # traffic moved; a failure is recorded, not fatal
+# post_deploy = "./notify.sh"          # the deploy succeeded
+# on_rollback = "./page-oncall.sh"     # after a rollback or an abort
+
+# Webhooks told about deploys (Slack incoming webhooks get a Slack message, others JSON).
+# [[notifications]]
+# url = "https://hooks.slack.com/services/T000/B000/XXXX"
+# events = ["started", "switched", "step", "succeeded", "failed", "rolled_back", "aborted"]
+# format = "auto"                      # "json", "slack", or "auto" (slack for hooks.slack.com)
+# timeout = "5s"
+# retries = 3
 
 # ---------------------------------------------------------------------------------------------
 # Environments: named deploy targets. Without this section there is one, "dev". Each one may
@@ -155,4 +229,9 @@ path = {health_path}
 #
 # [environments.staging.rollout]
 # standby = "1h"
+# strategy = "canary"
+# steps = [{{ weight = 10, pause = "1m" }}, {{ weight = 50, pause = "manual" }}, {{ weight = 100 }}]
+#
+# [environments.staging.hooks]
+# pre_deploy = "./check-freeze.sh --staging"
 """
