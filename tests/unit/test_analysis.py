@@ -1,0 +1,249 @@
+"""conveyor.core.analysis: judge, advance, summarize; and the pure helpers of the metric sources."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conveyor.config.models import AnalysisCheck
+from conveyor.core.analysis import (
+    CheckState,
+    Measurement,
+    Verdict,
+    advance,
+    format_value,
+    judge,
+    summarize,
+)
+from conveyor.metrics.base import MissingPlaceholder, Target, json_field, substitute
+from conveyor.metrics.prometheus import query_url, read_result
+
+ERRORS = AnalysisCheck(metric="error_rate", max=0.01, min_requests=50)
+P99 = AnalysisCheck(metric="latency_p99_ms", max=500, failure_limit=2)
+
+
+def m(verdict: Verdict, value: float | None = 1.0, at: float = 0.0) -> Measurement:
+    return Measurement("c", verdict, value, "", at)
+
+
+# --- judge ---------------------------------------------------------------------------------------
+
+
+def test_judge_pass_and_fail_against_max() -> None:
+    ok = judge(ERRORS, 0.004, 1234, "1234 requests in 10s", 7.0)
+    assert ok == Measurement(
+        "error_rate", Verdict.PASS, 0.004, "0.4% ≤ 1% (1234 requests in 10s)", 7.0
+    )
+    bad = judge(P99, 812.0, 100, "", 8.0)
+    assert bad.verdict is Verdict.FAIL
+    assert bad.detail == "812 > 500"
+
+
+def test_judge_value_equal_to_the_bound_passes() -> None:
+    assert judge(ERRORS, 0.01, 100, "", 0).verdict is Verdict.PASS
+
+
+def test_judge_min_and_both_bounds() -> None:
+    check = AnalysisCheck(metric="prometheus", query="up", min=0.5, max=2)
+    assert judge(check, 0.4, None, "", 0).detail == "0.4 < 0.5"
+    assert judge(check, 0.4, None, "", 0).verdict is Verdict.FAIL
+    assert judge(check, 3, None, "", 0).verdict is Verdict.FAIL
+    assert judge(check, 1, None, "", 0).detail == "0.5 ≤ 1 ≤ 2"
+
+
+def test_judge_no_value_or_nan_is_inconclusive() -> None:
+    assert judge(ERRORS, None, 0, "", 0).verdict is Verdict.INCONCLUSIVE
+    assert judge(ERRORS, None, 0, "", 0).detail == "no data"
+    nan = judge(AnalysisCheck(metric="prometheus", query="x", max=1), math.nan, None, "", 0)
+    assert nan.verdict is Verdict.INCONCLUSIVE and nan.value is None
+
+
+def test_judge_too_few_requests_is_inconclusive_for_builtin_metrics_only() -> None:
+    few = judge(ERRORS, 0.5, 49, "49 requests in 10s", 0)
+    assert few.verdict is Verdict.INCONCLUSIVE
+    assert few.detail == "not enough requests: 49 < 50 (49 requests in 10s)"
+    assert judge(ERRORS, 0.5, 50, "", 0).verdict is Verdict.FAIL
+    prom = AnalysisCheck(metric="prometheus", query="x", max=0.01)
+    assert judge(prom, 0.5, None, "", 0).verdict is Verdict.FAIL
+
+
+def test_format_value_per_metric() -> None:
+    assert format_value("error_rate", 0.004) == "0.4%"
+    assert format_value("error_rate", 0.0123) == "1.23%"
+    assert format_value("error_rate", 1.0) == "100%"
+    assert format_value("latency_p99_ms", 812.4) == "812"
+    assert format_value("latency_p99_ms", 2.5) == "2.5"
+    assert format_value("prometheus", 0.1) == "0.1"
+    assert format_value("prometheus", math.inf) == "inf"
+
+
+def test_measurement_json_round_trip() -> None:
+    meas = judge(ERRORS, 0.02, 100, "", 3.5)
+    data = meas.to_json()
+    assert data == {
+        "check": "error_rate",
+        "verdict": "fail",
+        "value": 0.02,
+        "detail": "2% > 1%",
+        "at": 3.5,
+    }
+    assert Measurement.from_json(json.loads(json.dumps(data))) == meas
+
+
+# --- advance -------------------------------------------------------------------------------------
+
+
+def test_advance_fails_on_the_limit_th_consecutive_failure() -> None:
+    s = CheckState("c")
+    s, failed = advance(s, m(Verdict.FAIL), 2)
+    assert not failed and s.consecutive_failures == 1 and s.conclusive
+    s, failed = advance(s, m(Verdict.FAIL), 2)
+    assert failed and s.consecutive_failures == 2
+
+
+def test_pass_resets_and_inconclusive_neither_resets_nor_counts() -> None:
+    s = CheckState("c")
+    s, _ = advance(s, m(Verdict.FAIL), 2)
+    s, failed = advance(s, m(Verdict.INCONCLUSIVE, None), 2)
+    assert not failed and s.consecutive_failures == 1
+    s, failed = advance(s, m(Verdict.FAIL), 2)
+    assert failed
+    s, failed = advance(CheckState("c", 1, None, True), m(Verdict.PASS), 2)
+    assert not failed and s.consecutive_failures == 0
+
+
+def test_conclusive_once_there_was_data() -> None:
+    s, _ = advance(CheckState("c"), m(Verdict.INCONCLUSIVE, None), 2)
+    assert not s.conclusive
+    s, _ = advance(s, m(Verdict.PASS), 2)
+    s, _ = advance(s, m(Verdict.INCONCLUSIVE, None), 2)
+    assert s.conclusive
+    assert s.last is not None and s.last.verdict is Verdict.INCONCLUSIVE
+
+
+def _reference_failed(verdicts: list[Verdict], limit: int) -> list[bool]:
+    """The rule in plain words: fail once the last `limit` conclusive verdicts are all FAIL."""
+    out = []
+    for i in range(len(verdicts)):
+        conclusive = [v for v in verdicts[: i + 1] if v is not Verdict.INCONCLUSIVE]
+        tail = conclusive[-limit:]
+        out.append(len(tail) == limit and all(v is Verdict.FAIL for v in tail))
+    return out
+
+
+@given(st.lists(st.sampled_from(list(Verdict)), max_size=40), st.integers(1, 5))
+def test_advance_matches_the_rule(verdicts: list[Verdict], limit: int) -> None:
+    s = CheckState("c")
+    got = []
+    for v in verdicts:
+        s, failed = advance(s, m(v), limit)
+        got.append(failed)
+    assert got == _reference_failed(verdicts, limit)
+
+
+@given(st.lists(st.sampled_from(list(Verdict)), max_size=40))
+def test_conclusive_iff_some_pass_or_fail(verdicts: list[Verdict]) -> None:
+    s = CheckState("c")
+    for v in verdicts:
+        s, _ = advance(s, m(v), 3)
+    assert s.conclusive == any(v is not Verdict.INCONCLUSIVE for v in verdicts)
+
+
+# --- summarize -----------------------------------------------------------------------------------
+
+
+def test_summarize_one_line() -> None:
+    ok, _ = advance(CheckState("error_rate"), judge(ERRORS, 0.004, 100, "100 requests", 0), 2)
+    bad = CheckState("latency_p99_ms")
+    for _ in range(2):
+        bad, _ = advance(bad, judge(P99, 812, 100, "", 0), 2)
+    line = summarize([ok, bad], [ERRORS, P99])
+    assert line == "error_rate 0.4% ≤ 1% pass; latency_p99_ms 812 > 500 FAIL (2/2)"
+    assert summarize([bad]) == "latency_p99_ms 812 FAIL (2 in a row)"
+
+
+def test_summarize_pending_inconclusive_and_status_only_checks() -> None:
+    waiting = CheckState("error_rate")
+    few, _ = advance(waiting, judge(ERRORS, 0.0, 3, "3 requests in 2s", 0), 2)
+    http = AnalysisCheck(metric="http", url="http://127.0.0.1:{port}/ready")
+    probe, _ = advance(
+        CheckState(http.display()),
+        Measurement(http.display(), Verdict.FAIL, None, "HTTP 503", 0),
+        2,
+    )
+    assert summarize([waiting]) == "error_rate pending"
+    assert summarize([few]) == (
+        "error_rate inconclusive (not enough requests: 3 < 50 (3 requests in 2s))"
+    )
+    assert summarize([probe], [http]) == "http http://127.0.0.1:{port}/ready HTTP 503 FAIL (1/2)"
+
+
+# --- helpers of the sources (pure) --------------------------------------------------------------
+
+TARGET = Target("shop", "dev", "web", "green", "v2", 4100, Path("/tmp"), "dev/web")
+
+
+def test_substitute_keeps_promql_braces() -> None:
+    q = 'sum(rate(x{app="{app}",env="{environment}",svc="{service}",version="{version}",c="{color}"}[1m]))'
+    assert substitute(q, TARGET) == (
+        'sum(rate(x{app="shop",env="dev",svc="web",version="v2",c="green"}[1m]))'
+    )
+    assert substitute("http://127.0.0.1:{port}/x", TARGET) == "http://127.0.0.1:4100/x"
+    with pytest.raises(MissingPlaceholder):
+        substitute("{port}", Target("a", "e", "s", "c", "v", None, Path("/"), "e/s"))
+
+
+@pytest.mark.parametrize(
+    ("doc", "path", "expected"),
+    [
+        ({"a": {"b": 0.5}}, "a.b", 0.5),
+        ({"a": [{"v": 3}]}, "a.0.v", 3.0),
+        ({"a": 1}, "b", None),
+        ({"a": True}, "a", None),
+        ({"a": "1"}, "a", None),
+        ([1, 2], "5", None),
+    ],
+)
+def test_json_field(doc: Any, path: str, expected: float | None) -> None:
+    value, why = json_field(doc, path)
+    assert value == expected
+    assert (why == "") == (expected is not None)
+
+
+def _answer(kind: str, result: Any) -> bytes:
+    return json.dumps(
+        {"status": "success", "data": {"resultType": kind, "result": result}}
+    ).encode()
+
+
+def test_read_prometheus_results() -> None:
+    assert read_result(200, _answer("scalar", [1.0, "0.25"])) == (0.25, "")
+    assert read_result(200, _answer("vector", [{"metric": {}, "value": [1.0, "0.1"]}])) == (0.1, "")
+    assert read_result(200, _answer("vector", [])) == (None, "no data")
+    assert read_result(200, _answer("vector", [{"metric": {}, "value": [1.0, "NaN"]}])) == (
+        None,
+        "no data",
+    )
+    two = [{"metric": {"a": "1"}, "value": [1, "1"]}, {"metric": {"a": "2"}, "value": [1, "2"]}]
+    assert read_result(200, _answer("vector", two)) == (
+        None,
+        "query returned 2 series; aggregate it (e.g. sum(...))",
+    )
+    assert read_result(200, _answer("matrix", []))[0] is None
+    error = json.dumps({"status": "error", "errorType": "bad_data", "error": "parse error"})
+    assert read_result(400, error.encode()) == (None, "prometheus: parse error")
+    assert read_result(502, b"<html>bad gateway</html>") == (
+        None,
+        "HTTP 502: not a Prometheus API answer",
+    )
+
+
+def test_query_url_encodes_the_query() -> None:
+    url = query_url("http://127.0.0.1:9090/", 'sum(x{a="b"})')
+    assert url == "http://127.0.0.1:9090/api/v1/query?query=sum%28x%7Ba%3D%22b%22%7D%29"
