@@ -47,6 +47,14 @@ healthy_threshold = 2
 [rollout]
 standby = "10m"
 drain_timeout = "5s"
+bake = "2s"               # after the switch, the proxy's error rate must stay under 1%
+
+[[rollout.analysis]]
+metric = "error_rate"
+max = 0.01
+interval = "500ms"
+window = "2s"
+min_requests = 20
 
 [environments.dev]
 """

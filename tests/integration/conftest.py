@@ -41,6 +41,7 @@ start_timeout = "{start_timeout}"
 [rollout]
 standby = "{standby}"
 drain_timeout = "2s"
+{rollout}
 
 [environments.dev]
 {extra}
@@ -84,6 +85,7 @@ class Project:
         start_timeout: str = "5s",
         worker: bool = False,
         extra: str = "",
+        rollout: str = 'bake = "0s"',
     ) -> None:
         python = sys.executable
         (self.dir / "conveyor.toml").write_text(
@@ -94,6 +96,7 @@ class Project:
                 start_timeout=start_timeout,
                 extra_services=WORKER.format(python=python) if worker else "",
                 extra=extra,
+                rollout=rollout,
             )
         )
 

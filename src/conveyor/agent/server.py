@@ -21,7 +21,8 @@ from typing import Any
 
 from conveyor import __version__
 from conveyor.agent.metrics import AdminServer
-from conveyor.engine.engine import Engine, Outcome
+from conveyor.engine.engine import Engine
+from conveyor.engine.outcome import Outcome
 from conveyor.engine.errors import EngineError
 from conveyor.paths import Paths
 from conveyor.store.db import Store, database_url
@@ -138,6 +139,12 @@ class Agent:
             return _outcome(await self.engine.deploy(req["env"], req["version"], emit))
         if op == "rollback":
             return _outcome(await self.engine.rollback(req["env"], emit))
+        if op == "promote":
+            data = self.engine.promote(req["env"], bool(req.get("full", False)))
+            return {"ok": True, "exit": 0, "data": data}
+        if op == "abort":
+            data = self.engine.abort(req["env"], str(req.get("reason") or "by request"))
+            return {"ok": True, "exit": 0, "data": data}
         if op == "status":
             return {"ok": True, "exit": 0, "data": await self.engine.status(req["env"])}
         if op == "stop":

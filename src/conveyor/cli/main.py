@@ -300,6 +300,44 @@ def rollback(env: EnvReq, json_out: JsonOpt = False) -> None:
     _finish(result, json_out, "rolled back {environment} to {version}")
 
 
+@app.command()
+def promote(
+    env: EnvReq,
+    full: Annotated[
+        bool, typer.Option("--full", help="Skip the remaining canary steps: 100% now.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Advance a deployment waiting at a manual gate, a canary step or the bake.
+
+    Example:
+
+        conveyor promote --env production --full
+    """
+    proj = project()
+    proj.config()
+    result = _agent_call(proj, {"op": "promote", "env": env, "full": full}, json_out)
+    _finish(result, json_out, "promoted deployment #{deployment} ({version})")
+
+
+@app.command()
+def abort(
+    env: EnvReq,
+    reason: Annotated[str, typer.Option(help="Why, for the history.")] = "by request",
+    json_out: JsonOpt = False,
+) -> None:
+    """Abort the deployment in progress: all traffic back to the stable version, new one stopped.
+
+    Example:
+
+        conveyor abort --env production --reason "checkout errors"
+    """
+    proj = project()
+    proj.config()
+    result = _agent_call(proj, {"op": "abort", "env": env, "reason": reason}, json_out)
+    _finish(result, json_out, "aborting deployment #{deployment} ({version})")
+
+
 # --- status, history, logs --------------------------------------------------------------------
 
 

@@ -28,6 +28,8 @@ class RouteSpec:
     port: int
     backends: tuple[BackendSpec, ...]
     limits: dict[str, Any] = field(default_factory=dict)
+    # Canary stickiness: {"cookie": name} or {"header": name}; None when one color takes everything.
+    sticky: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -36,6 +38,7 @@ class RouteSpec:
             "port": self.port,
             "backends": [asdict(b) for b in self.backends],
             "limits": self.limits,
+            "sticky": self.sticky,
         }
 
     @classmethod
@@ -46,6 +49,7 @@ class RouteSpec:
             port=int(data["port"]),
             backends=tuple(BackendSpec(**b) for b in data["backends"]),
             limits=dict(data.get("limits", {})),
+            sticky=data.get("sticky"),
         )
 
 

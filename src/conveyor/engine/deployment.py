@@ -1,0 +1,535 @@
+"""One deployment in progress: drives the pure rollout machine through runtime, router and store.
+
+The core decides, this module acts: every action the machine returns is performed here and its
+result comes back as an event. Every transition is persisted as a deployment event, so `history`
+can tell why a deployment ended the way it did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from conveyor.config import ResolvedEnvironment, ServiceConfig
+from conveyor.core import rollout as r
+from conveyor.core.analysis import Measurement, Verdict
+from conveyor.core.durations import format_duration
+from conveyor.engine.analysis import AnalysisRunner
+from conveyor.engine.hooks import run_hook
+from conveyor.engine.notify import Notice, Notifier
+from conveyor.engine.outcome import Emit
+from conveyor.engine.routes import BackendSpec, RouteSpec, route_name
+from conveyor.health import probe_http
+from conveyor.metrics.base import Target
+from conveyor.routers.base import ProxyUnavailable, RouterError
+from conveyor.runtimes.base import Instance, RuntimeStartError
+from conveyor.runtimes.local import free_port, tail
+from conveyor.store.db import InstanceRecord, ReleaseRecord
+
+if TYPE_CHECKING:
+    from conveyor.engine.engine import Engine
+
+log = logging.getLogger("conveyor.engine")
+
+# How often a rollout wakes up without events, to check its timers (start timeout, pause, bake).
+TICK = 0.05
+LOG_TAIL_LINES = 8
+ROUTER_ERRORS = (RouterError, ProxyUnavailable, OSError)
+
+
+@dataclass
+class Deployment:
+    engine: Engine
+    id: int
+    env: ResolvedEnvironment
+    release: ReleaseRecord
+    tree: Path
+    emit: Emit
+    old: dict[str, InstanceRecord]
+    previous_version: str | None
+    queue: asyncio.Queue[r.Event] = field(default_factory=asyncio.Queue)
+    new: dict[str, Instance] = field(default_factory=dict)
+    state: r.Rollout | None = None
+    probers: list[asyncio.Task[None]] = field(default_factory=list)
+    switch_ms: dict[str, float] = field(default_factory=dict)
+    failed_logs: dict[str, list[str]] = field(default_factory=dict)
+    measurements: dict[str, Measurement] = field(default_factory=dict)
+    previews: dict[str, str] = field(default_factory=dict)
+    analysis: AnalysisRunner | None = None
+    notifier: Notifier | None = None
+    hook_tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    last_hook_detail: str = ""
+
+    @property
+    def log_path(self) -> Path:
+        return self.engine.paths.logs / self.env.name / "deployments" / f"{self.id}.log"
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    async def run(self, plans: tuple[r.ServicePlan, ...]) -> r.Rollout:
+        self.notifier = Notifier(list(self.env.notifications))
+        try:
+            if self.env.hooks.pre_deploy is not None:
+                result = await self._hook("pre_deploy")
+                if not result:
+                    return self._refused("pre_deploy hook failed")
+            state, actions = r.begin(plans, self.engine.now(), self._options(plans))
+            self.state = state
+            await self._perform(actions)
+            while not self.state.terminal:
+                try:
+                    event: r.Event = await asyncio.wait_for(self.queue.get(), timeout=TICK)
+                except TimeoutError:
+                    event = r.Tick(self.engine.now())
+                self.state, actions = r.step(self.state, event)
+                await self._perform(actions)
+            return self.state
+        finally:
+            await self._cleanup()
+
+    def _refused(self, reason: str) -> r.Rollout:
+        detail = self.last_hook_detail
+        full = f"{reason}: {detail}" if detail else reason
+        self._record("failed", full)
+        self.engine.store.finish_deployment(self.id, "failed", full, self.engine.utcnow())
+        self._announce("failed", full)
+        return r.Rollout(r.Phase.FAILED, (), 0.0, reason=full)
+
+    async def _cleanup(self) -> None:
+        for task in self.probers:
+            task.cancel()
+        await asyncio.gather(*self.probers, return_exceptions=True)
+        if self.analysis is not None:
+            await self.analysis.stop()
+        if self.hook_tasks:
+            await asyncio.gather(*self.hook_tasks, return_exceptions=True)
+        if self.notifier is not None:
+            await self.notifier.aclose(timeout=5.0)
+
+    def _options(self, plans: tuple[r.ServicePlan, ...]) -> r.Options:
+        ro = self.env.rollout
+        checks: list[r.CheckPlan] = []
+        for svc in self._analysed_services(plans):
+            for check in ro.checks():
+                checks.append(
+                    r.CheckPlan(self._check_name(svc, check.display()), check.failure_limit)
+                )
+        return r.Options(
+            strategy=ro.strategy,
+            steps=tuple(r.Step(s.weight, s.pause) for s in ro.steps),
+            bake=ro.bake,
+            auto_promote=ro.auto_promote,
+            on_inconclusive=ro.on_inconclusive,
+            smoke=self.env.hooks.smoke is not None,
+            checks=tuple(checks),
+        )
+
+    def _analysed_services(self, plans: tuple[r.ServicePlan, ...]) -> list[str]:
+        # Only web services that replace an old color can be compared and rolled back.
+        return [p.name for p in plans if p.kind == "web" and p.old_color is not None]
+
+    def _check_name(self, service: str, check: str) -> str:
+        webs = [n for n, s in self.env.services.items() if s.kind == "web"]
+        return check if len(webs) == 1 else f"{service}: {check}"
+
+    async def _perform(self, actions: list[r.Action]) -> None:
+        for action in actions:
+            if isinstance(action, r.Record):
+                self._record(action.state, action.reason, action.service)
+            elif isinstance(action, r.StartColor):
+                self._start_new(action.service, action.color)
+            elif isinstance(action, r.StopColor):
+                await self._stop_color(action)
+            elif isinstance(action, r.RunHook):
+                self.hook_tasks.append(asyncio.create_task(self._smoke()))
+            elif isinstance(action, r.Preview):
+                await self._preview(action.on)
+            elif isinstance(action, r.SwitchTraffic):
+                await self._switch(action)
+            elif isinstance(action, r.SetWeights):
+                await self._set_weights(action)
+            elif isinstance(action, r.SwitchBack):
+                await self._switch_back(action)
+            elif isinstance(action, r.Drain):
+                await self._drain(action)
+            elif isinstance(action, r.Analyze):
+                await self._analyze(action.on)
+            elif isinstance(action, r.Announce):
+                await self._on_announce(action)
+            elif isinstance(action, r.Finish):
+                self._finish(action)
+
+    # --- bookkeeping -----------------------------------------------------------------------------
+
+    def _record(
+        self,
+        state: str,
+        reason: str,
+        service: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        payload: dict[str, Any] = dict(data or {})
+        if service:
+            payload["service"] = service
+        self.engine.store.add_event(self.id, state, reason, payload, self.engine.utcnow())
+        self.emit({"step": state, "service": service, "message": reason})
+
+    def _finish(self, action: r.Finish) -> None:
+        reason = action.reason
+        if action.outcome == "failed" and self.failed_logs:
+            reason += "".join(
+                f"\nlast output of {svc}:\n" + "\n".join(f"  {line}" for line in lines)
+                for svc, lines in self.failed_logs.items()
+            )
+        if self.measurements:
+            self._record(
+                "analysis",
+                "latest measurements",
+                data={"measurements": [m.to_json() for m in self.measurements.values()]},
+            )
+        self.engine.store.finish_deployment(self.id, action.outcome, reason, self.engine.utcnow())
+
+    def _announce(self, event: str, reason: str) -> None:
+        assert self.notifier is not None
+        state = self.state
+        step = state.step_index + 1 if state is not None and state.step_index >= 0 else None
+        self.notifier.send(
+            Notice(
+                event=event,
+                app=self.env.app,
+                environment=self.env.name,
+                version=self.release.version,
+                deployment_id=self.id,
+                reason=reason,
+                measurements=[m.to_json() for m in self.measurements.values()],
+                at=self.engine.utcnow(),
+                previous_version=self.previous_version,
+                step=step,
+                weight=state.weight if state is not None else None,
+            )
+        )
+
+    async def _on_announce(self, action: r.Announce) -> None:
+        self._announce(action.event, action.reason)
+        hook = {
+            "switched": "post_switch",
+            "succeeded": "post_deploy",
+            "rolled_back": "on_rollback",
+        }.get(action.event)
+        if action.event == "aborted" and self.state is not None and self.state.weight > 0:
+            hook = "on_rollback"
+        if hook is not None and getattr(self.env.hooks, hook) is not None:
+            await self._hook(hook)
+
+    async def _hook(self, name: str) -> bool:
+        hook = getattr(self.env.hooks, name)
+        url = self._url()
+        env = self.engine.service_env(self.env, "hook", None, self.release.version, "")
+        env.update(
+            {
+                "CONVEYOR_URL": url,
+                "CONVEYOR_VERSION": self.release.version,
+                "CONVEYOR_ENV": self.env.name,
+                "CONVEYOR_HOOK": name,
+                "CONVEYOR_DEPLOYMENT": str(self.id),
+            }
+        )
+        if self.previous_version:
+            env["CONVEYOR_PREVIOUS_VERSION"] = self.previous_version
+        self._record("hook", f"running the {name} hook")
+        result = await run_hook(name, hook, self.tree, env, self.log_path)
+        self.last_hook_detail = result.detail
+        lines = "".join(f"\n  {line}" for line in result.output[-LOG_TAIL_LINES:])
+        self._record(
+            "hook",
+            f"{name} hook {'passed' if result.ok else 'failed'}: {result.detail}"
+            f" ({result.duration:.1f}s){lines if not result.ok else ''}",
+            data={"hook": name, "ok": result.ok, "output": result.output[-LOG_TAIL_LINES:]},
+        )
+        return result.ok
+
+    async def _smoke(self) -> None:
+        ok = await self._hook("smoke")
+        self.queue.put_nowait(r.HookDone("smoke", ok, self.last_hook_detail, self.engine.now()))
+
+    def _url(self) -> str:
+        """The URL of the new version for hooks: its first web service's own port."""
+        for name, svc in self.env.services.items():
+            inst = self.new.get(name)
+            if svc.kind == "web" and inst is not None and inst.port is not None:
+                return f"http://127.0.0.1:{inst.port}"
+        return ""
+
+    # --- processes -------------------------------------------------------------------------------
+
+    def _start_new(self, name: str, color: str) -> None:
+        svc = self.env.services[name]
+        try:
+            inst = self.engine.spawn(self.env, name, color, self.release.version, self.tree)
+        except (RuntimeStartError, OSError) as exc:
+            self.queue.put_nowait(r.Crash(name, f"could not start: {exc}", self.engine.now()))
+            return
+        self.new[name] = inst
+        self.engine.store.upsert_instance(
+            self.engine.row(self.env.name, name, color, self.release, inst, "starting", self.id)
+        )
+        where = f" on 127.0.0.1:{inst.port}" if inst.port else ""
+        self.emit(
+            {
+                "step": "started_process",
+                "service": name,
+                "message": f"{name} {self.release.version} ({color}) started, pid {inst.pid}{where}",
+            }
+        )
+        self.probers.append(asyncio.create_task(self._probe_loop(name, svc, inst)))
+
+    async def _probe_loop(self, name: str, svc: ServiceConfig, inst: Instance) -> None:
+        """Health checks of a new color, from its start until the deployment ends."""
+        while True:
+            if not self.engine.runtime.alive(inst):
+                self.failed_logs[name] = tail(inst.log_path, LOG_TAIL_LINES)
+                detail = self.engine.runtime.exit_detail(inst)
+                self.queue.put_nowait(r.Crash(name, detail, self.engine.now()))
+                return
+            if svc.kind == "web" and inst.port is not None:
+                ok, detail = await probe_http(
+                    "127.0.0.1", inst.port, svc.health.path, svc.health.timeout
+                )
+            else:
+                ok, detail = True, "running"
+            if not ok:
+                # Keep the latest output at hand: it is what the user needs if this never passes.
+                self.failed_logs[name] = tail(inst.log_path, LOG_TAIL_LINES)
+            elif self.state is not None and self.state.phase is r.Phase.STARTING:
+                self.failed_logs.pop(name, None)
+            self.queue.put_nowait(r.Probe(name, ok, detail, self.engine.now()))
+            await asyncio.sleep(svc.health.interval)
+
+    async def _stop_color(self, action: r.StopColor) -> None:
+        svc = self.env.services[action.service]
+        key = (self.env.name, action.service, action.color)
+        new = self.new.get(action.service)
+        if new is not None and self.engine.handles.get(key) is new:
+            await self.engine.runtime.stop(new, svc.stop_timeout)
+            self.engine.handles.pop(key, None)
+            self.engine.store.delete_instance(
+                self.env.app, self.env.name, action.service, action.color
+            )
+            return
+        old = self.old.get(action.service)
+        if old is not None and old.color == action.color:
+            await self.engine.stop_row(old, svc.stop_timeout)
+            self._record(
+                "stopped",
+                f"stopped {action.service} {old.version} ({old.color}): {action.reason}",
+                action.service,
+            )
+
+    # --- traffic ---------------------------------------------------------------------------------
+
+    def _route(self, name: str, backends: tuple[BackendSpec, ...]) -> RouteSpec:
+        svc = self.env.services[name]
+        assert svc.port is not None
+        sticky = self.env.rollout.sticky
+        return RouteSpec(
+            name=route_name(self.env.name, name),
+            host=svc.listen,
+            port=svc.port,
+            backends=backends,
+            limits=self.env.proxy.model_dump(),
+            sticky={"header": sticky.header} if sticky.header else {"cookie": sticky.cookie or ""},
+        )
+
+    def _backend(self, name: str, color: str, weight: int = 100) -> BackendSpec:
+        inst = self.new[name] if color == self._new_color(name) else self.old[name]
+        port = inst.port
+        assert port is not None
+        return BackendSpec(color, "127.0.0.1", port, weight)
+
+    def _new_color(self, name: str) -> str | None:
+        assert self.state is not None
+        return self.state.service(name).plan.new_color
+
+    async def _switch(self, action: r.SwitchTraffic) -> None:
+        done: list[str] = []
+        try:
+            for name, color in action.routes:
+                started = time.perf_counter()
+                await self.engine.push(self._route(name, (self._backend(name, color),)))
+                self.switch_ms[name] = round((time.perf_counter() - started) * 1000, 2)
+                done.append(name)
+        except ROUTER_ERRORS as exc:
+            await self._restore_old(done)
+            self.queue.put_nowait(r.SwitchFailed(str(exc), self.engine.now()))
+            return
+        assert self.state is not None
+        until = self.engine.utcnow() + timedelta(seconds=self.env.rollout.standby)
+        for svc_state in self.state.services:
+            name, color = svc_state.plan.name, svc_state.plan.new_color
+            self.engine.store.upsert_instance(
+                self.engine.row(
+                    self.env.name, name, color, self.release, self.new[name], "active", self.id
+                )
+            )
+            old = self.old.get(name)
+            if old is not None and svc_state.plan.kind == "web":
+                standby = self.engine.with_changes(old, role="standby", standby_until=until)
+                self.old[name] = standby
+                self.engine.store.upsert_instance(standby)
+        if any(s.plan.kind == "web" and s.plan.old_color for s in self.state.services):
+            self._record(
+                "standby",
+                f"previous version on standby until {until:%H:%M:%S} UTC "
+                f"({format_duration(self.env.rollout.standby)})",
+            )
+        self.queue.put_nowait(r.Switched(self.engine.now()))
+
+    async def _set_weights(self, action: r.SetWeights) -> None:
+        try:
+            for name, old, new, weight in action.routes:
+                backends = (
+                    self._backend(name, new, weight),
+                    self._backend(name, old, 100 - weight),
+                )
+                await self.engine.push(self._route(name, backends))
+        except ROUTER_ERRORS as exc:
+            self.queue.put_nowait(r.SwitchFailed(str(exc), self.engine.now()))
+            return
+        self.queue.put_nowait(r.WeightsSet(self.engine.now()))
+
+    async def _restore_old(self, names: list[str]) -> None:
+        for name in names:
+            old = self.old.get(name)
+            try:
+                if old is not None and old.port is not None:
+                    await self.engine.push(
+                        self._route(name, (BackendSpec(old.color, "127.0.0.1", old.port, 100),))
+                    )
+                else:
+                    await self.engine.unroute(route_name(self.env.name, name))
+            except ROUTER_ERRORS as exc:
+                log.error("could not restore route %s: %s", name, exc)
+
+    async def _switch_back(self, action: r.SwitchBack) -> None:
+        # The old colors are running (standby or still serving): a failure here is retried, since
+        # leaving traffic on a release that failed its analysis is the worst outcome.
+        for attempt in range(5):
+            try:
+                for name, color in action.routes:
+                    await self.engine.push(self._route(name, (self._backend(name, color),)))
+                break
+            except ROUTER_ERRORS as exc:
+                log.error("switching back failed (attempt %d): %s", attempt + 1, exc)
+                await asyncio.sleep(0.2 * 2**attempt)
+        for name, _color in action.routes:
+            old = self.old.get(name)
+            if old is not None:
+                active = self.engine.with_changes(old, role="active", standby_until=None)
+                self.old[name] = active
+                self.engine.store.upsert_instance(active)
+        self._record("switched_back", "traffic is back on the previous version")
+        self.queue.put_nowait(r.SwitchedBack(self.engine.now()))
+
+    async def _preview(self, on: bool) -> None:
+        for name, svc in self.env.services.items():
+            if svc.kind != "web" or name not in self.new:
+                continue
+            route = route_name(self.env.name, name) + ":preview"
+            if not on:
+                if route in self.engine.routes.routes:
+                    with contextlib.suppress(*ROUTER_ERRORS):
+                        await self.engine.unroute(route)
+                self.previews.pop(name, None)
+                continue
+            port = svc.preview_port or free_port(svc.listen)
+            spec = RouteSpec(
+                name=route,
+                host=svc.listen,
+                port=port,
+                backends=(self._backend(name, self._new_color(name) or ""),),
+                limits=self.env.proxy.model_dump(),
+            )
+            try:
+                await self.engine.push(spec)
+            except ROUTER_ERRORS as exc:
+                self._record("preview", f"could not open the preview port {port}: {exc}", name)
+                continue
+            self.previews[name] = f"http://{svc.listen}:{port}"
+            self._record("preview", f"{name} preview at {self.previews[name]}", name)
+
+    async def _drain(self, action: r.Drain) -> None:
+        if action.colors:
+            left = await self.engine.drain(self.env, action.colors)
+            suffix = f"; {left} still in flight after the drain timeout" if left else ""
+            self._record("drained", f"in-flight requests on the old colors finished{suffix}")
+        self.queue.put_nowait(r.Drained(self.engine.now()))
+
+    # --- analysis --------------------------------------------------------------------------------
+
+    async def _analyze(self, on: bool) -> None:
+        if not on:
+            if self.analysis is not None:
+                await self.analysis.stop()
+                self.analysis = None
+            return
+        if self.analysis is not None:
+            return
+        assert self.state is not None
+        targets: list[tuple[str, Target]] = []
+        for plan in (s.plan for s in self.state.services):
+            if plan.kind != "web" or plan.old_color is None:
+                continue
+            inst = self.new[plan.name]
+            targets.append(
+                (
+                    plan.name,
+                    Target(
+                        app=self.env.app,
+                        environment=self.env.name,
+                        service=plan.name,
+                        color=plan.new_color,
+                        version=self.release.version,
+                        port=inst.port,
+                        cwd=self.tree,
+                        route=route_name(self.env.name, plan.name),
+                    ),
+                )
+            )
+        self.analysis = AnalysisRunner(self.engine.router, self.engine.now, self._measured)
+        for service, target in targets:
+            for check in self.env.rollout.checks():
+                self.analysis.add(self._check_name(service, check.display()), check, target)
+        self.analysis.start()
+
+    def _measured(self, name: str, m: Measurement) -> None:
+        self.measurements[name] = m
+        verdict = m.verdict.value if isinstance(m.verdict, Verdict) else str(m.verdict)
+        summary = f"{name}: {m.detail}" if m.detail else name
+        if verdict == "fail":
+            self._record("measurement", summary, data={"measurement": m.to_json()})
+        self.emit({"step": "measurement", "message": f"{summary} [{verdict}]"})
+        self.queue.put_nowait(r.Measured(name, verdict, summary, self.engine.now()))  # type: ignore[arg-type]
+
+    # --- status ----------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        state = self.state
+        data: dict[str, Any] = {
+            "id": self.id,
+            "version": self.release.version,
+            "strategy": self.env.rollout.strategy,
+            "phase": str(state.phase) if state else "pre_deploy",
+            "step": state.step_index + 1 if state and state.step_index >= 0 else None,
+            "steps": len(self.env.rollout.steps) or None,
+            "weight": state.weight if state else 0,
+            "waiting": state.waiting if state else "",
+            "measurements": [m.to_json() for m in self.measurements.values()],
+            "previews": dict(self.previews),
+        }
+        return data

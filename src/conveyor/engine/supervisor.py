@@ -1,0 +1,237 @@
+"""Adoption after an agent restart, and the supervisor's periodic pass.
+
+Traffic outlives the control plane: a new agent adopts the proxy and every process it can verify,
+and brings back from the database whatever is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import TYPE_CHECKING, Any
+
+from conveyor.config import Config, ConfigError, ResolvedEnvironment, ServiceConfig
+from conveyor.engine.errors import UserError
+from conveyor.releases import ReleaseError, ReleaseStore
+from conveyor.routers.base import ProxyUnavailable, RouterError
+from conveyor.routers.builtin import start_proxy
+from conveyor.runtimes.base import RuntimeStartError
+from conveyor.store.db import InstanceRecord
+
+if TYPE_CHECKING:
+    from conveyor.engine.engine import Engine
+
+log = logging.getLogger("conveyor.supervisor")
+
+RESTART_ERRORS = (
+    ConfigError,
+    UserError,
+    RuntimeStartError,
+    ReleaseError,
+    RouterError,
+    ProxyUnavailable,
+    OSError,
+    KeyError,
+)
+
+
+async def ensure_proxy(engine: Engine) -> bool:
+    """Adopt the running proxy, or start one and give it the last route table. True if started."""
+    try:
+        await engine.router.ping()
+        return False
+    except ProxyUnavailable:
+        pass
+    start_proxy(
+        engine.paths.home,
+        engine.paths.proxy_socket,
+        engine.paths.proxy_pidfile,
+        engine.paths.proxy_log,
+    )
+    for route in list(engine.routes.routes.values()):
+        try:
+            await engine.push(route)
+        except (RouterError, ProxyUnavailable) as exc:
+            log.error("could not restore route %s: %s", route.name, exc)
+    return True
+
+
+async def recover(engine: Engine) -> list[str]:
+    """Called once when the agent starts: adopt what still runs, bring back what is missing."""
+    notes: list[str] = []
+    engine.routes.load()
+    if await engine.ensure_proxy():
+        notes.append("started the proxy and restored its routes")
+    else:
+        notes.append("adopted the running proxy")
+    try:
+        cfg = engine.config()
+    except UserError as exc:
+        notes.append(f"cannot read the configuration, services were not checked: {exc}")
+        return notes
+    for dep in _in_progress(engine, cfg):
+        engine.store.finish_deployment(
+            dep.id,
+            "aborted",
+            "interrupted: the agent stopped during the deployment",
+            engine.utcnow(),
+        )
+        notes.append(f"deployment #{dep.id} was interrupted by an agent restart: aborted")
+    for row in engine.store.instances(cfg.app.name):
+        notes.extend(await _recover_instance(engine, cfg, row))
+    return notes
+
+
+def _in_progress(engine: Engine, cfg: Config) -> list[Any]:
+    found = []
+    for env in _known_environments(engine, cfg):
+        dep = engine.store.in_progress(cfg.app.name, env)
+        if dep is not None:
+            found.append(dep)
+    return found
+
+
+def _known_environments(engine: Engine, cfg: Config) -> set[str]:
+    envs = set(cfg.environments) or {"dev"}
+    envs.update(row.environment for row in engine.store.instances(cfg.app.name))
+    return envs
+
+
+async def _recover_instance(engine: Engine, cfg: Config, row: InstanceRecord) -> list[str]:
+    what = f"{row.environment}/{row.service} {row.version} ({row.color})"
+    inst = engine.instance(row)
+    if row.role == "starting":
+        # Its deployment died with the previous agent: it never took traffic.
+        await engine.stop_row(row, 5.0)
+        return [f"stopped {what}: its deployment was interrupted"]
+    if inst is not None and engine.runtime.alive(inst):
+        engine.handles[(row.environment, row.service, row.color)] = inst
+        return [f"adopted {what}, pid {row.pid}"]
+    if row.role == "standby" and row.standby_until and row.standby_until <= engine.utcnow():
+        engine.store.delete_instance(row.app, row.environment, row.service, row.color)
+        return [f"dropped {what}: its standby time is over"]
+    try:
+        await restart(engine, cfg.environment(row.environment), row)
+    except (
+        ConfigError,
+        UserError,
+        RuntimeStartError,
+        ReleaseError,
+        RouterError,
+        ProxyUnavailable,
+        OSError,
+        KeyError,
+    ) as exc:
+        return [f"could not bring back {what}: {exc}"]
+    return [f"restarted {what}: it was not running"]
+
+
+async def restart(engine: Engine, env: ResolvedEnvironment, row: InstanceRecord) -> None:
+    release = engine.store.get_release(row.app, row.version)
+    if release is None:
+        raise ReleaseError(f"release {row.version} is missing")
+    tree = ReleaseStore(engine.paths.home, engine.store, row.app).tree(release)
+    port = row.port
+    if port is not None and not port_free(port):
+        port = None  # someone took it meanwhile: a fresh port, and the route follows
+    inst = engine.spawn(env, row.service, row.color, row.version, tree, port=port)
+    engine.store.upsert_instance(
+        engine.row(
+            env.name,
+            row.service,
+            row.color,
+            release,
+            inst,
+            row.role,
+            row.deployment_id,
+            row.standby_until,
+        )
+    )
+    if row.role == "active" and inst.port is not None and env.services[row.service].kind == "web":
+        await engine.push(engine.route_for(env, row.service, row.color, inst.port))
+
+
+async def supervise_once(engine: Engine) -> list[str]:
+    """One pass of the supervisor: the proxy is up, active colors run, standby time is kept."""
+    notes: list[str] = []
+    try:
+        if await engine.ensure_proxy():
+            notes.append("the proxy was not answering: restarted it and restored its routes")
+    except (RouterError, OSError) as exc:
+        notes.append(f"could not restart the proxy: {exc}")
+    try:
+        cfg = engine.config()
+    except UserError:
+        return notes
+    now = engine.utcnow()
+    for row in engine.store.instances(cfg.app.name):
+        if row.environment in engine.busy or row.role == "starting":
+            continue
+        what = f"{row.environment}/{row.service} {row.version} ({row.color})"
+        if row.role == "standby" and row.standby_until is not None and row.standby_until <= now:
+            svc = _service_config(cfg, row)
+            await engine.stop_row(row, svc.stop_timeout if svc else 10.0)
+            notes.append(f"stopped standby {what}: its standby time is over")
+        elif row.role == "active" and not engine.alive(row):
+            key = (row.environment, row.service, row.color)
+            count, last = engine.restarts.get(key, (0, 0.0))
+            backoff = min(30.0, 0.5 * 2**count)
+            if engine.now() - last < backoff:
+                continue
+            engine.restarts[key] = (count + 1, engine.now())
+            try:
+                await restart(engine, cfg.environment(row.environment), row)
+                notes.append(f"restarted {what}: it had exited")
+            except (
+                ConfigError,
+                UserError,
+                RuntimeStartError,
+                ReleaseError,
+                RouterError,
+                ProxyUnavailable,
+                OSError,
+                KeyError,
+            ) as exc:
+                notes.append(f"could not restart {what}: {exc}")
+        elif row.role == "standby" and not engine.alive(row):
+            engine.store.delete_instance(row.app, row.environment, row.service, row.color)
+            notes.append(f"standby {what} exited: a rollback will redeploy instead")
+    return notes
+
+
+def _service_config(cfg: Config, row: InstanceRecord) -> ServiceConfig | None:
+    try:
+        return cfg.environment(row.environment).services.get(row.service)
+    except ConfigError:
+        return None
+
+
+async def shutdown(engine: Engine, keep_running: bool) -> None:
+    """Stop services and the proxy, unless they should keep serving through an agent upgrade."""
+    if keep_running:
+        return
+    cfg_app = engine._app
+    rows = engine.store.instances(cfg_app) if cfg_app else []
+    await asyncio.gather(*(_stop_keep_row(engine, row) for row in rows), return_exceptions=True)
+    with contextlib.suppress(RouterError, ProxyUnavailable):
+        await engine.router.shutdown()
+
+
+async def _stop_keep_row(engine: Engine, row: InstanceRecord) -> None:
+    # The rows stay: they are the desired state a later `agent start` brings back.
+    inst = engine.handles.pop((row.environment, row.service, row.color), None) or engine.instance(
+        row
+    )
+    if inst is not None:
+        await engine.runtime.stop(inst, 10.0)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
