@@ -3,15 +3,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from conveyor.config import (
+    DEFAULT_ANALYSIS,
+    DEFAULT_PROMETHEUS_URL,
+    EVENTS,
     AgentConfig,
+    AnalysisCheck,
+    CanaryStep,
     Config,
     ConfigError,
     HealthConfig,
+    HookConfig,
+    HooksConfig,
+    NotificationConfig,
     ProxyConfig,
     RolloutConfig,
     ServiceConfig,
+    StickyConfig,
     find_config,
     load_config,
 )
@@ -358,3 +368,446 @@ deep = 1
 )
 def test_locator(path: tuple[str, ...], line: int | None) -> None:
     assert KeyLocator(LOCATOR_TEXT).line_of(path) == line
+
+
+ARRAY_TEXT = """\
+[[items]]
+name = "one"
+
+[[items]]
+name = "two"
+sub.x = 1
+
+[[items.parts]]
+n = 1
+
+[items.parts.extra]
+k = 1
+
+[[items.parts]]
+n = 2
+
+[[items]]
+name = "three"
+steps = [
+  { w = 1 },
+
+  { w = 2 }, { w = 3 },
+  [ 1,
+    2 ],
+]
+
+[[other]]
+name = "solo"
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "line"),
+    [
+        (("items",), 1),
+        (("items", "0"), 1),
+        (("items", "0", "name"), 2),
+        (("items", "1"), 4),
+        (("items", "1", "name"), 5),
+        (("items", "1", "sub", "x"), 6),
+        (("items", "1", "parts", "0"), 8),
+        (("items", "1", "parts", "0", "n"), 9),
+        (("items", "1", "parts", "0", "extra", "k"), 12),
+        (("items", "1", "parts", "1", "n"), 15),
+        (("items", "2", "name"), 18),
+        (("items", "2", "steps"), 19),
+        (("items", "2", "steps", "0", "w"), 20),
+        (("items", "2", "steps", "1"), 22),
+        (("items", "2", "steps", "2", "w"), 22),
+        (("items", "2", "steps", "3"), 23),
+        (("items", "2", "steps", "3", "1"), 24),
+        # a missing key of the N-th block falls back to that block's header
+        (("items", "2", "missing"), 17),
+        (("items", "1", "parts", "1", "missing"), 14),
+        (("other", "0", "name"), 28),
+        # without the index: the first occurrence
+        (("items", "name"), 2),
+        (("items", "parts", "n"), 9),
+        # an index past the last element falls back to the array
+        (("items", "3", "name"), 1),
+    ],
+)
+def test_locator_arrays_of_tables(path: tuple[str, ...], line: int | None) -> None:
+    assert KeyLocator(ARRAY_TEXT).line_of(path) == line
+
+
+# --- analysis, canary, hooks, notifications ------------------------------------------------------
+
+ROLLOUT_EXAMPLE = """\
+[app]
+name = "shop"
+
+[services.web]
+command = "serve {port}"
+port = 8080
+preview_port = 8081
+
+[rollout]
+strategy = "canary"
+bake = "60s"
+on_inconclusive = "wait"
+steps = [
+  { weight = 10, pause = "30s" },
+  { weight = 50, pause = "manual" },
+  { weight = 100 },
+]
+[rollout.sticky]
+cookie = "conveyor_canary"      # or: header = "X-User-Id"
+
+[[rollout.analysis]]
+metric = "error_rate"
+max = 0.01
+interval = "1s"
+window = "10s"
+min_requests = 50
+failure_limit = 2
+
+[[rollout.analysis]]
+metric = "prometheus"
+query = 'sum(rate(http_requests_total{status=~"5..",version="{version}"}[1m])) / sum(rate(http_requests_total{version="{version}"}[1m]))'
+url = "http://127.0.0.1:9090"
+max = 0.01
+
+[[rollout.analysis]]
+metric = "http"
+url = "http://127.0.0.1:{port}/internal/selfcheck"
+
+[hooks]
+smoke = "python3 smoke.py"
+post_deploy = { command = "./notify.sh", timeout = "30s" }
+
+[[notifications]]
+url = "https://hooks.slack.com/services/T000/B000/XXXX"
+events = ["failed", "rolled_back"]
+
+[environments.dev.rollout]
+on_inconclusive = "pass"
+[environments.production.hooks]
+pre_deploy = "./check-freeze.sh"
+"""
+
+
+def test_rollout_example_loads(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ROLLOUT_EXAMPLE))
+    rollout = config.rollout
+    assert (rollout.strategy, rollout.bake, rollout.auto_promote) == ("canary", 60.0, True)
+    assert rollout.on_inconclusive == "wait"
+    assert rollout.steps == [
+        CanaryStep(weight=10, pause=30.0),
+        CanaryStep(weight=50, pause="manual"),
+        CanaryStep(weight=100),
+    ]
+    assert rollout.steps[2].pause is None
+    assert rollout.sticky == StickyConfig(cookie="conveyor_canary", header=None)
+    error_rate, prometheus, http = rollout.checks()
+    assert error_rate == DEFAULT_ANALYSIS[0]
+    assert prometheus.query is not None and '{version}"}[1m]))' in prometheus.query
+    assert (prometheus.url, prometheus.max, prometheus.timeout) == (
+        "http://127.0.0.1:9090",
+        0.01,
+        5.0,
+    )
+    assert (http.url, http.max, http.min, http.field) == (
+        "http://127.0.0.1:{port}/internal/selfcheck",
+        None,
+        None,
+        None,
+    )
+    assert [c.display() for c in rollout.checks()] == [
+        "error_rate",
+        "prometheus",
+        "http http://127.0.0.1:{port}/internal/selfcheck",
+    ]
+    assert config.hooks == HooksConfig(
+        smoke=HookConfig(command="python3 smoke.py", timeout=60.0),
+        post_deploy=HookConfig(command="./notify.sh", timeout=30.0),
+    )
+    assert config.notifications == [
+        NotificationConfig(
+            url="https://hooks.slack.com/services/T000/B000/XXXX",
+            events=["failed", "rolled_back"],
+        )
+    ]
+    assert config.services["web"].preview_port == 8081
+
+    assert list(config.environments) == ["dev", "production"]
+    dev = config.environment("dev")
+    assert dev.rollout == rollout.model_copy(update={"on_inconclusive": "pass"})
+    assert dev.hooks == config.hooks
+    production = config.environment("production")
+    assert production.rollout == rollout
+    assert production.hooks == config.hooks.model_copy(
+        update={"pre_deploy": HookConfig(command="./check-freeze.sh")}
+    )
+    assert production.notifications == config.notifications
+    assert production.services["web"].preview_port == 8081
+
+
+def test_rollout_defaults() -> None:
+    rollout = RolloutConfig()
+    assert (rollout.strategy, rollout.bake, rollout.auto_promote) == ("bluegreen", 60.0, True)
+    assert (rollout.on_inconclusive, rollout.steps, rollout.analysis) == ("wait", [], [])
+    assert rollout.sticky == StickyConfig(cookie="conveyor_canary", header=None)
+    assert rollout.checks() == [
+        AnalysisCheck(
+            metric="error_rate",
+            max=0.01,
+            min_requests=50,
+            interval=1.0,
+            window=10.0,
+            failure_limit=2,
+        )
+    ]
+    # checks() hands out a fresh list: the default cannot be changed through it.
+    rollout.checks().clear()
+    assert len(rollout.checks()) == 1
+    configured = [AnalysisCheck(metric="latency_p99_ms", max=300)]
+    assert RolloutConfig(analysis=configured).checks() == configured
+
+
+def test_analysis_check_defaults_and_display() -> None:
+    check = AnalysisCheck(metric="latency_p99_ms", max=250)
+    assert (check.interval, check.window, check.min_requests) == (1.0, 10.0, 50)
+    assert (check.failure_limit, check.timeout) == (2, 5.0)
+    assert (check.query, check.url, check.command, check.field, check.name) == (None,) * 5
+    assert check.display() == "latency_p99_ms"
+    assert AnalysisCheck(metric="error_rate", min=0.0).display() == "error_rate"
+    prometheus = AnalysisCheck(metric="prometheus", query="up", min=1)
+    assert (prometheus.url, prometheus.display()) == (DEFAULT_PROMETHEUS_URL, "prometheus")
+    assert AnalysisCheck(metric="command", command="./check").display() == "command"
+    assert AnalysisCheck(metric="http", url="http://127.0.0.1/x").display() == (
+        "http http://127.0.0.1/x"
+    )
+    named = AnalysisCheck(metric="command", command="./check", name="queue depth")
+    assert named.display() == "queue depth"
+
+
+def test_analysis_field_measures_a_number_and_needs_a_threshold() -> None:
+    check = AnalysisCheck(
+        metric="http", url="https://127.0.0.1:{port}/stats", field="queue.depth", max=100
+    )
+    assert check.field == "queue.depth"
+    with pytest.raises(ValidationError, match="needs a threshold"):
+        AnalysisCheck(metric="command", command="./stats", field="depth")
+    with pytest.raises(ValidationError, match="dotted path"):
+        AnalysisCheck(metric="command", command="./stats", field="a..b", max=1)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('metric = "error_rate"\nmax = 0.1\ncommand = "x"', "command is not used"),
+        ('metric = "error_rate"\nmax = 0.1\nurl = "http://127.0.0.1/"', "url is not used"),
+        ('metric = "prometheus"\nquery = "up"\nmax = 1\nurl = "ftp://x"', "http:// or https://"),
+        ('metric = "http"\nurl = "http://127.0.0.1/{colour}"', "did you mean {color}?"),
+        ('metric = "prometheus"\nquery = "  "\nmax = 1', "needs a non-empty query"),
+        ('metric = "latency_p99_ms"\nmax = 1\nname = ""', "name must not be empty"),
+        ('metric = "latency_p99_ms"\nmax = 1\nfailure_limit = 0', "must be at least 1"),
+        ('metric = "latency_p99_ms"\nmax = 1\nwindow = "0s"', "must be greater than 0"),
+        ('metric = "latency_p99_ms"\nmax = 1\nmin_requests = -1', "must be 0 or more"),
+        ('metric = "latency_p99_ms"\nmax = "1"', "expected a number"),
+        ('metric = "cpu"\nmax = 1', "unknown metric 'cpu' (metrics: error_rate, "),
+    ],
+)
+def test_analysis_errors(tmp_path: Path, body: str, message: str) -> None:
+    text = '[app]\nname = "a"\n[services.web]\ncommand = "s {port}"\nport = 80\n'
+    text += f"[[rollout.analysis]]\n{body}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert message in caught.value.message
+    assert caught.value.key.startswith("rollout.analysis.0")
+    assert caught.value.line is not None and caught.value.line >= 6
+
+
+def test_canary_pause_forms() -> None:
+    assert CanaryStep.model_validate({"weight": 5, "pause": "1m30s"}).pause == 90.0
+    assert CanaryStep(weight=5, pause=2).pause == 2.0
+    assert CanaryStep(weight=5, pause="manual").pause == "manual"
+    assert CanaryStep(weight=5, pause=None).pause is None
+    with pytest.raises(ValidationError, match='duration like "30s" or "manual"'):
+        CanaryStep.model_validate({"weight": 5, "pause": "Manual"})
+    with pytest.raises(ValidationError, match="between 1 and 100"):
+        CanaryStep(weight=101)
+
+
+def test_single_step_canary() -> None:
+    rollout = RolloutConfig(strategy="canary", steps=[CanaryStep(weight=100)])
+    assert [s.weight for s in rollout.steps] == [100]
+    with pytest.raises(ValidationError, match="must increase: 50 after 50"):
+        RolloutConfig(strategy="canary", steps=[CanaryStep(weight=50), CanaryStep(weight=50)])
+
+
+def test_sticky_header_replaces_the_cookie() -> None:
+    sticky = StickyConfig(header="X-User-Id")
+    assert (sticky.cookie, sticky.header) == (None, "X-User-Id")
+    assert StickyConfig.model_validate(sticky.model_dump()) == sticky
+    with pytest.raises(ValidationError, match="not both"):
+        StickyConfig(cookie="c", header="X-User-Id")
+    # Not expressible in TOML (there is no null), but code can try it.
+    with pytest.raises(ValidationError, match="set a cookie or a header"):
+        StickyConfig(cookie=None)
+    with pytest.raises(ValidationError, match="invalid header name"):
+        StickyConfig(header="X User")
+    with pytest.raises(ValidationError, match="invalid cookie name"):
+        StickyConfig(cookie="")
+
+
+def test_sticky_override_replaces_the_base_table(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            '[app]\nname = "a"\n[services.web]\ncommand = "s {port}"\nport = 80\n'
+            '[rollout]\nstrategy = "canary"\nsteps = [{ weight = 100 }]\n'
+            '[rollout.sticky]\ncookie = "cv"\n'
+            "[environments.dev]\n"
+            '[environments.api.rollout.sticky]\nheader = "X-User-Id"\n',
+        )
+    )
+    assert config.environment("dev").rollout.sticky == StickyConfig(cookie="cv")
+    assert config.environment("api").rollout.sticky == StickyConfig(header="X-User-Id")
+
+
+def test_rollout_override_replaces_lists(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            '[app]\nname = "a"\n[services.web]\ncommand = "s {port}"\nport = 80\n'
+            '[rollout]\nstrategy = "canary"\nsteps = [{ weight = 10 }, { weight = 100 }]\n'
+            '[[rollout.analysis]]\nmetric = "latency_p99_ms"\nmax = 300\n'
+            "[environments.dev]\n"
+            "[environments.prod.rollout]\n"
+            'steps = [{ weight = 1, pause = "10m" }, { weight = 20 }, { weight = 100 }]\n'
+            'analysis = [{ metric = "error_rate", max = 0.001 }]\n'
+            "[environments.quick.rollout]\n"
+            'strategy = "bluegreen"\nsteps = []\nbake = 0\n',
+        )
+    )
+    prod = config.environment("prod").rollout
+    assert [s.weight for s in prod.steps] == [1, 20, 100]
+    assert [(c.metric, c.max) for c in prod.checks()] == [("error_rate", 0.001)]
+    quick = config.environment("quick").rollout
+    assert (quick.strategy, quick.steps, quick.bake) == ("bluegreen", [], 0.0)
+    assert config.environment("dev").rollout == config.rollout
+
+
+def test_hooks(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            '[app]\nname = "a"\n[services.web]\ncommand = "s {port}"\nport = 80\n'
+            "[hooks]\n"
+            'pre_deploy = "./check.sh"\n'
+            'smoke = { command = "python3 smoke.py", timeout = "2m" }\n'
+            'post_switch = "a"\npost_deploy = "b"\non_rollback = "c"\n'
+            "[environments.dev]\n"
+            '[environments.prod.hooks]\nsmoke = { timeout = "5m" }\non_rollback = "page"\n',
+        )
+    )
+    hooks = config.hooks
+    assert hooks.pre_deploy == HookConfig(command="./check.sh", timeout=60.0)
+    assert hooks.smoke == HookConfig(command="python3 smoke.py", timeout=120.0)
+    assert [h.command for h in (hooks.post_switch, hooks.post_deploy, hooks.on_rollback) if h] == [
+        "a",
+        "b",
+        "c",
+    ]
+    prod = config.environment("prod").hooks
+    # Deep merge: the override's timeout, the base's command.
+    assert prod.smoke == HookConfig(command="python3 smoke.py", timeout=300.0)
+    assert prod.on_rollback == HookConfig(command="page")
+    assert prod.pre_deploy == hooks.pre_deploy
+    assert config.environment("dev").hooks == hooks
+    assert HookConfig.model_validate("echo hi") == HookConfig(command="echo hi")
+    assert HooksConfig() == HooksConfig(
+        pre_deploy=None, smoke=None, post_switch=None, post_deploy=None, on_rollback=None
+    )
+
+
+def test_hook_override_without_command_in_base(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(
+            write(
+                tmp_path,
+                '[app]\nname = "a"\n[services.web]\ncommand = "s {port}"\nport = 80\n'
+                '[environments.prod.hooks]\nsmoke = { timeout = "5m" }\n',
+            )
+        )
+    assert (caught.value.line, caught.value.key) == (7, "environments.prod.hooks.smoke.command")
+    assert caught.value.message == "missing required key"
+
+
+def test_notifications(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            '[app]\nname = "a"\n[services.web]\ncommand = "s {port}"\nport = 80\n'
+            '[[notifications]]\nurl = "http://127.0.0.1:9/hook"\n'
+            '[[notifications]]\nurl = "https://chat.invalid/x"\nformat = "slack"\n'
+            'events = ["step"]\ntimeout = "1s"\nretries = 0\n',
+        )
+    )
+    first, second = config.notifications
+    assert first.events == list(EVENTS)
+    assert EVENTS == (
+        "started",
+        "switched",
+        "step",
+        "succeeded",
+        "failed",
+        "rolled_back",
+        "aborted",
+    )
+    assert (first.format, first.timeout, first.retries) == ("auto", 5.0, 3)
+    assert (second.format, second.events, second.timeout, second.retries) == (
+        "slack",
+        ["step"],
+        1.0,
+        0,
+    )
+    assert config.environment("dev").notifications == config.notifications
+    with pytest.raises(ValidationError, match="events must not be empty"):
+        NotificationConfig(url="http://127.0.0.1/", events=[])
+    with pytest.raises(ValidationError, match="must be 0 or more"):
+        NotificationConfig(url="http://127.0.0.1/", retries=-1)
+    with pytest.raises(ValidationError, match="http:// or https://"):
+        NotificationConfig(url="https://")
+
+
+def test_preview_port(tmp_path: Path) -> None:
+    assert ServiceConfig(command="s", port=80).preview_port is None
+    assert ServiceConfig(command="s", port=80, preview_port=81).preview_port == 81
+    with pytest.raises(ValidationError, match="between 1 and 65535"):
+        ServiceConfig(command="s", port=80, preview_port=0)
+    config = load_config(
+        write(
+            tmp_path,
+            '[app]\nname = "a"\n'
+            '[services.web]\ncommand = "s {port}"\nport = 80\npreview_port = 81\n'
+            '[services.api]\ncommand = "s {port}"\nport = 81\nlisten = "127.0.0.2"\n'
+            "[environments.dev]\n"
+            "[environments.alt.services.web]\npreview_port = 82\n",
+        )
+    )
+    assert config.environment("alt").services["web"].preview_port == 82
+    # A preview port clashing with another service's port, introduced by an override.
+    with pytest.raises(ConfigError) as caught:
+        load_config(
+            write(
+                tmp_path,
+                '[app]\nname = "a"\n'
+                '[services.web]\ncommand = "s {port}"\nport = 80\n'
+                '[services.api]\ncommand = "s {port}"\nport = 81\n'
+                "[environments.alt.services.api]\npreview_port = 80\n",
+            )
+        )
+    assert (caught.value.line, caught.value.key) == (
+        10,
+        "environments.alt.services.api.preview_port",
+    )
+    assert "already used by service 'web' in environment 'alt'" in caught.value.message

@@ -142,6 +142,11 @@ class KeyLocator:
     Knows tables, arrays of tables, dotted keys and inline tables; a key in an inline table
     maps to the line of that table. Tables only implied by a deeper header or a dotted key
     (`[services.web.health]` implies `services.web`) map to the first line that implies them.
+
+    Paths into arrays carry the index, as pydantic's error locations do: the second
+    `[[rollout.analysis]]` block is ("rollout", "analysis", "1"), and the element of an inline
+    array maps to the line it starts on. Keys of an array of tables are also found without the
+    index, at their first occurrence.
     """
 
     def __init__(self, text: str) -> None:
@@ -175,7 +180,10 @@ class _Scanner:
         self.found = found
 
     def document(self) -> None:
-        table: tuple[str, ...] = ()
+        table: tuple[str, ...] = ()  # the current table's path, with array indices
+        written: tuple[str, ...] = ()  # the same, as written in its header (no indices)
+        # The index of the last element of each array of tables, by its path with indices.
+        arrays: dict[tuple[str, ...], int] = {}
         while True:
             self.skip_blank(newlines=True)
             if self.pos >= len(self.text):
@@ -184,16 +192,19 @@ class _Scanner:
                 double = self.text.startswith("[[", self.pos)
                 self.advance(2 if double else 1)
                 self.skip_blank()
-                table = self.key()
+                written = self.key()
+                table = _with_indices(written, arrays, double)
                 self.record(table)
+                self.record(written)
                 self.skip_blank()
                 self.advance(2 if double else 1)
             else:
-                key = (*table, *self.key())
-                self.record(key)
+                key = self.key()
+                self.record((*table, *key))
+                self.record((*written, *key))
                 self.skip_blank()
                 self.advance(1)  # "="
-                self.value(key)
+                self.value((*table, *key))
 
     def record(self, path: tuple[str, ...]) -> None:
         for end in range(1, len(path) + 1):
@@ -302,4 +313,22 @@ class _Scanner:
                 self.advance(1)
                 index += 1
                 continue
+            self.record((*path, str(index)))
             self.value((*path, str(index)))
+
+
+def _with_indices(
+    header: tuple[str, ...], arrays: dict[tuple[str, ...], int], new_element: bool
+) -> tuple[str, ...]:
+    """The path of the table a header opens: `[a.b]` after `[[a]]` is inside a's last element.
+
+    For an array-of-tables header (`new_element`), this is a new element of that array.
+    """
+    path: tuple[str, ...] = ()
+    for number, part in enumerate(header, start=1):
+        path = (*path, part)
+        if new_element and number == len(header):
+            arrays[path] = arrays.get(path, -1) + 1
+        if path in arrays:
+            path = (*path, str(arrays[path]))
+    return path
