@@ -177,6 +177,9 @@ class App:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "demoapp"
+    # Head and body go out in two writes: without TCP_NODELAY the second waits for the client's
+    # delayed ACK (40 ms on Linux) on every keep-alive request.
+    disable_nagle_algorithm = True
     server: Server
 
     @property
