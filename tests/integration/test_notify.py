@@ -6,11 +6,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -238,7 +242,7 @@ def test_a_hanging_webhook_blocks_neither_send_nor_other_webhooks(
             assert time.monotonic() - begun < 0.5
             await until(lambda: len(healthy.requests) == len(EVENTS))
             # The stuck webhook got its first request and is still holding it.
-            assert len(stuck.requests) == 1
+            await until(lambda: len(stuck.requests) == 1)
             closing = time.monotonic()
             await notifier.aclose(timeout=0.3)
             assert time.monotonic() - closing < 5
@@ -309,3 +313,36 @@ def test_send_never_raises_and_is_dropped_after_close(caplog: pytest.LogCaptureF
         run(scenario)
     assert "notification 'started' dropped: no running event loop" in caplog.text
     assert "dropped: the notifier is closed" in caplog.text
+
+
+def test_https_verifies_the_certificate(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A self-signed certificate for 127.0.0.1: the TLS handshake happens (the https path is
+    # used) and is refused, because the default context trusts only real authorities.
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+
+    async def scenario() -> None:
+        receiver = Receiver()
+        server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0, ssl=server_tls)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            notifier = Notifier([config(f"https://127.0.0.1:{port}/hook", retries=0)])
+            notifier.send(notice("started"))
+            await notifier.aclose(timeout=10)
+        finally:
+            server.close()
+        assert receiver.requests == []
+
+    with caplog.at_level(logging.WARNING, logger="conveyor.notify"):
+        run(scenario)
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
