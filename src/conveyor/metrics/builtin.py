@@ -201,8 +201,10 @@ class BuiltinSource:
     async def _stats(self, now: float) -> dict[str, Any]:
         poll = self._poll
         if poll is None or poll[0] != now:
-            poll = (now, asyncio.ensure_future(self.client.stats()))
-            self._poll = poll
+            task = asyncio.ensure_future(self.client.stats())
+            # Mark its exception as seen even if every waiter was cancelled (no loop warning).
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            poll = self._poll = (now, task)
         # shield: one caller being cancelled must not cancel the call others wait on.
         return await asyncio.shield(poll[1])
 
