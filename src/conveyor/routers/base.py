@@ -35,6 +35,7 @@ class Router(Protocol):
         listen: tuple[str, int],
         backends: Sequence[Backend],
         limits: Mapping[str, Any] | None = None,
+        sticky: Mapping[str, str] | None = None,
     ) -> None: ...
 
     async def remove_route(self, name: str) -> None: ...

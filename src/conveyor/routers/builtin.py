@@ -59,6 +59,7 @@ class ProxyClient:
         listen: tuple[str, int],
         backends: Sequence[Backend],
         limits: Mapping[str, Any] | None = None,
+        sticky: Mapping[str, str] | None = None,
     ) -> None:
         request: dict[str, Any] = {
             "op": "set_route",
@@ -68,6 +69,9 @@ class ProxyClient:
         }
         if limits is not None:
             request["limits"] = dict(limits)
+        if sticky is not None:
+            # {"cookie": name} or {"header": name}; omitted means no stickiness.
+            request["sticky"] = dict(sticky)
         await self.call(request)
 
     async def remove_route(self, name: str) -> None:
