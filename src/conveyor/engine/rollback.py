@@ -27,7 +27,8 @@ def _record(
     emit({"step": state, "service": service, "message": reason})
 
 
-async def rollback(engine: Engine, env_name: str, emit: Emit) -> Outcome:
+async def rollback(engine: Engine, env_name: str, emit: Emit, reason: str = "") -> Outcome:
+    """Roll an environment back; `reason` (automatic rollbacks) goes into the history."""
     env = engine.environment(env_name)
     rows = engine.store.instances(engine.app, env_name)
     live = tuple(
@@ -46,6 +47,8 @@ async def rollback(engine: Engine, env_name: str, emit: Emit) -> Outcome:
     plan = r.plan_rollback(live, _previous_version(engine, env_name, current))
     if plan.mode == "none":
         raise Refused(f"cannot roll back {env_name}: {plan.reason}")
+    if reason:
+        plan = r.RollbackPlan(plan.mode, plan.version, plan.switch, f"{reason}: {plan.reason}")
     assert plan.version is not None
     if plan.mode == "redeploy":
         emit({"step": "plan", "message": plan.reason})
@@ -69,12 +72,15 @@ def _previous_version(engine: Engine, env: str, current: str | None) -> str | No
     return None
 
 
-def mark_rolled_back(engine: Engine, env: str, version: str | None, by: int | None) -> None:
+def mark_rolled_back(
+    engine: Engine, env: str, version: str | None, by: int | None, why: str = ""
+) -> None:
     for dep in engine.store.list_deployments(engine.app, env, limit=200):
         if dep.id == by:
             continue
         if dep.version == version and dep.outcome == "succeeded":
-            engine.store.set_outcome(dep.id, "rolled_back", f"rolled back by deployment #{by}")
+            detail = f"rolled back by deployment #{by}" + (f": {why}" if why else "")
+            engine.store.set_outcome(dep.id, "rolled_back", detail)
             return
 
 
@@ -154,7 +160,7 @@ async def _switch_back(
         )
     reason = f"rolled back to {plan.version}"
     engine.store.finish_deployment(dep_id, "succeeded", reason, engine.utcnow())
-    mark_rolled_back(engine, env.name, current, dep_id)
+    mark_rolled_back(engine, env.name, current, dep_id, plan.reason)
     return Outcome(
         0,
         dep_id,

@@ -13,7 +13,9 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from conveyor.config import Config, ConfigError, ResolvedEnvironment, ServiceConfig
-from conveyor.engine.errors import UserError
+from conveyor.engine import rollback as rollback_mod
+from conveyor.engine.errors import EngineError, UserError
+from conveyor.health import probe_http
 from conveyor.releases import ReleaseError, ReleaseStore
 from conveyor.routers.base import ProxyUnavailable, RouterError
 from conveyor.routers.builtin import start_proxy
@@ -166,6 +168,7 @@ async def supervise_once(engine: Engine) -> list[str]:
     except UserError:
         return notes
     now = engine.utcnow()
+    notes.extend(await watch_standby_window(engine, cfg))
     for row in engine.store.instances(cfg.app.name):
         if row.environment in engine.busy or row.role == "starting":
             continue
@@ -198,6 +201,51 @@ async def supervise_once(engine: Engine) -> list[str]:
         elif row.role == "standby" and not engine.alive(row):
             engine.store.delete_instance(row.app, row.environment, row.service, row.color)
             notes.append(f"standby {what} exited: a rollback will redeploy instead")
+    return notes
+
+
+async def watch_standby_window(engine: Engine, cfg: Config) -> list[str]:
+    """While the previous version is on standby, a failing new version is switched back at once.
+
+    The bake is over, but a release that crashes or fails `unhealthy_threshold` health checks in a
+    row while its predecessor still runs is rolled back automatically, not restarted.
+    """
+    notes: list[str] = []
+    rows = engine.store.instances(cfg.app.name)
+    standby = {(r.environment, r.service) for r in rows if r.role == "standby" and engine.alive(r)}
+    for row in rows:
+        key = (row.environment, row.service, row.color)
+        if row.role != "active" or (row.environment, row.service) not in standby:
+            engine.watch.pop(key, None)
+            continue
+        if row.environment in engine.busy:
+            continue
+        svc = _service_config(cfg, row)
+        if svc is None or svc.kind != "web" or row.port is None:
+            continue
+        if not engine.alive(row):
+            why = f"{row.service} {row.version} ({row.color}) exited during the standby window"
+        else:
+            ok, detail = await probe_http(
+                "127.0.0.1", row.port, svc.health.path, svc.health.timeout
+            )
+            failures = 0 if ok else engine.watch.get(key, 0) + 1
+            engine.watch[key] = failures
+            if failures < svc.health.unhealthy_threshold:
+                continue
+            why = (
+                f"{row.service} {row.version} ({row.color}) failed {failures} health checks in a "
+                f"row during the standby window (last: {detail})"
+            )
+        engine.watch.pop(key, None)
+        log.warning("automatic rollback of %s: %s", row.environment, why)
+        try:
+            outcome = await rollback_mod.rollback(
+                engine, row.environment, lambda _e: None, reason=f"automatic rollback: {why}"
+            )
+            notes.append(f"{row.environment}: {outcome.reason} ({why})")
+        except EngineError as exc:
+            notes.append(f"{row.environment}: automatic rollback failed: {exc}")
     return notes
 
 
