@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -811,3 +812,28 @@ def test_preview_port(tmp_path: Path) -> None:
         "environments.alt.services.api.preview_port",
     )
     assert "already used by service 'web' in environment 'alt'" in caught.value.message
+
+
+# --- docs/configuration.md -----------------------------------------------------------------------
+
+DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
+
+
+def _doc_examples() -> list[str]:
+    return re.findall(r"^```toml\n(.*?)^```", DOCS.read_text(), re.MULTILINE | re.DOTALL)
+
+
+def test_docs_have_examples() -> None:
+    assert len(_doc_examples()) >= 12
+
+
+@pytest.mark.parametrize("index", range(len(_doc_examples())))
+def test_docs_example_loads(tmp_path: Path, index: int) -> None:
+    # Most examples show one table: complete them with the smallest valid file.
+    example = _doc_examples()[index]
+    prefix = "" if "[app]" in example else '[app]\nname = "shop"\n'
+    if "[services.web]" not in example:
+        prefix += '[services.web]\ncommand = "serve {port}"\nport = 8080\n'
+    config = load_config(write(tmp_path, prefix + example))
+    for name in config.environments:
+        config.environment(name)
