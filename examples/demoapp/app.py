@@ -9,6 +9,7 @@ Standard library only. Run it as `python3 app.py --port 8080`. The release's `de
   DEMO_HEALTHY       "false": /healthz answers 503 forever
   DEMO_START_DELAY   seconds to wait before listening (a slow boot)
   DEMO_CRASH_AFTER   exit with code 3 after this many seconds
+  DEMO_UNHEALTHY_AFTER  /healthz answers 503 once this many seconds have passed since start
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Settings:
     healthy: bool
     start_delay: float
     crash_after: float | None
+    unhealthy_after: float | None = None
 
 
 def load_settings() -> Settings:
@@ -76,6 +78,7 @@ def load_settings() -> Settings:
     if not 0 <= rate <= 1:
         sys.exit("DEMO_ERROR_RATE must be a number between 0 and 1")
     crash = setting("DEMO_CRASH_AFTER", "crash_after", "")
+    unhealthy = setting("DEMO_UNHEALTHY_AFTER", "unhealthy_after", "")
     return Settings(
         version=setting("DEMO_VERSION", "version", "dev"),
         error_rate=rate,
@@ -83,6 +86,7 @@ def load_settings() -> Settings:
         healthy=setting("DEMO_HEALTHY", "healthy", "true").lower() not in ("false", "0", "no"),
         start_delay=float(setting("DEMO_START_DELAY", "start_delay", "0")),
         crash_after=float(crash) if crash else None,
+        unhealthy_after=float(unhealthy) if unhealthy else None,
     )
 
 
@@ -234,7 +238,11 @@ class Handler(BaseHTTPRequestHandler):
         return self.send(200, f"hello from {self.app.settings.version}\n".encode())
 
     def healthz(self, query: str) -> int:
-        if not self.app.settings.healthy:
+        settings = self.app.settings
+        if not settings.healthy or (
+            settings.unhealthy_after is not None
+            and time.time() - self.app.started_at >= settings.unhealthy_after
+        ):
             return self.send(503, b"unhealthy\n")
         return self.send(200, b"ok")
 

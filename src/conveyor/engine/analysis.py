@@ -9,11 +9,7 @@ from collections.abc import Callable
 
 from conveyor.config import AnalysisCheck
 from conveyor.core.analysis import Measurement, Verdict
-from conveyor.metrics.base import MetricSource, Target
-from conveyor.metrics.builtin import BuiltinSource
-from conveyor.metrics.command import CommandSource
-from conveyor.metrics.http import HttpSource
-from conveyor.metrics.prometheus import PrometheusSource
+from conveyor.metrics import Sources, Target
 from conveyor.routers.builtin import ProxyClient
 
 log = logging.getLogger("conveyor.analysis")
@@ -27,14 +23,8 @@ class AnalysisRunner:
     ) -> None:
         self._now = now
         self._on_measure = on_measure
-        # One builtin source for all checks: they share the proxy's stats and its sliding windows.
-        self._sources: dict[str, MetricSource] = {
-            "error_rate": (builtin := BuiltinSource(router)),
-            "latency_p99_ms": builtin,
-            "prometheus": PrometheusSource(),
-            "http": HttpSource(),
-            "command": CommandSource(),
-        }
+        # One set of sources for all checks: they share the proxy's stats and sliding windows.
+        self._sources = Sources(router)
         self._checks: list[tuple[str, AnalysisCheck, Target]] = []
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -54,12 +44,11 @@ class AnalysisRunner:
         self._tasks.clear()
 
     async def _loop(self, name: str, check: AnalysisCheck, target: Target) -> None:
-        source = self._sources[check.metric]
         while True:
             await asyncio.sleep(check.interval)
             now = self._now()
             try:
-                m = await source.measure(check, target, now)
+                m = await self._sources.measure(check, target, now)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a broken source is no evidence about the release

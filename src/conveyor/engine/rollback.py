@@ -159,6 +159,8 @@ async def _switch_back(
             row.service,
         )
     reason = f"rolled back to {plan.version}"
+    if plan.reason.startswith("automatic rollback"):
+        reason = f"{plan.reason.split(': switching back')[0]}; {reason}"
     engine.store.finish_deployment(dep_id, "succeeded", reason, engine.utcnow())
     mark_rolled_back(engine, env.name, current, dep_id, plan.reason)
     return Outcome(

@@ -1,0 +1,405 @@
+"""Analysis, automatic rollback, canary, hooks and notifications, end to end through the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import http.server
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Project, wait_for
+
+from conveyor.loadgen import LoadGenerator
+from conveyor.runtimes.local import free_port
+
+ERROR_RATE = """bake = "6s"
+[[rollout.analysis]]
+metric = "error_rate"
+max = 0.01
+interval = "200ms"
+window = "2s"
+min_requests = 20
+failure_limit = 2
+"""
+
+LATENCY = """bake = "6s"
+[[rollout.analysis]]
+metric = "latency_p99_ms"
+max = 200
+interval = "300ms"
+window = "3s"
+min_requests = 10
+failure_limit = 2
+"""
+
+
+def load(project: Project, connections: int = 4) -> LoadGenerator:
+    gen = LoadGenerator("127.0.0.1", project.port, connections=connections, max_seconds=90)
+    return gen.start()
+
+
+def background_deploy(project: Project, version: str) -> tuple[threading.Thread, dict[str, Any]]:
+    box: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: box.update(res=project.deploy(version)), daemon=True)
+    thread.start()
+    return thread, box
+
+
+def deployment(project: Project) -> dict[str, Any] | None:
+    code, status = project.json("status", "--env", "dev")
+    assert code == 0, status
+    return status.get("deployment")  # type: ignore[no-any-return]
+
+
+def test_a_release_with_too_many_errors_is_rolled_back_automatically(project: Project) -> None:
+    project.configure(rollout=ERROR_RATE)
+    project.release("v1")
+    project.release("v2", error_rate=0.2)
+    assert project.deploy("v1")[0] == 0
+    gen = load(project)
+    try:
+        wait_for(lambda: gen.snapshot()[0] > 50, what="traffic")
+        code, out = project.deploy("v2")
+        assert code == 1, out
+        assert out["outcome"] == "rolled_back"
+        assert out["reason"].startswith("analysis failed: error_rate: ")
+        assert "> 1%" in out["reason"]
+        failed = [m for m in out["measurements"] if m["verdict"] == "fail"]
+        assert failed and failed[0]["value"] > 0.01
+        wait_for(lambda: project.serving() == "v1", what="v1 serving")
+    finally:
+        gen.stop()
+    assert project.db("SELECT version, role FROM instances") == [("v1", "active")]
+    code, hist = project.json("history", "--env", "dev")
+    assert hist[0]["outcome"] == "rolled_back" and "error_rate" in hist[0]["reason"]
+    events = [e["state"] for e in hist[0]["events"]]
+    assert "measurement" in events and "switched_back" in events
+
+
+def test_a_release_that_is_slower_at_p99_is_rolled_back(project: Project) -> None:
+    project.configure(rollout=LATENCY)
+    project.release("v1")
+    project.release("v2", latency_ms=300)
+    assert project.deploy("v1")[0] == 0
+    gen = load(project, connections=8)
+    try:
+        wait_for(lambda: gen.snapshot()[0] > 50, what="traffic")
+        code, out = project.deploy("v2")
+    finally:
+        gen.stop()
+    assert code == 1, out
+    assert out["outcome"] == "rolled_back"
+    assert "latency_p99_ms" in out["reason"] and "> 200" in out["reason"]
+    assert project.serving() == "v1"
+
+
+def test_failing_health_checks_during_the_bake_roll_back(project: Project) -> None:
+    project.configure(rollout='bake = "20s"\non_inconclusive = "pass"')
+    project.release("v1")
+    project.release("v2", unhealthy_after=1.0)
+    assert project.deploy("v1")[0] == 0
+    code, out = project.deploy("v2")
+    assert code == 1, out
+    assert out["outcome"] == "rolled_back"
+    assert "web (green) failed 3 health checks in a row (last: HTTP 503)" in out["reason"]
+    assert project.serving() == "v1"
+
+
+def test_failing_during_the_standby_window_switches_back_by_itself(project: Project) -> None:
+    project.configure(rollout='bake = "500ms"\non_inconclusive = "pass"')
+    project.release("v1")
+    project.release("v2", unhealthy_after=2.5)
+    assert project.deploy("v1")[0] == 0
+    code, out = project.deploy("v2")
+    assert code == 0, out  # healthy through the bake
+    assert project.serving() == "v2"
+    wait_for(lambda: project.serving() == "v1", timeout=30, what="the automatic switch back")
+    code, hist = project.json("history", "--env", "dev")
+    assert [(d["version"], d["kind"], d["outcome"]) for d in hist[:2]] == [
+        ("v1", "rollback", "succeeded"),
+        ("v2", "deploy", "rolled_back"),
+    ]
+    assert "during the standby window" in hist[1]["reason"]
+    assert "automatic rollback" in hist[0]["reason"]
+
+
+def test_inconclusive_analysis_follows_on_inconclusive(project: Project) -> None:
+    project.configure(rollout=ERROR_RATE + 'on_inconclusive = "fail"\n'.replace("\n", "\n", 1))
+    # on_inconclusive must sit before the [[rollout.analysis]] table: rewrite the config.
+    text = (project.dir / "conveyor.toml").read_text()
+    text = text.replace('on_inconclusive = "fail"\n', "").replace(
+        'bake = "6s"', 'bake = "1s"\non_inconclusive = "fail"'
+    )
+    (project.dir / "conveyor.toml").write_text(text)
+    project.release("v1")
+    project.release("v2")
+    assert project.deploy("v1")[0] == 0
+    code, out = project.deploy("v2")  # no traffic at all
+    assert code == 1 and out["outcome"] == "rolled_back", out
+    assert "analysis inconclusive: error_rate" in out["reason"]
+    assert project.serving() == "v1"
+
+    # With `wait`, the deployment waits for data and says so, until someone promotes it.
+    (project.dir / "conveyor.toml").write_text(text.replace('"fail"', '"wait"'))
+    project.release("v3")
+    thread, box = background_deploy(project, "v3")
+    dep = wait_for(
+        lambda: (d := deployment(project)) and "inconclusive" in d["waiting"] and d,
+        what="waiting on inconclusive analysis",
+    )
+    assert dep["phase"] == "baking"
+    assert any(m["verdict"] == "inconclusive" for m in dep["measurements"])
+    promote = project.cli("promote", "--env", "dev")
+    assert promote.returncode == 0, promote.stderr
+    thread.join(60)
+    assert box["res"][0] == 0 and box["res"][1]["outcome"] == "succeeded"
+    assert project.serving() == "v3"
+
+
+CANARY = """strategy = "canary"
+bake = "0s"
+steps = [{ weight = 30, pause = "manual" }, { weight = 100 }]
+"""
+
+
+def fresh_requests(port: int, n: int) -> dict[str, int]:
+    seen: dict[str, int] = {}
+    for _ in range(n):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        resp.read()
+        version = resp.getheader("X-Demo-Version") or ""
+        seen[version] = seen.get(version, 0) + 1
+        conn.close()
+    return seen
+
+
+def test_canary_splits_by_weight_sticks_and_promotes(project: Project) -> None:
+    project.configure(rollout=CANARY)
+    project.release("v1")
+    project.release("v2")
+    assert project.deploy("v1")[0] == 0
+    thread, box = background_deploy(project, "v2")
+    dep = wait_for(
+        lambda: (d := deployment(project)) and "manual pause" in d["waiting"] and d,
+        what="the manual pause at 30%",
+    )
+    assert dep["strategy"] == "canary" and dep["weight"] == 30 and dep["step"] == 1
+    seen = fresh_requests(project.port, 600)
+    assert 120 <= seen.get("v2", 0) <= 240, seen  # 30% ± 10 points over 600 requests
+
+    # A client that got the canary keeps it (cookie), one that got stable keeps stable.
+    for version in ("v2", "v1"):
+        cookie = ""
+        for _ in range(50):
+            conn = http.client.HTTPConnection("127.0.0.1", project.port, timeout=5)
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            resp.read()
+            if resp.getheader("X-Demo-Version") == version:
+                cookie = (resp.getheader("Set-Cookie") or "").split(";")[0]
+                break
+        assert cookie.startswith("conveyor_canary="), cookie
+        for _ in range(30):
+            conn = http.client.HTTPConnection("127.0.0.1", project.port, timeout=5)
+            conn.request("GET", "/", headers={"Cookie": cookie})
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.getheader("X-Demo-Version") == version
+
+    assert project.cli("promote", "--env", "dev").returncode == 0
+    thread.join(60)
+    assert box["res"][0] == 0, box
+    assert fresh_requests(project.port, 50) == {"v2": 50}
+
+
+def test_canary_abort_sends_everything_back_to_stable(project: Project) -> None:
+    project.configure(rollout=CANARY)
+    project.release("v1")
+    project.release("v2")
+    assert project.deploy("v1")[0] == 0
+    thread, box = background_deploy(project, "v2")
+    wait_for(
+        lambda: (d := deployment(project)) and d["weight"] == 30 and d,
+        what="the canary at 30%",
+    )
+    proc = project.cli("abort", "--env", "dev", "--reason", "checkout looks off")
+    assert proc.returncode == 0, proc.stderr
+    thread.join(60)
+    code, out = box["res"]
+    assert code == 1 and out["outcome"] == "aborted"
+    assert "checkout looks off" in out["reason"]
+    assert fresh_requests(project.port, 30) == {"v1": 30}
+    assert project.db("SELECT version, role FROM instances") == [("v1", "active")]
+    assert project.cli("promote", "--env", "dev").returncode == 1  # nothing in progress
+
+
+def test_a_failing_smoke_test_stops_the_deploy_before_any_traffic(project: Project) -> None:
+    (project.dir / "smoke.py").write_text(
+        "import os, sys, urllib.request\n"
+        "body = urllib.request.urlopen(os.environ['CONVEYOR_URL'] + '/').read().decode()\n"
+        "print('smoke saw', body.strip(), 'for', os.environ['CONVEYOR_VERSION'])\n"
+        "sys.exit(0 if 'v2' in body else 3)\n"
+    )
+    project.configure(extra="")
+    text = (project.dir / "conveyor.toml").read_text()
+    text += f'\n[hooks]\nsmoke = "{os.sys.executable} smoke.py"\n'  # type: ignore[attr-defined]
+    (project.dir / "conveyor.toml").write_text(text)
+    project.release("v1")  # smoke passes only for v2... and v1 is a first deploy: it runs too
+    code, out = project.deploy("v1")
+    assert code == 1 and out["reason"].startswith("smoke test failed: exited with code 3"), out
+    assert project.db("SELECT count(*) FROM instances") == [(0,)]
+    with pytest.raises(OSError):
+        project.get()  # nothing was ever routed
+    project.release("v2")
+    code, out = project.deploy("v2")
+    assert code == 0, out
+    log = (project.home / "logs" / "dev" / "deployments" / f"{out['deployment']}.log").read_text()
+    assert "[smoke] smoke saw hello from v2 for v2" in log
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    bodies: list[dict[str, Any]]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.bodies.append(json.loads(body))  # type: ignore[attr-defined]
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    server.bodies = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], server.bodies  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+
+
+def test_webhooks_see_every_event_once(
+    project: Project, receiver: tuple[int, list[dict[str, Any]]]
+) -> None:
+    port, bodies = receiver
+    project.configure(rollout='bake = "0s"')
+    text = (project.dir / "conveyor.toml").read_text()
+    text += f'\n[[notifications]]\nurl = "http://127.0.0.1:{port}/hook"\n'
+    (project.dir / "conveyor.toml").write_text(text)
+    project.release("v1")
+    project.release("v2")
+    project.release("bad", healthy=False)
+    assert project.deploy("v1")[0] == 0
+    assert project.deploy("v2")[0] == 0
+    code, out = project.json("deploy", "bad", "--env", "dev")
+    assert code == 1
+    wait_for(lambda: len(bodies) >= 8, what="all notifications")
+    seen = [(b["version"], b["event"]) for b in bodies]
+    assert seen == [
+        ("v1", "started"),
+        ("v1", "switched"),
+        ("v1", "succeeded"),
+        ("v2", "started"),
+        ("v2", "switched"),
+        ("v2", "succeeded"),
+        ("bad", "started"),
+        ("bad", "failed"),
+    ]
+    assert bodies[4]["previous_version"] == "v1" and bodies[4]["app"] == "shop"
+    assert bodies[7]["deployment"] == out["deployment"] and "not healthy" in bodies[7]["reason"]
+
+
+PROMETHEUS = Path("/usr/bin/prometheus")
+PROM_CONFIG = """global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: conveyor
+    static_configs:
+      - targets: ["127.0.0.1:{port}"]
+"""
+PROM_CHECK = """bake = "20s"
+[[rollout.analysis]]
+metric = "prometheus"
+url = "http://127.0.0.1:{prom}"
+query = 'sum(rate(conveyor_proxy_responses_total{{version="{{version}}",code="5xx"}}[5s])) / sum(rate(conveyor_proxy_requests_total{{version="{{version}}"}}[5s]))'
+max = 0.01
+interval = "1s"
+failure_limit = 2
+"""
+
+
+@pytest.fixture
+def prometheus_for_agent() -> Iterator[tuple[int, int]]:
+    if not PROMETHEUS.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{PROMETHEUS} is missing in CI (apt-get install prometheus)")
+        pytest.skip(f"{PROMETHEUS} is missing (apt-get install prometheus)")
+    workdir = Path(tempfile.mkdtemp(prefix="cvprom", dir="/tmp"))
+    admin, prom = free_port(), free_port()
+    (workdir / "prometheus.yml").write_text(PROM_CONFIG.format(port=admin))
+    with open(workdir / "prometheus.log", "ab") as log:
+        proc = subprocess.Popen(
+            [
+                str(PROMETHEUS),
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{prom}",
+                "--log.level=warn",
+            ],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    try:
+        yield admin, prom
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(15)
+                break
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_a_prometheus_check_against_a_real_prometheus_rolls_back(
+    project: Project, prometheus_for_agent: tuple[int, int]
+) -> None:
+    admin, prom = prometheus_for_agent
+    project.configure(rollout=PROM_CHECK.format(prom=prom))
+    text = (project.dir / "conveyor.toml").read_text()
+    (project.dir / "conveyor.toml").write_text(text + f"\n[agent]\nadmin_port = {admin}\n")
+    project.release("v1")
+    project.release("v2", error_rate=0.25)
+    assert project.deploy("v1")[0] == 0
+    gen = load(project)
+    try:
+        wait_for(lambda: gen.snapshot()[0] > 50, what="traffic")
+        code, out = project.deploy("v2")
+    finally:
+        gen.stop()
+    assert code == 1, out
+    assert out["outcome"] == "rolled_back"
+    assert out["reason"].startswith("analysis failed: prometheus")
+    failed = [m for m in out["measurements"] if m["verdict"] == "fail"]
+    assert failed and 0.1 < failed[0]["value"] < 0.4, failed
+    assert project.serving() == "v1"
