@@ -90,6 +90,7 @@ class ControlServer:
                     request.get("listen"),
                     request.get("backends"),
                     request.get("limits"),
+                    request.get("sticky"),
                 )
                 return {"ok": True}, False
             if op == "remove_route":

@@ -70,6 +70,9 @@ class ClientProtocol(asyncio.Protocol):
         self.rejected = False
         self.http11 = True
         self.forwarded = b""
+        # When the proxy's sweep first saw this connection idle (perf_counter); 0.0: not idle
+        # since the last request began. See Proxy._sweep.
+        self.idle_since = 0.0
         # Per-request parse state (reset in on_message_begin).
         self.in_head = True
         self.head_raw = 0
@@ -178,6 +181,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         # head_raw is not reset here: it counts from the end of the previous message.
+        self.idle_since = 0.0
         self.in_head = True
         self.url = b""
         self.lines = []

@@ -14,7 +14,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from conveyor.proxy.flow import PAUSE_PENDING
-from conveyor.proxy.model import Backend, ColorStats
+from conveyor.proxy.model import COOKIE, Backend, ColorStats
 from conveyor.proxy.responses import canned
 from conveyor.proxy.upstream import UpstreamProtocol
 
@@ -45,6 +45,7 @@ class Exchange:
         "replay_size",
         "request_done",
         "responded",
+        "set_cookie",
         "started",
         "stats",
         "tunnel",
@@ -79,6 +80,9 @@ class Exchange:
         # When the response head is due (perf_counter); 0.0 when not waiting. Checked by the
         # proxy's sweep, which costs less than a timer handle per request.
         self.deadline = 0.0
+        # Set-Cookie line for the response head: only on a split cookie-sticky route when the
+        # request had no cookie naming a live colour.
+        self.set_cookie: bytes | None = None
 
     # -- request bytes -------------------------------------------------------------------------
 
@@ -113,10 +117,21 @@ class Exchange:
         proxy = self.proxy
         self.started = perf_counter()
         route = proxy.routes.get(self.client.name)
-        backend = route.pick() if route is not None else None
-        if backend is None:
+        if route is None:
             self.local_response(503)
             return
+        backend: Backend | None
+        if route.mode:
+            # A split sticky route. Nothing has been flushed yet: pending[0] is the head.
+            if route.mode == COOKIE:
+                backend, self.set_cookie = route.pick_by_cookie(self.pending[0])
+            else:
+                backend = route.pick_by_header(self.pending[0])
+        else:
+            backend = route.pick()
+            if backend is None:
+                self.local_response(503)
+                return
         self.bind(backend)
         conn = proxy.pool.take(backend.host, backend.port)
         if conn is not None:
@@ -164,6 +179,7 @@ class Exchange:
                 if route is None:
                     self.local_response(503)
                     return
+                # Availability beats stickiness: any live backend not tried yet.
                 backend = route.pick(tried)
                 if backend is None:
                     if not tried:
@@ -178,6 +194,11 @@ class Exchange:
                     tried.clear()
                     continue
                 self.bind(backend)
+                if self.set_cookie is not None:
+                    # The response comes from another colour than first picked: the cookie
+                    # names that one (or none, if the route is no longer split). A request that
+                    # came with a valid cookie keeps it: its colour may be back next time.
+                    self.set_cookie = route.set_cookie.get(backend.color)
             host, port = backend.host, backend.port
             try:
                 _, conn = await asyncio.wait_for(

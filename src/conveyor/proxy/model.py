@@ -9,6 +9,8 @@ every `Backend` of that colour across swaps so that counts survive them.
 from __future__ import annotations
 
 import random
+import re
+import zlib
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -31,6 +33,30 @@ LATENCY_BOUNDS: tuple[float, ...] = (
 )
 
 
+# RFC 7230 token (a header name); RFC 6265 cookie names are RFC 2616 tokens: the same set.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 6265 cookie-octet: a colour must be one to travel unquoted as a cookie value.
+_COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
+# Headers the proxy drops or rewrites before forwarding: stickiness could never see them.
+_UNUSABLE_HEADERS = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "transfer-encoding",
+        "content-length",
+        "cookie",
+    )
+)
+# Route.mode: how a request to a split route chooses its colour.
+RANDOM = 0  # weighted random (also: every route that is not split, whatever its sticky setting)
+COOKIE = 1
+HEADER = 2
+
+
 class ConfigurationError(ValueError):
     """A control request carried a route or limits the proxy cannot use."""
 
@@ -45,6 +71,9 @@ class Limits:
     connect_timeout: float = 5.0
     upstream_timeout: float = 60.0
     retries: int = 3
+    # Seconds a client keep-alive connection may stay idle (no request in flight) before the
+    # proxy closes it; checked by the periodic sweep.
+    keepalive_timeout: float = 75.0
 
     @classmethod
     def from_json(cls, obj: object) -> Limits:
@@ -128,14 +157,54 @@ class Backend:
 
 
 @dataclass(frozen=True, slots=True)
+class Sticky:
+    """Keeps a client on one colour while a route is split: by cookie or by a header's hash."""
+
+    cookie: str | None = None
+    header: str | None = None
+
+    def to_json(self) -> dict[str, str]:
+        return {"cookie": self.cookie} if self.cookie is not None else {"header": self.header or ""}
+
+
+def parse_sticky(obj: object) -> Sticky | None:
+    if obj is None:
+        return None
+    if not isinstance(obj, dict) or len(obj) != 1:
+        raise ConfigurationError('sticky must be {"cookie": name}, {"header": name} or null')
+    ((kind, name),) = obj.items()
+    if kind not in ("cookie", "header"):
+        raise ConfigurationError(f"sticky: unknown key {kind!r} (use cookie or header)")
+    if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+        raise ConfigurationError(
+            f"sticky.{kind} must be a token (letters, digits and !#$%&'*+-.^_`|~), got {name!r}"
+        )
+    if kind == "cookie":
+        return Sticky(cookie=name)
+    if name.lower() in _UNUSABLE_HEADERS:
+        raise ConfigurationError(f"sticky.header cannot be {name!r}: the proxy does not forward it")
+    return Sticky(header=name)
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     listen: tuple[str, int]
     backends: tuple[Backend, ...]
     limits: Limits
-    # Derived once at construction so that picking a backend is a bisect, not a loop.
+    sticky: Sticky | None = None
+    # Derived once at construction so that picking a backend is a bisect, not a loop, and a route
+    # that is not split pays one integer test for stickiness.
     live: tuple[Backend, ...] = field(init=False, compare=False)
     cumulative: tuple[int, ...] = field(init=False, compare=False)
+    mode: int = field(init=False, compare=False)
+    # Cookie mode: live colour (bytes) -> backend, colour -> its Set-Cookie header line.
+    by_color: dict[bytes, Backend] = field(init=False, compare=False)
+    set_cookie: dict[str, bytes] = field(init=False, compare=False)
+    # Header mode: b"\r\n<lowercased name>:" as it appears in the forwarded head, and the
+    # cumulative weights times 100 (bucket * total < cum * 100 <=> bucket < 100 * cum / total).
+    needle: bytes = field(init=False, compare=False)
+    hundredfold: tuple[int, ...] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         live = tuple(b for b in self.backends if b.weight > 0)
@@ -143,8 +212,31 @@ class Route:
         for b in live:
             acc += b.weight
             cum.append(acc)
+        sticky = self.sticky
+        mode = RANDOM
+        by_color: dict[bytes, Backend] = {}
+        set_cookie: dict[str, bytes] = {}
+        needle = b""
+        if sticky is not None and len(live) > 1:
+            if sticky.cookie is not None:
+                mode = COOKIE
+                name = sticky.cookie.encode()
+                for b in reversed(live):  # reversed: the first backend of a colour wins
+                    color = b.color.encode()
+                    by_color[color] = b
+                    set_cookie[b.color] = (
+                        b"Set-Cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax\r\n" % (name, color)
+                    )
+            else:
+                mode = HEADER
+                needle = b"\r\n" + (sticky.header or "").lower().encode() + b":"
         object.__setattr__(self, "live", live)
         object.__setattr__(self, "cumulative", tuple(cum))
+        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "by_color", by_color)
+        object.__setattr__(self, "set_cookie", set_cookie)
+        object.__setattr__(self, "needle", needle)
+        object.__setattr__(self, "hundredfold", tuple(c * 100 for c in cum))
 
     def pick(self, exclude: set[tuple[str, int]] | None = None) -> Backend | None:
         """A backend with weight > 0, weighted at random, skipping the `exclude`d addresses."""
@@ -161,12 +253,79 @@ class Route:
             return None
         return random.choices(rest, weights=[b.weight for b in rest])[0]
 
+    def pick_by_cookie(self, head: bytes) -> tuple[Backend, bytes | None]:
+        """Cookie mode: the colour the request's cookie names if live, else a weighted pick.
+
+        Returns the backend and the Set-Cookie line to add to the response (None when the
+        request's cookie already names a live colour). `head` is the forwarded request head.
+        """
+        assert self.sticky is not None and self.sticky.cookie is not None
+        color = cookie_value(head, self.sticky.cookie.encode())
+        if color is not None:
+            backend = self.by_color.get(color)
+            if backend is not None:
+                return backend, None
+        backend = self.pick()
+        assert backend is not None  # split: there are live backends
+        return backend, self.set_cookie[backend.color]
+
+    def pick_by_header(self, head: bytes) -> Backend:
+        """Header mode: bucket = crc32(value) % 100, walking the backends in the order given."""
+        value = header_value(head, self.needle)
+        if not value:
+            backend = self.pick()
+            assert backend is not None
+            return backend
+        return self.live[bisect_right(self.hundredfold, bucket(value) * self.cumulative[-1])]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "listen": [self.listen[0], self.listen[1]],
             "backends": [b.to_json() for b in self.backends],
             "limits": self.limits.to_json(),
+            "sticky": self.sticky.to_json() if self.sticky is not None else None,
         }
+
+
+def bucket(value: bytes) -> int:
+    """0..99, the same in every process (crc32, unlike Python's salted hash())."""
+    return zlib.crc32(value) % 100
+
+
+def header_value(head: bytes, needle: bytes) -> bytes | None:
+    """The value of the first header whose b"\r\n<name>:" is `needle`, in a forwarded head.
+
+    The proxy writes every forwarded header as b"Name: value\r\n" (values never hold CR or
+    LF: the parser refuses them), so a line starts after b"\r\n" and ends at the next one.
+    """
+    start = head.lower().find(needle)
+    if start < 0:
+        return None
+    start += len(needle)
+    end = head.find(b"\r\n", start)
+    return head[start:end].strip(b" \t")
+
+
+def cookie_value(head: bytes, name: bytes) -> bytes | None:
+    """The value of the cookie `name` in the head's Cookie header(s), or None.
+
+    Matched as a cookie-pair name ("a=1; name=v"), never as the tail of another cookie's name
+    ("xname=v"). The first pair with that name wins (user agents send the most specific first).
+    """
+    low = head.lower()
+    pos = low.find(b"\r\ncookie:")
+    while pos >= 0:
+        start = pos + 9
+        end = head.find(b"\r\n", start)
+        for pair in head[start:end].split(b";"):
+            key, eq, value = pair.partition(b"=")
+            if eq and key.strip(b" \t") == name:
+                value = value.strip(b" \t")
+                if len(value) > 1 and value[0] == 34 and value[-1] == 34:  # a quoted value
+                    value = value[1:-1]
+                return value
+        pos = low.find(b"\r\ncookie:", end)
+    return None
 
 
 def parse_listen(obj: object) -> tuple[str, int]:
@@ -182,8 +341,13 @@ def parse_listen(obj: object) -> tuple[str, int]:
     return (obj[0], obj[1])
 
 
-def parse_backends(obj: object, stats_of: dict[str, ColorStats]) -> tuple[Backend, ...]:
-    """Backends from JSON; each colour gets the (persistent) counters found in `stats_of`."""
+def parse_backends(
+    obj: object, stats_of: dict[str, ColorStats], sticky: Sticky | None = None
+) -> tuple[Backend, ...]:
+    """Backends from JSON; each colour gets the (persistent) counters found in `stats_of`.
+
+    With a sticky cookie, a colour is also a cookie value, so it must be cookie-octets.
+    """
     if not isinstance(obj, list):
         raise ConfigurationError("backends must be a list")
     out: list[Backend] = []
@@ -199,6 +363,10 @@ def parse_backends(obj: object, stats_of: dict[str, ColorStats]) -> tuple[Backen
             raise ConfigurationError(f"backends[{i}].port must be a TCP port")
         if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
             raise ConfigurationError(f"backends[{i}].weight must be an integer >= 0")
+        if sticky is not None and sticky.cookie is not None and not _COOKIE_VALUE.fullmatch(color):
+            raise ConfigurationError(
+                f"backends[{i}].color {color!r} cannot be a cookie value (sticky.cookie is set)"
+            )
         stats = stats_of.get(color)
         if stats is None:
             stats = stats_of[color] = ColorStats()

@@ -16,10 +16,12 @@ from conveyor.proxy.model import (
     Route,
     parse_backends,
     parse_listen,
+    parse_sticky,
 )
 from conveyor.proxy.upstream import Pool
 
-# How often overdue response heads are looked for: the 504 comes at most this late.
+# How often overdue response heads and idle keep-alive clients are looked for: the 504 comes at
+# most this late, an idle client is closed at most two sweeps after its keepalive_timeout.
 SWEEP_INTERVAL = 0.05
 
 
@@ -51,7 +53,11 @@ class Proxy:
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def _sweep(self) -> None:
-        """Answer 504 for exchanges whose response head is overdue (see Exchange.deadline)."""
+        """Answer 504 for overdue response heads; close keep-alive clients idle for too long.
+
+        Idleness needs no clock read per request: a new request zeroes `idle_since`, and the
+        first sweep that finds the client idle stamps it.
+        """
         now = perf_counter()
         for client in list(self.clients):
             queue = client.queue
@@ -59,16 +65,27 @@ class Proxy:
                 ex = queue[0]
                 if ex.deadline and ex.deadline <= now:
                     ex.on_timeout()
+            elif client.idle:
+                since = client.idle_since
+                if not since:
+                    client.idle_since = now
+                elif now - since >= client.limits.keepalive_timeout:
+                    client.transport.close()
+            else:
+                client.idle_since = 0.0
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
-    async def set_route(self, name: str, listen: object, backends: object, limits: object) -> None:
+    async def set_route(
+        self, name: str, listen: object, backends: object, limits: object, sticky: object = None
+    ) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigurationError("name must be a non-empty string")
         address = parse_listen(listen)
         lim = Limits.from_json(limits)
+        stick = parse_sticky(sticky)
         async with self._lock:
             stats_of = self.stats.get(name, {})
-            route = Route(name, address, parse_backends(backends, stats_of), lim)
+            route = Route(name, address, parse_backends(backends, stats_of, stick), lim, stick)
             old = self.routes.get(name)
             new_server: asyncio.Server | None = None
             if old is None or old.listen != address:

@@ -228,6 +228,8 @@ class UpstreamProtocol(asyncio.Protocol):
                 self.framing = RECHUNK
             else:
                 ex.keep_alive = False
+        if ex.set_cookie is not None:
+            parts.append(ex.set_cookie)
         if ex.keep_alive:
             if not client.http11:
                 parts.append(b"Connection: keep-alive\r\n")
