@@ -371,6 +371,20 @@ def status(env: EnvOpt = "dev", json_out: JsonOpt = False) -> None:
         f"[bold]{data['app']}[/] / {env}"
         + (f"  (deploying: {data['deploying']})" if data.get("deploying") else "")
     )
+    dep = data.get("deployment")
+    if dep:
+        where = f"{dep['phase']}"
+        if dep.get("step"):
+            where = f"step {dep['step']}/{dep['steps']} at {dep['weight']}%"
+        console.print(
+            f"deployment #{dep['id']}: {dep['version']} ({dep['strategy']}), {where}"
+            + (f" — {dep['waiting']}" if dep.get("waiting") else "")
+        )
+        for m in dep.get("measurements", []):
+            color = {"pass": "green", "fail": "red"}.get(m["verdict"], "yellow")
+            console.print(f"  {m['check']}: {m['detail']} [{color}]{m['verdict']}[/]")
+        for name, url in dep.get("previews", {}).items():
+            console.print(f"  preview of {name}: {url}")
     table = Table("service", "active", "health", "standby", "url", box=None)
     for s in data["services"]:
         a, sb = s["active"], s["standby"]
@@ -418,9 +432,12 @@ def history(
                 "previous_version": d.previous_version,
             }
             if json_out:
+                events = store.events(d.id)
+                latest = [e for e in events if e.state == "analysis"]
+                row["measurements"] = latest[-1].data.get("measurements", []) if latest else []
                 row["events"] = [
                     {"at": e.at.isoformat(), "state": e.state, "reason": e.reason, **e.data}
-                    for e in store.events(d.id)
+                    for e in events
                 ]
             rows.append(row)
     finally:

@@ -44,8 +44,13 @@ class AnalysisRunner:
         self._tasks.clear()
 
     async def _loop(self, name: str, check: AnalysisCheck, target: Target) -> None:
+        # The first measurement is taken at once: for the proxy's counters it is the baseline of
+        # the window, so the first real value arrives one interval after the switch, not two.
+        first = True
         while True:
-            await asyncio.sleep(check.interval)
+            if not first:
+                await asyncio.sleep(check.interval)
+            first = False
             now = self._now()
             try:
                 m = await self._sources.measure(check, target, now)

@@ -381,6 +381,7 @@ class Engine:
             (route.host, route.port),
             [Backend(b.color, b.host, b.port, b.weight) for b in route.backends],
             route.limits,
+            sticky=route.sticky,
         )
         self.routes.put(route)
 

@@ -1,0 +1,155 @@
+"""Benchmark: how fast a bad release is taken out of traffic, and how many users saw it.
+
+Under a steady load of about 200 requests per second through conveyor's proxy, with the default
+analysis (error_rate above 1% with at least 50 requests, measured every second over 10 seconds,
+two failures in a row), this deploys:
+
+1. blue/green, a release that answers 500 on 5% of requests;
+2. canary with a 10% first step, the same bad release;
+3. blue/green, a release that is healthy but 300 ms slower, caught by a latency_p99_ms check.
+
+For each it prints the time from the first request on the bad release to traffic fully back on
+the old one, and the failed responses users saw. Target: back within 5 seconds of the switch.
+
+    .venv/bin/python benchmarks/rollback.py [--rate 200]
+
+Everything listens on 127.0.0.1; the load is bounded in time and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from conveyor.demo import ScratchProject
+from conveyor.loadgen import LoadGenerator, percentile
+
+BASE = """\
+[app]
+name = "bench"
+
+[services.web]
+command = "{python} app.py --port {{port}}"
+port = {port}
+
+[services.web.health]
+interval = "200ms"
+start_timeout = "20s"
+
+[rollout]
+standby = "10m"
+drain_timeout = "5s"
+"""
+
+CANARY = """strategy = "canary"
+steps = [{{ weight = 10, pause = "1m" }}, {{ weight = 100 }}]
+"""
+
+LATENCY = """[[rollout.analysis]]
+metric = "error_rate"
+max = 0.01
+
+[[rollout.analysis]]
+metric = "latency_p99_ms"
+max = 200
+"""
+
+
+def event_times(project: ScratchProject, deployment: int) -> dict[str, float]:
+    code, history = project.conveyor("history", "--env", "dev", "--limit", "5", "--json")
+    assert code == 0
+    for dep in history:
+        if dep["id"] == deployment:
+            times: dict[str, float] = {}
+            for e in dep["events"]:
+                times.setdefault(e["state"], datetime.fromisoformat(e["at"]).timestamp())
+            return times
+    raise KeyError(deployment)
+
+
+def scenario(
+    console: Console, name: str, rollout: str, bad: dict[str, Any], rate: float
+) -> dict[str, Any]:
+    # The [[rollout.analysis]] tables must come after the [rollout] keys.
+    keys, _, tables = rollout.partition("[[")
+    config = BASE.replace('drain_timeout = "5s"\n', 'drain_timeout = "5s"\n' + keys)
+    if tables:
+        config += "\n[[" + tables
+    project = ScratchProject(console, config)
+    try:
+        project.release("v1")
+        project.release("v2", **bad)
+        code, out = project.conveyor("deploy", "v1", "--env", "dev", "--json")
+        assert code == 0, out
+        load = LoadGenerator("127.0.0.1", project.port, connections=8, rate=rate, max_seconds=120)
+        load.start()
+        time.sleep(2.0)  # steady state before the deploy
+        before_requests, before_failed = load.snapshot()
+        code, out = project.conveyor("deploy", "v2", "--env", "dev", "--json")
+        time.sleep(1.0)
+        after_requests, after_failed = load.snapshot()
+        result = load.stop()
+        times = event_times(project, out["deployment"])
+        exposed = times.get("switched", times.get("step"))
+        back = times.get("switched_back")
+        return {
+            "scenario": name,
+            "outcome": out.get("outcome"),
+            "reason": str(out.get("reason", "")).splitlines()[0],
+            "seconds": (back - exposed) if back and exposed else None,
+            "failed": after_failed - before_failed,
+            "requests": after_requests - before_requests,
+            "rate": result.requests / result.duration if result.duration else 0.0,
+            "p99_ms": percentile(result.latencies, 99) * 1000,
+        }
+    finally:
+        project.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    args = parser.parse_args()
+    console = Console(highlight=False)
+    rows = [
+        scenario(console, "blue/green, 5% errors", "", {"error_rate": 0.05}, args.rate),
+        scenario(console, "canary 10%, 5% errors", CANARY, {"error_rate": 0.05}, args.rate),
+        scenario(console, "blue/green, +300 ms", LATENCY, {"latency_ms": 300}, args.rate),
+    ]
+    table = Table(
+        "scenario",
+        "outcome",
+        "switch → back on old",
+        "failed responses",
+        "requests",
+        "load",
+        box=None,
+    )
+    for row in rows:
+        seconds = f"{row['seconds']:.2f} s" if row["seconds"] is not None else "-"
+        table.add_row(
+            row["scenario"],
+            row["outcome"],
+            seconds,
+            str(row["failed"]),
+            str(row["requests"]),
+            f"{row['rate']:.0f} req/s",
+        )
+    console.print(table)
+    for row in rows:
+        console.print(f"{row['scenario']}: {row['reason']}")
+    ok = all(
+        r["outcome"] == "rolled_back" and r["seconds"] is not None and r["seconds"] < 5
+        for r in rows
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
