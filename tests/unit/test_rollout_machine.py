@@ -120,7 +120,9 @@ def test_happy_path_switches_drains_and_succeeds() -> None:
     state, log = run(happy_path())
     assert state.phase is r.Phase.SUCCEEDED
     kinds = [
-        type(a).__name__ for _, a in log if not isinstance(a, (r.Record, r.Announce, r.Analyze, r.Preview))
+        type(a).__name__
+        for _, a in log
+        if not isinstance(a, (r.Record, r.Announce, r.Analyze, r.Preview))
     ]
     assert kinds == [
         "StartColor",
