@@ -22,8 +22,8 @@ from typing import Any
 from conveyor import __version__
 from conveyor.agent.metrics import AdminServer
 from conveyor.engine.engine import Engine
-from conveyor.engine.outcome import Outcome
 from conveyor.engine.errors import EngineError
+from conveyor.engine.outcome import Outcome
 from conveyor.paths import Paths
 from conveyor.store.db import Store, database_url
 
