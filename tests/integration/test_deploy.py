@@ -90,24 +90,27 @@ def test_a_release_that_crashes_on_start_fails_with_its_output(project: Project)
 
 
 def test_a_second_deploy_to_the_same_environment_is_refused(project: Project) -> None:
-    project.configure(start_timeout="20s")
+    project.configure(start_timeout="60s")
     project.release("v1")
     assert project.deploy("v1")[0] == 0
-    project.release("slow", start_delay=3)
+    # Never healthy: the first deployment stays in progress until it is aborted.
+    project.release("stuck", healthy=False)
     project.release("v3")
     first: dict[str, object] = {}
-    thread = threading.Thread(target=lambda: first.update(res=project.deploy("slow")))
+    thread = threading.Thread(target=lambda: first.update(res=project.deploy("stuck")))
     thread.start()
     wait_for(
         lambda: project.db("SELECT 1 FROM deployments WHERE outcome = 'in_progress'"),
         what="the first deployment to start",
     )
     proc = project.cli("deploy", "v3", "--env", "dev")
-    thread.join(60)
     assert proc.returncode == 1
-    assert "already in progress" in proc.stderr
-    assert first["res"][0] == 0  # type: ignore[index]
-    assert project.get()[2] == "slow"
+    assert "already in progress (deploy of stuck)" in proc.stderr
+    assert project.cli("abort", "--env", "dev").returncode == 0
+    thread.join(60)
+    assert first["res"][0] == 1 and first["res"][1]["outcome"] == "aborted"  # type: ignore[index]
+    assert project.get()[2] == "v1"
+    assert project.db("SELECT version FROM deployments ORDER BY id") == [("v1",), ("stuck",)]
 
 
 def test_bad_input_exits_2_and_changes_nothing(project: Project) -> None:
