@@ -195,9 +195,10 @@ class Exchange:
                     continue
                 self.bind(backend)
                 if self.set_cookie is not None:
-                    # The response comes from another colour than first picked: the cookie
-                    # names that one (or none, if the route is no longer split). A request that
-                    # came with a valid cookie keeps it: its colour may be back next time.
+                    # The response may come from another colour than first picked: the cookie
+                    # names the one that answers (or none, if the route is no longer split). A
+                    # request that came with a valid cookie keeps it: its colour may be back
+                    # for the next request.
                     self.set_cookie = route.set_cookie.get(backend.color)
             host, port = backend.host, backend.port
             try:
