@@ -50,6 +50,7 @@ def main() -> int:
     project = ScratchProject(console, BENCH_CONFIG)
     switches: list[float] = []
     deploy_seconds: list[float] = []
+    ok = False
     try:
         project.release("v0")
         code, out = project.conveyor("deploy", "v0", "--env", "dev", "--json")
@@ -108,9 +109,10 @@ def main() -> int:
             f"  (p50 {percentile(switches, 50):.2f} ms, max {max(switches):.2f} ms)"
         )
         console.print(f"deploy durations  p50 {percentile(deploy_seconds, 50):.2f} s")
-        return 0 if figures["non_2xx"] == 0 and figures["socket_errors"] == 0 else 1
+        ok = figures["non_2xx"] == 0 and figures["socket_errors"] == 0
+        return 0 if ok else 1
     finally:
-        project.close()
+        project.close(keep=not ok)  # a failed run leaves its logs for a look
 
 
 if __name__ == "__main__":
