@@ -400,3 +400,30 @@ def test_a_prometheus_check_against_a_real_prometheus_rolls_back(
     failed = [m for m in out["measurements"] if m["verdict"] == "fail"]
     assert failed and 0.1 < failed[0]["value"] < 0.4, failed
     assert project.serving() == "v1"
+
+
+def test_manual_gate_serves_the_new_version_on_a_preview_port_until_promoted(
+    project: Project,
+) -> None:
+    preview = free_port()
+    project.configure(rollout='bake = "0s"\nauto_promote = false')
+    text = (project.dir / "conveyor.toml").read_text()
+    text = text.replace('stop_timeout = "3s"', f'stop_timeout = "3s"\npreview_port = {preview}')
+    (project.dir / "conveyor.toml").write_text(text)
+    project.release("v1")
+    project.release("v2")
+    assert project.deploy("v1")[0] == 0  # a first deployment has nothing to compare: no gate
+    thread, box = background_deploy(project, "v2")
+    dep = wait_for(
+        lambda: (d := deployment(project)) and d["phase"] == "awaiting_promotion" and d,
+        what="the manual gate",
+    )
+    assert dep["previews"] == {"web": f"http://127.0.0.1:{preview}"}
+    assert project.get(port=preview)[2] == "v2"
+    assert project.serving() == "v1"
+    assert project.cli("promote", "--env", "dev").returncode == 0
+    thread.join(60)
+    assert box["res"][0] == 0, box
+    assert project.serving() == "v2"
+    with pytest.raises(OSError):
+        project.get(port=preview)  # the preview listener is gone
