@@ -21,7 +21,7 @@ from rich.table import Table
 from conveyor import __version__
 from conveyor.agent.client import AgentClient, AgentUnavailable
 from conveyor.cli.output import Progress, emit_json, fail
-from conveyor.config import Config, ConfigError, find_config, load_config
+from conveyor.config import Config, ConfigError, ResolvedEnvironment, find_config, load_config
 from conveyor.paths import Paths
 from conveyor.releases import ReleaseError, ReleaseStore
 from conveyor.store.db import Store, database_url
@@ -65,6 +65,12 @@ class Project:
     def config(self) -> Config:
         try:
             return load_config(self.config_path)
+        except ConfigError as exc:
+            fail(str(exc))
+
+    def environment(self, cfg: Config, env: str) -> ResolvedEnvironment:
+        try:
+            return cfg.environment(env)
         except ConfigError as exc:
             fail(str(exc))
 
@@ -264,10 +270,7 @@ def deploy(
     """
     proj = project()
     cfg = proj.config()
-    try:
-        cfg.environment(env)
-    except ConfigError as exc:
-        fail(str(exc))
+    proj.environment(cfg, env)
     store = proj.store()
     try:
         if store.get_release(cfg.app.name, version) is None:
@@ -292,10 +295,7 @@ def rollback(env: EnvReq, json_out: JsonOpt = False) -> None:
     """
     proj = project()
     cfg = proj.config()
-    try:
-        cfg.environment(env)
-    except ConfigError as exc:
-        fail(str(exc))
+    proj.environment(cfg, env)
     result = _agent_call(proj, {"op": "rollback", "env": env}, json_out)
     _finish(result, json_out, "rolled back {environment} to {version}")
 
@@ -351,10 +351,7 @@ def status(env: EnvOpt = "dev", json_out: JsonOpt = False) -> None:
     """
     proj = project()
     cfg = proj.config()
-    try:
-        cfg.environment(env)
-    except ConfigError as exc:
-        fail(str(exc))
+    proj.environment(cfg, env)
     client = proj.agent()
     try:
         client.ensure()
@@ -484,10 +481,7 @@ def logs(
 
     proj = project()
     cfg = proj.config()
-    try:
-        envcfg = cfg.environment(env)
-    except ConfigError as exc:
-        fail(str(exc))
+    envcfg = proj.environment(cfg, env)
     if service not in envcfg.services:
         fail(f"unknown service {service!r} (known: {', '.join(envcfg.services)})")
     if color is None:

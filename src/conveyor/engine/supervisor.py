@@ -116,16 +116,7 @@ async def _recover_instance(engine: Engine, cfg: Config, row: InstanceRecord) ->
         return [f"dropped {what}: its standby time is over"]
     try:
         await restart(engine, cfg.environment(row.environment), row)
-    except (
-        ConfigError,
-        UserError,
-        RuntimeStartError,
-        ReleaseError,
-        RouterError,
-        ProxyUnavailable,
-        OSError,
-        KeyError,
-    ) as exc:
+    except RESTART_ERRORS as exc:
         return [f"could not bring back {what}: {exc}"]
     return [f"restarted {what}: it was not running"]
 
@@ -187,16 +178,7 @@ async def supervise_once(engine: Engine) -> list[str]:
             try:
                 await restart(engine, cfg.environment(row.environment), row)
                 notes.append(f"restarted {what}: it had exited")
-            except (
-                ConfigError,
-                UserError,
-                RuntimeStartError,
-                ReleaseError,
-                RouterError,
-                ProxyUnavailable,
-                OSError,
-                KeyError,
-            ) as exc:
+            except RESTART_ERRORS as exc:
                 notes.append(f"could not restart {what}: {exc}")
         elif row.role == "standby" and not engine.alive(row):
             engine.store.delete_instance(row.app, row.environment, row.service, row.color)
