@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -107,7 +108,7 @@ def test_a_release_that_is_slower_at_p99_is_rolled_back(project: Project) -> Non
 def test_failing_health_checks_during_the_bake_roll_back(project: Project) -> None:
     project.configure(rollout='bake = "20s"\non_inconclusive = "pass"')
     project.release("v1")
-    project.release("v2", unhealthy_after=1.0)
+    project.release("v2", unhealthy_after=3.0)
     assert project.deploy("v1")[0] == 0
     code, out = project.deploy("v2")
     assert code == 1, out
@@ -119,7 +120,7 @@ def test_failing_health_checks_during_the_bake_roll_back(project: Project) -> No
 def test_failing_during_the_standby_window_switches_back_by_itself(project: Project) -> None:
     project.configure(rollout='bake = "500ms"\non_inconclusive = "pass"')
     project.release("v1")
-    project.release("v2", unhealthy_after=2.5)
+    project.release("v2", unhealthy_after=6.0)
     assert project.deploy("v1")[0] == 0
     code, out = project.deploy("v2")
     assert code == 0, out  # healthy through the bake
@@ -251,7 +252,7 @@ def test_a_failing_smoke_test_stops_the_deploy_before_any_traffic(project: Proje
     )
     project.configure(extra="")
     text = (project.dir / "conveyor.toml").read_text()
-    text += f'\n[hooks]\nsmoke = "{os.sys.executable} smoke.py"\n'  # type: ignore[attr-defined]
+    text += f'\n[hooks]\nsmoke = "{sys.executable} smoke.py"\n'
     (project.dir / "conveyor.toml").write_text(text)
     project.release("v1")  # smoke passes only for v2... and v1 is a first deploy: it runs too
     code, out = project.deploy("v1")
@@ -427,3 +428,74 @@ def test_manual_gate_serves_the_new_version_on_a_preview_port_until_promoted(
     assert project.serving() == "v2"
     with pytest.raises(OSError):
         project.get(port=preview)  # the preview listener is gone
+
+
+HOOK = """import json, os, sys
+with open(os.path.join(os.environ["HOOK_DIR"], "calls.jsonl"), "a") as f:
+    f.write(json.dumps({k: os.environ.get(k) for k in (
+        "CONVEYOR_HOOK", "CONVEYOR_VERSION", "CONVEYOR_ENV", "CONVEYOR_URL", "CONVEYOR_PREVIOUS_VERSION"
+    )}) + "\\n")
+sys.exit(int(os.environ.get("HOOK_EXIT_" + os.environ["CONVEYOR_HOOK"].upper(), "0")))
+"""
+
+
+def hook_config(project: Project, hooks: tuple[str, ...]) -> None:
+    (project.dir / "hook.py").write_text(HOOK)
+    text = (project.dir / "conveyor.toml").read_text()
+    text += "\n[hooks]\n" + "".join(f'{h} = "{sys.executable} hook.py"\n' for h in hooks)
+    (project.dir / "conveyor.toml").write_text(text)
+
+
+def calls(project: Project) -> list[dict[str, str]]:
+    path = project.dir / "calls.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_hooks_run_in_order_with_the_release_environment(project: Project) -> None:
+    project.env["HOOK_DIR"] = str(project.dir)  # the agent (and so the hooks) inherit it
+    project.configure(rollout='bake = "1s"\non_inconclusive = "pass"')
+    hook_config(project, ("pre_deploy", "smoke", "post_switch", "post_deploy", "on_rollback"))
+    project.release("v1")
+    project.release("v2")
+    project.release("v3", unhealthy_after=3.0)
+    assert project.deploy("v1")[0] == 0
+    assert project.deploy("v2")[0] == 0
+    seen = [(c["CONVEYOR_HOOK"], c["CONVEYOR_VERSION"]) for c in calls(project)]
+    assert seen[-4:] == [
+        ("pre_deploy", "v2"),
+        ("smoke", "v2"),
+        ("post_switch", "v2"),
+        ("post_deploy", "v2"),
+    ]
+    smoke = [c for c in calls(project) if c["CONVEYOR_HOOK"] == "smoke"][-1]
+    assert smoke["CONVEYOR_ENV"] == "dev" and smoke["CONVEYOR_PREVIOUS_VERSION"] == "v1"
+    assert smoke["CONVEYOR_URL"].startswith("http://127.0.0.1:")
+    assert not smoke["CONVEYOR_URL"].endswith(
+        f":{project.port}"
+    )  # the new color, not the public port
+
+    # A long bake: v3's health checks start failing 3s after it starts, well within it.
+    text = (project.dir / "conveyor.toml").read_text()
+    (project.dir / "conveyor.toml").write_text(text.replace('bake = "1s"', 'bake = "60s"'))
+    code, out = project.deploy("v3")
+    assert code == 1 and out["outcome"] == "rolled_back"
+    assert [c["CONVEYOR_HOOK"] for c in calls(project)][-4:] == [
+        "pre_deploy",
+        "smoke",
+        "post_switch",
+        "on_rollback",
+    ]
+
+
+def test_a_failing_pre_deploy_hook_starts_nothing(project: Project) -> None:
+    project.env["HOOK_DIR"] = str(project.dir)
+    project.env["HOOK_EXIT_PRE_DEPLOY"] = "4"
+    project.configure()
+    hook_config(project, ("pre_deploy",))
+    project.release("v1")
+    code, out = project.deploy("v1")
+    assert code == 1 and out["outcome"] == "failed"
+    assert out["reason"] == "pre_deploy hook failed: exited with code 4"
+    assert project.db("SELECT count(*) FROM instances") == [(0,)]
