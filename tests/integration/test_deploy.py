@@ -11,6 +11,7 @@ import time
 from conftest import Project, alive, wait_for
 
 from conveyor.loadgen import LoadGenerator
+from conveyor.runtimes.local import free_port
 
 
 def test_first_deploy_then_blue_green_under_load_then_rollback_to_standby(
@@ -246,3 +247,24 @@ def test_metrics_endpoint_exposes_proxy_counters(project: Project) -> None:
     assert int(line.rsplit(" ", 1)[1]) >= 5
     assert "conveyor_proxy_responses_total{" in body and 'code="2xx"' in body
     assert "conveyor_proxy_request_duration_seconds_bucket{" in body
+
+
+def test_two_environments_run_side_by_side_and_may_not_share_a_port(project: Project) -> None:
+    staging = free_port()
+    project.configure(extra=f"[environments.staging.services.web]\nport = {staging}\n")
+    project.release("v1")
+    project.release("v2")
+    assert project.deploy("v1", env="dev")[0] == 0
+    assert project.deploy("v2", env="staging")[0] == 0
+    assert project.get()[2] == "v1"
+    assert project.get(port=staging)[2] == "v2"
+    code, status = project.json("status", "--env", "staging")
+    assert code == 0
+    assert status["services"][0]["url"] == f"http://127.0.0.1:{staging}"
+    # A third environment that would take dev's public port is refused before anything starts.
+    text = (project.dir / "conveyor.toml").read_text()
+    (project.dir / "conveyor.toml").write_text(text + "[environments.qa]\n")
+    proc = project.cli("deploy", "v2", "--env", "qa")
+    assert proc.returncode == 2
+    assert f"port {project.port} is already served by environment 'dev'" in proc.stderr
+    assert project.db("SELECT count(*) FROM deployments WHERE environment = 'qa'") == [(0,)]
