@@ -268,3 +268,28 @@ def test_two_environments_run_side_by_side_and_may_not_share_a_port(project: Pro
     assert proc.returncode == 2
     assert f"port {project.port} is already served by environment 'dev'" in proc.stderr
     assert project.db("SELECT count(*) FROM deployments WHERE environment = 'qa'") == [(0,)]
+
+
+def test_metrics_need_the_bearer_token_when_one_is_configured(project: Project) -> None:
+    (project.dir / "admin.token").write_text("s3cret-token\n")
+    project.configure()
+    text = (project.dir / "conveyor.toml").read_text()
+    (project.dir / "conveyor.toml").write_text(
+        text + '\n[agent]\nadmin_token_file = "admin.token"\n'
+    )
+    project.release("v1")
+    assert project.deploy("v1")[0] == 0
+    _, info = project.json("agent", "status")
+    host, port = info["admin"].removeprefix("http://").split(":")
+
+    def scrape(headers: dict[str, str]) -> int:
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        conn.request("GET", "/metrics", headers=headers)
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    assert scrape({}) == 401
+    assert scrape({"Authorization": "Bearer wrong"}) == 401
+    assert scrape({"Authorization": "Bearer s3cret-token"}) == 200
+    assert "s3cret" not in (project.home / "logs" / "agent.log").read_text()

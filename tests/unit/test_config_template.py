@@ -62,7 +62,7 @@ def test_template_commented_examples_are_valid(tmp_path: Path) -> None:
     assert config.rollout.model_copy(update={"analysis": []}) == RolloutConfig()
     assert config.services["web"].preview_port == 8081
     assert config.proxy == ProxyConfig()
-    assert config.agent == AgentConfig()
+    assert config.agent == AgentConfig(admin_token_file="admin.token")
     assert config.hooks.smoke == HookConfig(command="python3 smoke.py")
     assert all(hook is not None for hook in config.hooks.model_dump().values())
     assert config.notifications == [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 from typing import TYPE_CHECKING, Any
 
 from conveyor.routers.base import ProxyUnavailable, RouterError
@@ -86,10 +87,12 @@ def render(stats: dict[str, Any], versions: dict[tuple[str, str], str]) -> str:
 
 
 class AdminServer:
-    def __init__(self, engine: Engine, host: str, port: int) -> None:
+    def __init__(self, engine: Engine, host: str, port: int, token: str | None = None) -> None:
         self.engine = engine
         self.host = host
         self.port = port
+        # With a token, /metrics wants `Authorization: Bearer <token>` (Prometheus: bearer_token_file).
+        self._auth = f"Bearer {token}".encode() if token else None
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -107,6 +110,8 @@ class AdminServer:
             method, path = parts[0], parts[1] if len(parts) > 1 else b"/"
             if method != b"GET":
                 status, body, ctype = "405 Method Not Allowed", b"GET only\n", "text/plain"
+            elif path.split(b"?")[0] == b"/metrics" and not self._authorized(head):
+                status, body, ctype = "401 Unauthorized", b"bearer token required\n", "text/plain"
             elif path.split(b"?")[0] == b"/metrics":
                 status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
                 body = (await self.metrics()).encode()
@@ -125,6 +130,15 @@ class AdminServer:
         finally:
             with contextlib.suppress(OSError):
                 writer.close()
+
+    def _authorized(self, head: bytes) -> bool:
+        if self._auth is None:
+            return True
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"authorization":
+                return hmac.compare_digest(value.strip(), self._auth)
+        return False
 
     async def metrics(self) -> str:
         try:

@@ -44,6 +44,8 @@ class Agent:
         self.admin: AdminServer | None = None
 
     async def run(self) -> None:
+        # Read the admin settings first: a missing token file must stop us before we touch anything.
+        admin_host, admin_port, token = self._admin_settings()
         notes = await self.engine.recover()
         for note in notes:
             log.info("%s", note)
@@ -52,8 +54,7 @@ class Agent:
             sock.unlink()
         server = await asyncio.start_unix_server(self._serve, path=str(sock), limit=2**20)
         os.chmod(sock, 0o600)
-        admin_host, admin_port = self._admin_address()
-        self.admin = AdminServer(self.engine, admin_host, admin_port)
+        self.admin = AdminServer(self.engine, admin_host, admin_port, token)
         await self.admin.start()
         self._write_info()
         loop = asyncio.get_running_loop()
@@ -79,12 +80,21 @@ class Agent:
         self.store.close()
         log.info("agent stopped (services %s)", "left running" if self._keep_running else "stopped")
 
-    def _admin_address(self) -> tuple[str, int]:
+    def _admin_settings(self) -> tuple[str, int, str | None]:
         try:
             cfg = self.engine.config()
-            return cfg.agent.admin_host, cfg.agent.admin_port
         except EngineError:
-            return "127.0.0.1", 0
+            return "127.0.0.1", 0, None
+        token = None
+        if cfg.agent.admin_token_file:
+            path = self.project_dir / cfg.agent.admin_token_file
+            try:
+                token = path.read_text().strip()
+            except OSError as exc:
+                raise SystemExit(f"cannot read agent.admin_token_file {path}: {exc}") from exc
+            if not token:
+                raise SystemExit(f"agent.admin_token_file {path} is empty")
+        return cfg.agent.admin_host, cfg.agent.admin_port, token
 
     def _write_info(self) -> None:
         assert self.admin is not None

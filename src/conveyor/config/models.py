@@ -7,6 +7,7 @@ rather than something to coerce, and an unknown key is almost always a typo.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import types
 from collections.abc import Iterable, Mapping, Sequence
@@ -623,7 +624,9 @@ class ProxyConfig(_Model):
 
 
 class AgentConfig(_Model):
-    admin_host: str = "127.0.0.1"
+    # admin_token_file comes first: the admin_host check below needs to see it.
+    admin_token_file: str | None = None
+    admin_host: str = Field(default="127.0.0.1", validate_default=True)
     admin_port: int = 0
 
     @field_validator("admin_port")
@@ -632,6 +635,27 @@ class AgentConfig(_Model):
         if not 0 <= value <= 65535:
             raise ValueError(f"admin_port must be between 0 and 65535 (got {value})")
         return value
+
+    @field_validator("admin_host")
+    @classmethod
+    def _token_beyond_loopback(cls, value: str, info: ValidationInfo) -> str:
+        # The admin endpoint is read-only, but anything reachable from other machines needs a
+        # credential: a scrape from the network must present the token.
+        if not _is_loopback(value) and not info.data.get("admin_token_file"):
+            raise ValueError(
+                f"admin_host {value!r} is reachable from other machines: set admin_token_file "
+                "(a file holding a bearer token) or listen on 127.0.0.1"
+            )
+        return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class EnvironmentConfig(_Model):

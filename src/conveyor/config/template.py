@@ -192,6 +192,7 @@ path = {health_path}
 # The agent's admin HTTP endpoint (/metrics). Port 0 picks a free port: see `conveyor agent status`.
 # admin_host = "127.0.0.1"
 # admin_port = 0
+# admin_token_file = "admin.token"   # bearer token for /metrics; required off loopback
 
 # ---------------------------------------------------------------------------------------------
 # Hooks: shell commands run from the release directory at points of a deploy, with
