@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from conveyor.demo import demo_app_source
-from conveyor.runtimes.local import free_port
+from conveyor.runtimes.local import free_port, read_proc_stat
 
 CONFIG = """\
 [app]
@@ -155,23 +155,40 @@ class Project:
 
     def cleanup(self) -> None:
         self.cli("agent", "stop", "--yes", timeout=60)
-        # Belt and braces: whatever survived a failed test must not leak into the next one.
-        pgids: list[int] = []
+        # Belt and braces: whatever survived a failed test must not leak into the next one. Only
+        # processes that are provably ours are killed: pids are reused quickly on this machine.
+        groups: list[int] = []
         with contextlib.suppress(sqlite3.Error, OSError):
-            pgids = [row[0] for row in self.db("SELECT pgid FROM instances") if row[0]]
-        for pid in [*pgids, self.pid("proxy"), self.pid("agent")]:
-            if pid:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
+            for pid, start, pgid in self.db("SELECT pid, proc_start, pgid FROM instances"):
+                stat = read_proc_stat(pid) if pid else None
+                if stat is not None and stat.start == start and pgid:
+                    groups.append(pgid)
+        for name in ("proxy", "agent"):
+            pid = self.pid(name)
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if pid else b""
+            except OSError:
+                continue
+            if pid and str(self.dir).encode() in cmdline:
+                groups.append(pid)
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
+Proc = tuple[int, int]  # (pid, start time in clock ticks): a pid alone may be reused
+
+
+def proc(pid: int) -> Proc:
+    """Identify a running process by its pid and kernel start time."""
+    stat = read_proc_stat(pid)
+    assert stat is not None, f"process {pid} is not running"
+    return pid, stat.start
+
+
+def alive(p: Proc) -> bool:
+    stat = read_proc_stat(p[0])
+    return stat is not None and stat.state not in ("Z", "X") and stat.start == p[1]
 
 
 @pytest.fixture

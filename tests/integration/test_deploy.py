@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 
-from conftest import Project, alive, wait_for
+from conftest import Project, alive, proc, wait_for
 
 from conveyor.loadgen import LoadGenerator
 from conveyor.runtimes.local import free_port
@@ -139,7 +139,7 @@ def test_standby_is_stopped_when_its_time_is_over(project: Project) -> None:
     project.release("v1")
     project.release("v2")
     assert project.deploy("v1")[0] == 0
-    blue_pid = project.db("SELECT pid FROM instances WHERE color = 'blue'")[0][0]
+    blue_pid = proc(project.db("SELECT pid FROM instances WHERE color = 'blue'")[0][0])
     assert project.deploy("v2")[0] == 0
     wait_for(lambda: not alive(blue_pid), what="the standby to stop")
     wait_for(lambda: project.db("SELECT color, role FROM instances") == [("green", "active")])
@@ -155,7 +155,7 @@ def test_workers_swap_without_a_proxy(project: Project) -> None:
     project.release("v1")
     project.release("v2")
     assert project.deploy("v1")[0] == 0
-    old = project.db("SELECT pid FROM instances WHERE service = 'jobs'")[0][0]
+    old = proc(project.db("SELECT pid FROM instances WHERE service = 'jobs'")[0][0])
     assert project.deploy("v2")[0] == 0
     wait_for(lambda: not alive(old), what="the old worker to stop")
     rows = project.db("SELECT service, role, version FROM instances ORDER BY service, role")
@@ -176,8 +176,9 @@ def test_agent_kill_under_load_drops_nothing_and_the_next_agent_adopts_everythin
     assert proxy_pid and agent_pid
     load = LoadGenerator("127.0.0.1", project.port, connections=8, max_seconds=60).start()
     wait_for(lambda: load.snapshot()[0] > 50, what="traffic")
+    agent = proc(agent_pid)
     os.kill(agent_pid, signal.SIGKILL)
-    wait_for(lambda: not alive(agent_pid), what="the agent to die")
+    wait_for(lambda: not alive(agent), what="the agent to die")
     before = load.snapshot()[0]
     wait_for(lambda: load.snapshot()[0] > before + 200, what="traffic without the agent")
     assert project.cli("agent", "start").returncode == 0
@@ -192,8 +193,9 @@ def test_agent_kill_under_load_drops_nothing_and_the_next_agent_adopts_everythin
 
     # Now the proxy dies too: the next agent brings it back with the same version.
     os.kill(project.pid("agent") or 0, signal.SIGKILL)
+    proxy = proc(proxy_pid)
     os.kill(proxy_pid, signal.SIGKILL)
-    wait_for(lambda: not alive(proxy_pid), what="the proxy to die")
+    wait_for(lambda: not alive(proxy), what="the proxy to die")
     assert project.cli("agent", "start").returncode == 0
     new_proxy = project.pid("proxy")
     assert new_proxy and new_proxy != proxy_pid
@@ -206,14 +208,13 @@ def test_agent_stop_stops_services_and_proxy_and_start_brings_them_back(
     project.configure()
     project.release("v1")
     assert project.deploy("v1")[0] == 0
-    app_pid = project.db("SELECT pid FROM instances")[0][0]
-    proxy_pid = project.pid("proxy")
-    assert proxy_pid
-    proc = project.cli("agent", "stop")
-    assert proc.returncode == 2 and "--yes" in proc.stderr  # no confirmation without a terminal
-    assert alive(app_pid)
+    app = proc(project.db("SELECT pid FROM instances")[0][0])
+    proxy = proc(project.pid("proxy") or 0)
+    stop = project.cli("agent", "stop")
+    assert stop.returncode == 2 and "--yes" in stop.stderr  # no confirmation without a terminal
+    assert alive(app)
     assert project.cli("agent", "stop", "--yes").returncode == 0
-    wait_for(lambda: not alive(app_pid) and not alive(proxy_pid), what="no orphans")
+    wait_for(lambda: not alive(app) and not alive(proxy), what="no orphans")
     assert project.cli("agent", "start").returncode == 0
     wait_for(lambda: project.serving() == "v1", what="v1 back after agent start")
 
@@ -222,9 +223,9 @@ def test_agent_stop_keep_running_leaves_traffic_flowing(project: Project) -> Non
     project.configure()
     project.release("v1")
     assert project.deploy("v1")[0] == 0
-    app_pid = project.db("SELECT pid FROM instances")[0][0]
+    app = proc(project.db("SELECT pid FROM instances")[0][0])
     assert project.cli("agent", "stop", "--keep-running").returncode == 0
-    assert alive(app_pid)
+    assert alive(app)
     assert project.get()[2] == "v1"
     assert project.cli("agent", "status").returncode == 1
 

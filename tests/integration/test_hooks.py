@@ -36,27 +36,32 @@ def log_lines(tmp_path: Path) -> list[str]:
     return (tmp_path / "logs" / "deploy.log").read_text().splitlines()
 
 
-def gone(pid: int) -> bool:
+def gone(child: tuple[int, int]) -> bool:
     # The reparented process may linger as a zombie until init reaps it: it is dead all the same.
+    # A live process with that pid but another start time is a newcomer that reused the pid
+    # (pid_max is 32768 here, and the test suite starts many processes).
+    pid, start = child
     stat = read_proc_stat(pid)
-    return stat is None or stat.state == "Z"
+    return stat is None or stat.state == "Z" or stat.start != start
 
 
-def wait_until_gone(pid: int, timeout: float = 10.0) -> bool:
+def wait_until_gone(child: tuple[int, int], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
-    while not gone(pid):
+    while not gone(child):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
     return True
 
 
-def read_pid(path: Path, timeout: float = 10.0) -> int:
+def read_pid(path: Path, timeout: float = 10.0) -> tuple[int, int]:
+    """The (pid, start time) a hook wrote for its background child."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = path.read_text() if path.exists() else ""
         if text.endswith("\n"):
-            return int(text)
+            pid, start = text.split()
+            return int(pid), int(start)
         time.sleep(0.02)
     raise AssertionError(f"{path} never got a pid")
 
@@ -97,7 +102,7 @@ def test_killed_by_signal(tmp_path: Path) -> None:
 
 
 def test_timeout_kills_the_whole_group(tmp_path: Path) -> None:
-    command = "sleep 100 & echo $! > child.pid; echo started; sleep 100; wait"
+    command = "sleep 100 & echo $! $(cut -d' ' -f22 /proc/$!/stat) > child.pid; echo started; sleep 100; wait"
     begun = time.monotonic()
     result = run(tmp_path, command, timeout=0.5)
     assert not result.ok
@@ -111,7 +116,7 @@ def test_timeout_kills_the_whole_group(tmp_path: Path) -> None:
 
 def test_timeout_escalates_to_sigkill_when_sigterm_is_ignored(tmp_path: Path) -> None:
     # An ignored signal stays ignored in children, so both the shell and the sleep survive SIGTERM.
-    command = "trap '' TERM; sleep 100 & echo $! > child.pid; sleep 100; wait"
+    command = "trap '' TERM; sleep 100 & echo $! $(cut -d' ' -f22 /proc/$!/stat) > child.pid; sleep 100; wait"
     result = run(tmp_path, command, timeout=0.3)
     assert result.detail == "timed out after 0.3s"
     assert not result.ok
@@ -119,14 +124,21 @@ def test_timeout_escalates_to_sigkill_when_sigterm_is_ignored(tmp_path: Path) ->
 
 
 def test_background_leftovers_are_stopped_when_the_shell_exits(tmp_path: Path) -> None:
-    result = run(tmp_path, "sleep 100 & echo $! > child.pid; echo done", timeout=30)
+    result = run(
+        tmp_path,
+        "sleep 100 & echo $! $(cut -d' ' -f22 /proc/$!/stat) > child.pid; echo done",
+        timeout=30,
+    )
     assert result.ok
     assert result.output == ["done"]
     assert wait_until_gone(read_pid(tmp_path / "child.pid"))
 
 
 def test_cancelling_the_hook_kills_its_group(tmp_path: Path) -> None:
-    hook = HookConfig(command="sleep 100 & echo $! > child.pid; sleep 100; wait", timeout=60)
+    hook = HookConfig(
+        command="sleep 100 & echo $! $(cut -d' ' -f22 /proc/$!/stat) > child.pid; sleep 100; wait",
+        timeout=60,
+    )
 
     async def scenario() -> None:
         task = asyncio.create_task(run_hook("smoke", hook, tmp_path, BASE_ENV, tmp_path / "x.log"))
@@ -232,11 +244,16 @@ def test_timeout_and_leftovers_under_uvloop(tmp_path: Path) -> None:
     # The agent runs on uvloop, whose subprocess transport differs from asyncio's.
     uvloop = pytest.importorskip("uvloop")
     log = tmp_path / "deploy.log"
-    hook = HookConfig(command="sleep 100 & echo $! > a.pid; sleep 100; wait", timeout=0.5)
+    hook = HookConfig(
+        command="sleep 100 & echo $! $(cut -d' ' -f22 /proc/$!/stat) > a.pid; sleep 100; wait",
+        timeout=0.5,
+    )
     timed_out = uvloop.run(run_hook("smoke", hook, tmp_path, BASE_ENV, log))
     assert timed_out.detail == "timed out after 0.5s"
     assert wait_until_gone(read_pid(tmp_path / "a.pid"))
-    hook = HookConfig(command="sleep 100 & echo $! > b.pid; echo done", timeout=30)
+    hook = HookConfig(
+        command="sleep 100 & echo $! $(cut -d' ' -f22 /proc/$!/stat) > b.pid; echo done", timeout=30
+    )
     finished = uvloop.run(run_hook("smoke", hook, tmp_path, BASE_ENV, log))
     assert (finished.ok, finished.output) == (True, ["done"])
     assert wait_until_gone(read_pid(tmp_path / "b.pid"))
