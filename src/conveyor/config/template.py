@@ -222,6 +222,11 @@ path = {health_path}
 
 [environments.dev]
 
+[environments.dev.rollout]
+# A dev environment rarely has the traffic to judge a release: accept inconclusive analysis
+# (it is still reported) instead of waiting for `conveyor promote`.
+on_inconclusive = "pass"
+
 # [environments.staging.services.web]
 # port = 18080
 #
