@@ -90,8 +90,28 @@ class Deployment:
                 self.state, actions = r.step(self.state, event)
                 await self._perform(actions)
             return self.state
+        except Exception as exc:
+            # A bug or an unexpected failure must not leave the deployment `in_progress` forever
+            # or a half-started color running: record it and stop what never took traffic.
+            log.exception("deployment #%d failed unexpectedly", self.id)
+            return await self._crashed(exc)
         finally:
             await self._cleanup()
+
+    async def _crashed(self, exc: Exception) -> r.Rollout:
+        reason = f"internal error: {exc}; see {self.engine.paths.agent_log}"
+        before_traffic = self.state is None or self.state.weight == 0
+        if before_traffic:
+            for name, inst in self.new.items():
+                svc = self.env.services[name]
+                with contextlib.suppress(Exception):
+                    await self.engine.runtime.stop(inst, svc.stop_timeout)
+                    self.engine.store.delete_instance(
+                        self.env.app, self.env.name, name, self._new_color(name) or ""
+                    )
+        with contextlib.suppress(Exception):
+            self.engine.store.finish_deployment(self.id, "failed", reason, self.engine.utcnow())
+        return r.Rollout(r.Phase.FAILED, (), 0.0, reason=reason)
 
     def _refused(self, reason: str) -> r.Rollout:
         detail = self.last_hook_detail
