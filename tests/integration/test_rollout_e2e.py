@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project, wait_for
+from conftest import Project, alive, proc, wait_for
 
 from conveyor.loadgen import LoadGenerator
 from conveyor.runtimes.local import free_port
@@ -499,3 +499,38 @@ def test_a_failing_pre_deploy_hook_starts_nothing(project: Project) -> None:
     assert code == 1 and out["outcome"] == "failed"
     assert out["reason"] == "pre_deploy hook failed: exited with code 4"
     assert project.db("SELECT count(*) FROM instances") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("rollout", "where", "behaviour"),
+    [
+        ('bake = "0s"', "starting", {"healthy": False}),
+        ('bake = "60s"\non_inconclusive = "wait"', "baking", {}),
+        (CANARY, "step", {}),
+    ],
+    ids=["before-traffic", "during-bake", "canary-step"],
+)
+def test_a_deployment_interrupted_by_an_agent_crash_ends_on_the_old_version(
+    project: Project, rollout: str, where: str, behaviour: dict[str, Any]
+) -> None:
+    project.configure(rollout=rollout, start_timeout="60s")
+    project.release("v1")
+    project.release("v2", **behaviour)
+    assert project.deploy("v1")[0] == 0
+    thread, _box = background_deploy(project, "v2")
+    wait_for(
+        lambda: (d := deployment(project)) and d["phase"] == where and d,
+        what=f"the deployment to reach {where}",
+    )
+    new_pid = project.db("SELECT pid FROM instances WHERE version = 'v2'")[0][0]
+    new = proc(new_pid)
+    os.kill(project.pid("agent") or 0, signal.SIGKILL)
+    thread.join(60)
+    assert project.cli("agent", "start").returncode == 0
+    wait_for(lambda: not alive(new), what="the interrupted version to stop")
+    assert fresh_requests(project.port, 20) == {"v1": 20}
+    code, hist = project.json("history", "--env", "dev")
+    assert code == 0
+    v2 = next(d for d in hist if d["version"] == "v2")
+    assert v2["outcome"] == "aborted"
+    assert v2["reason"] == "interrupted: the agent stopped during the deployment"

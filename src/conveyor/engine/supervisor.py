@@ -73,16 +73,47 @@ async def recover(engine: Engine) -> list[str]:
     except UserError as exc:
         notes.append(f"cannot read the configuration, services were not checked: {exc}")
         return notes
-    for dep in _in_progress(engine, cfg):
-        engine.store.finish_deployment(
-            dep.id,
-            "aborted",
-            "interrupted: the agent stopped during the deployment",
-            engine.utcnow(),
-        )
+    interrupted = _in_progress(engine, cfg)
+    why = "interrupted: the agent stopped during the deployment"
+    for dep in interrupted:
+        engine.store.finish_deployment(dep.id, "aborted", why, engine.utcnow())
         notes.append(f"deployment #{dep.id} was interrupted by an agent restart: aborted")
     for row in engine.store.instances(cfg.app.name):
         notes.extend(await _recover_instance(engine, cfg, row))
+    for dep in interrupted:
+        notes.extend(await _settle_interrupted(engine, cfg, dep.environment, dep.id, why))
+    return notes
+
+
+async def _settle_interrupted(
+    engine: Engine, cfg: Config, env_name: str, deployment_id: int, why: str
+) -> list[str]:
+    """An interrupted deployment ends where it started: the version it replaced takes traffic.
+
+    If it had switched already, its bake never finished: switch back to the standby. If it was
+    part-way through a canary, its new colors are gone: the routes go back to the active colors.
+    """
+    rows = engine.store.instances(cfg.app.name, env_name)
+    switched = any(r.role == "active" and r.deployment_id == deployment_id for r in rows)
+    if switched and any(r.role == "standby" for r in rows):
+        try:
+            outcome = await rollback_mod.rollback(engine, env_name, lambda _e: None, reason=why)
+            return [f"{env_name}: {outcome.reason}"]
+        except EngineError as exc:
+            return [f"{env_name}: could not switch back after the interruption: {exc}"]
+    notes: list[str] = []
+    env = cfg.environment(env_name)
+    for row in rows:
+        svc = env.services.get(row.service)
+        if row.role != "active" or svc is None or svc.kind != "web" or row.port is None:
+            continue
+        wanted = engine.route_for(env, row.service, row.color, row.port)
+        if engine.routes.routes.get(wanted.name) != wanted:
+            try:
+                await engine.push(wanted)
+                notes.append(f"{wanted.name}: all traffic back on {row.version} ({row.color})")
+            except (RouterError, ProxyUnavailable) as exc:
+                notes.append(f"{wanted.name}: could not restore the route: {exc}")
     return notes
 
 
