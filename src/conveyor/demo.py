@@ -151,6 +151,8 @@ def run_demo(keep: bool = False) -> int:
             f"[green]✓[/] v2 is live: blue/green in {time.monotonic() - t0:.1f}s, "
             f"traffic switched in {out['switch_ms']['web']:g} ms; v1 waits on standby"
         )
+        for m in out.get("measurements", []):
+            demo.say(f"  analysis during the 2s bake: {m['check']} {m['detail']} ({m['verdict']})")
 
         demo.release("v3", healthy=False)
         code, out = demo.conveyor("deploy", "v3", "--env", "dev", "--json")
