@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -294,3 +296,31 @@ def test_metrics_need_the_bearer_token_when_one_is_configured(project: Project) 
     assert scrape({"Authorization": "Bearer wrong"}) == 401
     assert scrape({"Authorization": "Bearer s3cret-token"}) == 200
     assert "s3cret" not in (project.home / "logs" / "agent.log").read_text()
+
+
+def test_logs_follow_the_service_across_a_deploy(project: Project) -> None:
+    project.configure(worker=True)
+    project.release("v1")
+    project.release("v2")
+    assert project.deploy("v1")[0] == 0
+    logs = project.cli("logs", "web", "--env", "dev", "-n", "5")
+    assert logs.returncode == 0 and "start web blue v1" in logs.stdout
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "logs", "jobs", "--env", "dev", "--follow", "-n", "0"],
+        env=project.env,
+        cwd=project.dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert follow.stdout is not None
+        assert project.deploy("v2")[0] == 0
+        deadline = time.monotonic() + 30
+        seen = ""
+        while "[green]" not in seen or "v2" not in seen:  # the worker's heartbeat, new color
+            assert time.monotonic() < deadline, seen[-2000:]
+            seen += follow.stdout.readline()
+    finally:
+        follow.terminate()
+        follow.wait(10)

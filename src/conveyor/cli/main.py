@@ -484,6 +484,7 @@ def logs(
     envcfg = proj.environment(cfg, env)
     if service not in envcfg.services:
         fail(f"unknown service {service!r} (known: {', '.join(envcfg.services)})")
+    explicit = color is not None
     if color is None:
         store = proj.store()
         try:
@@ -504,18 +505,39 @@ def logs(
     for line in tail(path, lines):
         print(line)
     if follow:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            try:
-                while True:
-                    chunk = f.readline()
-                    if chunk:
-                        sys.stdout.write(chunk.decode(errors="replace"))
-                        sys.stdout.flush()
-                    else:
-                        time.sleep(0.2)
-            except KeyboardInterrupt:
-                return
+        # Follow the service, not one process: both colors' files, so a deploy or a rollback
+        # that moves traffic to the other color keeps showing up here.
+        colors = [color] if explicit and color else ["blue", "green"]
+        _follow({c: proj.paths.service_log(env, service, c) for c in colors})
+
+
+def _follow(files: dict[str, Path]) -> None:
+    offsets = {c: (p.stat().st_size if p.exists() else 0) for c, p in files.items()}
+    prefix = len(files) > 1
+    try:
+        while True:
+            idle = True
+            for c, p in files.items():
+                try:
+                    size = p.stat().st_size
+                except FileNotFoundError:
+                    continue
+                if size < offsets[c]:
+                    offsets[c] = 0  # truncated or replaced
+                if size == offsets[c]:
+                    continue
+                with open(p, "rb") as f:
+                    f.seek(offsets[c])
+                    data = f.read(size - offsets[c])
+                end = data.rfind(b"\n") + 1  # only whole lines; the rest comes next round
+                offsets[c] += end
+                for line in data[:end].decode(errors="replace").splitlines():
+                    print(f"[{c}] {line}" if prefix else line, flush=True)
+                idle = idle and end == 0
+            if idle:
+                time.sleep(0.2)
+    except KeyboardInterrupt:
+        return
 
 
 # --- agent ------------------------------------------------------------------------------------
