@@ -250,7 +250,9 @@ class Deployment:
     async def _hook(self, name: str) -> bool:
         hook = getattr(self.env.hooks, name)
         url = self._url()
-        env = self.engine.service_env(self.env, "hook", None, self.release.version, "")
+        env = self.engine.service_env(self.env, "", None, self.release.version, "")
+        for key in ("CONVEYOR_SERVICE", "CONVEYOR_COLOR"):
+            env.pop(key)  # a hook is about the whole release, not one service or color
         env.update(
             {
                 "CONVEYOR_URL": url,
