@@ -125,6 +125,8 @@ def test_defaults(tmp_path: Path) -> None:
         "connect_timeout": 5.0,
         "upstream_timeout": 60.0,
         "retries": 3,
+        "keepalive_timeout": 75.0,
+        "header_timeout": 10.0,
     }
     assert config.agent == AgentConfig()
     assert (config.agent.admin_host, config.agent.admin_port) == ("127.0.0.1", 0)

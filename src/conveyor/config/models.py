@@ -621,6 +621,8 @@ class ProxyConfig(_Model):
     connect_timeout: PositiveDuration = 5.0
     upstream_timeout: PositiveDuration = 60.0
     retries: Annotated[int, AfterValidator(_non_negative)] = 3
+    keepalive_timeout: PositiveDuration = 75.0
+    header_timeout: PositiveDuration = 10.0
 
 
 class AgentConfig(_Model):

@@ -187,6 +187,8 @@ path = {health_path}
 # connect_timeout = "5s"        # connecting to the backend color
 # upstream_timeout = "60s"      # waiting for the backend's response
 # retries = 3                   # rounds of re-connecting (with back-off) before answering 502
+# keepalive_timeout = "75s"     # idle client keep-alive connections are closed after this
+# header_timeout = "10s"        # a client must finish sending a request head within this
 
 [agent]
 # The agent's admin HTTP endpoint (/metrics). Port 0 picks a free port: see `conveyor agent status`.
