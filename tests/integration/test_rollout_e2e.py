@@ -84,6 +84,13 @@ def test_a_release_with_too_many_errors_is_rolled_back_automatically(project: Pr
     code, hist = project.json("history", "--env", "dev")
     assert hist[0]["outcome"] == "rolled_back" and "error_rate" in hist[0]["reason"]
     assert any(m["verdict"] == "fail" for m in hist[0]["measurements"])
+    assert hist[0]["strategy"] == "bluegreen"
+    assert hist[0]["trigger"]["check"] == "error_rate" and hist[0]["trigger"]["value"] > 0.01
+    code, status = project.json("status", "--env", "dev")
+    last = status["last_deployment"]
+    assert (last["version"], last["outcome"]) == ("v2", "rolled_back")
+    text = project.cli("status", "--env", "dev").stdout
+    assert "last deployment" in text and "rolled_back" in text
     events = [e["state"] for e in hist[0]["events"]]
     assert "measurement" in events and "switched_back" in events
 

@@ -382,6 +382,12 @@ def status(env: EnvOpt = "dev", json_out: JsonOpt = False) -> None:
             console.print(f"  {m['check']}: {m['detail']} [{color}]{m['verdict']}[/]")
         for name, url in dep.get("previews", {}).items():
             console.print(f"  preview of {name}: {url}")
+    last = data.get("last_deployment")
+    if not dep and last:
+        first_line = (last.get("reason") or "").splitlines()[0] if last.get("reason") else ""
+        console.print(
+            f"last deployment #{last['id']}: {last['version']} {last['outcome']} — {first_line}"
+        )
     table = Table("service", "active", "health", "standby", "url", box=None)
     for s in data["services"]:
         a, sb = s["active"], s["standby"]
@@ -432,6 +438,14 @@ def history(
                 events = store.events(d.id)
                 latest = [e for e in events if e.state == "analysis"]
                 row["measurements"] = latest[-1].data.get("measurements", []) if latest else []
+                plan = next((e for e in events if e.state == "plan"), None)
+                row["strategy"] = plan.data.get("strategy") if plan else None
+                failed = [e for e in events if e.state == "measurement"]
+                row["trigger"] = (
+                    failed[-1].data.get("measurement")
+                    if failed and d.outcome == "rolled_back"
+                    else None
+                )
                 row["events"] = [
                     {"at": e.at.isoformat(), "state": e.state, "reason": e.reason, **e.data}
                     for e in events

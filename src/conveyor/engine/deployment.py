@@ -79,7 +79,9 @@ class Deployment:
                 result = await self._hook("pre_deploy")
                 if not result:
                     return self._refused("pre_deploy hook failed")
-            state, actions = r.begin(plans, self.engine.now(), self._options(plans))
+            options = self._options(plans)
+            self._record_plan(options)
+            state, actions = r.begin(plans, self.engine.now(), options)
             self.state = state
             await self._perform(actions)
             while not self.state.terminal:
@@ -148,6 +150,24 @@ class Deployment:
             on_inconclusive=ro.on_inconclusive,
             smoke=self.env.hooks.smoke is not None,
             checks=tuple(checks),
+        )
+
+    def _record_plan(self, options: r.Options) -> None:
+        steps = ", ".join(
+            f"{s.weight}%" + (f" (pause {s.pause})" if s.pause is not None else "")
+            for s in options.steps
+        )
+        what = f"canary: {steps}" if options.strategy == "canary" else "blue/green"
+        checks = ", ".join(c.name for c in options.checks) or "none"
+        self._record(
+            "plan",
+            f"{what}; bake {options.bake:g}s; analysis: {checks}",
+            data={
+                "strategy": options.strategy,
+                "steps": [{"weight": s.weight, "pause": s.pause} for s in options.steps],
+                "bake": options.bake,
+                "checks": [c.name for c in options.checks],
+            },
         )
 
     def _analysed_services(self, plans: tuple[r.ServicePlan, ...]) -> list[str]:

@@ -449,6 +449,7 @@ class Engine:
             services.append(entry)
         dep = self.deployments.get(env_name)
         return {
+            "last_deployment": self._last(env_name),
             "environment": env_name,
             "app": self.app,
             "strategy": env.rollout.strategy,
@@ -456,6 +457,24 @@ class Engine:
             "deployment": dep.describe() if dep is not None else None,
             "services": services,
         }
+
+    def _last(self, env_name: str) -> dict[str, Any] | None:
+        """The latest finished deployment, with its final measurements: what status shows
+        once nothing is in progress."""
+        for d in self.store.list_deployments(self.app, env_name, limit=10):
+            if d.outcome == "in_progress":
+                continue
+            events = self.store.events(d.id)
+            analysis = [e for e in events if e.state == "analysis"]
+            return {
+                "id": d.id,
+                "version": d.version,
+                "outcome": d.outcome,
+                "reason": d.reason,
+                "finished_at": d.finished_at.isoformat() if d.finished_at else None,
+                "measurements": analysis[-1].data.get("measurements", []) if analysis else [],
+            }
+        return None
 
     async def _healthy(self, svc: ServiceConfig, row: InstanceRecord) -> bool:
         if not self.alive(row):
