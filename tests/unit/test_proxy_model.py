@@ -109,3 +109,12 @@ def test_listen_validation() -> None:
     for bad in (["127.0.0.1"], ["127.0.0.1", 0], ["127.0.0.1", "80"], [1, 80], None):
         with pytest.raises(ConfigurationError):
             parse_listen(bad)
+
+
+def test_limits_header_timeout() -> None:
+    assert Limits().header_timeout == 10.0
+    assert Limits.from_json({"header_timeout": 0.25}).header_timeout == 0.25
+    assert Limits.from_json({"header_timeout": 3}).to_json()["header_timeout"] == 3
+    for bad in (0, -1, "10s", True):
+        with pytest.raises(ConfigurationError):
+            Limits.from_json({"header_timeout": bad})

@@ -73,6 +73,12 @@ class ClientProtocol(asyncio.Protocol):
         # When the proxy's sweep first saw this connection idle (perf_counter); 0.0: not idle
         # since the last request began. See Proxy._sweep.
         self.idle_since = 0.0
+        # A request head is on its way: from the parser's message begin to headers complete. A
+        # new connection starts in that state (its first request is expected), so one that sends
+        # nothing within header_timeout is closed too. `head_since` is the sweep's stamp, like
+        # `idle_since`: no clock read per request.
+        self.head_begun = True
+        self.head_since = 0.0
         # Per-request parse state (reset in on_message_begin).
         self.in_head = True
         self.head_raw = 0
@@ -182,6 +188,7 @@ class ClientProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         # head_raw is not reset here: it counts from the end of the previous message.
         self.idle_since = 0.0
+        self.head_begun = True
         self.in_head = True
         self.url = b""
         self.lines = []
@@ -239,6 +246,8 @@ class ClientProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        self.head_begun = False
+        self.head_since = 0.0
         parser = self.parser
         if self.chunked and self.content_length is not None:
             raise Reject
@@ -321,6 +330,27 @@ class ClientProtocol(asyncio.Protocol):
         if not responded:
             self.transport.write(canned(status, False))
         self.transport.close()
+
+    @property
+    def receiving_head(self) -> bool:
+        """A request head has begun (or a new connection awaits its first) and is not complete."""
+        return (
+            self.in_head
+            and (self.head_begun or self.head_raw > 0)
+            and self.tunnel is None
+            and self.upgrading is None
+            and not self.rejected
+        )
+
+    def head_timeout(self) -> None:
+        """The request head did not arrive whole within header_timeout (slowloris protection)."""
+        if self.queue or not self.head_raw:
+            # Nothing was received (a silent new connection), or an earlier request is still
+            # being answered and a 408 cannot take the place of its response: just close.
+            self.rejected = True
+            self.transport.close()
+            return
+        self.reject(408)
 
     def exchange_done(self, ex: Exchange) -> None:
         queue = self.queue

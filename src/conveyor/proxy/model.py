@@ -74,6 +74,9 @@ class Limits:
     # Seconds a client keep-alive connection may stay idle (no request in flight) before the
     # proxy closes it; checked by the periodic sweep.
     keepalive_timeout: float = 75.0
+    # Seconds a client may take to send a whole request head once it has started one (slowloris
+    # protection), and to send anything at all on a new connection; checked by the sweep.
+    header_timeout: float = 10.0
 
     @classmethod
     def from_json(cls, obj: object) -> Limits:

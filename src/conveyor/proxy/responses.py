@@ -4,6 +4,7 @@ from __future__ import annotations
 
 REASONS: dict[int, bytes] = {
     400: b"Bad Request",
+    408: b"Request Timeout",
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
     502: b"Bad Gateway",

@@ -53,10 +53,12 @@ class Proxy:
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def _sweep(self) -> None:
-        """Answer 504 for overdue response heads; close keep-alive clients idle for too long.
+        """Answer 504 for overdue response heads, 408 for request heads that take too long;
+        close keep-alive clients idle for too long.
 
-        Idleness needs no clock read per request: a new request zeroes `idle_since`, and the
-        first sweep that finds the client idle stamps it.
+        Neither needs a clock read per request: a new request zeroes `idle_since`, a completed
+        head zeroes `head_since`, and the first sweep that finds the client idle (or in the
+        middle of a head) stamps it. So both close at most two sweeps late.
         """
         now = perf_counter()
         for client in list(self.clients):
@@ -65,13 +67,19 @@ class Proxy:
                 ex = queue[0]
                 if ex.deadline and ex.deadline <= now:
                     ex.on_timeout()
+            if client.receiving_head:
+                since = client.head_since
+                if not since:
+                    client.head_since = now
+                elif now - since >= client.limits.header_timeout:
+                    client.head_timeout()
             elif client.idle:
                 since = client.idle_since
                 if not since:
                     client.idle_since = now
                 elif now - since >= client.limits.keepalive_timeout:
                     client.transport.close()
-            else:
+            elif not queue:
                 client.idle_since = 0.0
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
