@@ -1,24 +1,29 @@
 """Benchmark: nginx direct vs through HAProxy vs through conveyor's proxy (a benchmark, not a test).
 
-    .venv/bin/python benchmarks/proxy.py [--seconds 3] [--connections 64]
+    .venv/bin/python benchmarks/proxy.py [--seconds 3] [--connections 64] [--rounds 3]
 
 What it does, all on 127.0.0.1, everything cleaned up at the end:
 
 * nginx (1 worker, keep-alive, `return 200` of a 13-byte body) is the backend.
 * HAProxy (http mode, 1 thread, keep-alive and connection reuse to nginx) and conveyor's proxy
   (`python -m conveyor.proxy`, one route) sit in front of it.
-* Load: wrk (1 thread, keep-alive). Each target gets a closed-loop run at `--connections` for
-  its maximum req/s and its p50/p99 latency.
-* "Half load": wrk2 (fixed request rate) is not available, so for each proxy the script reruns
-  wrk with fewer connections (1, 2, 4, 8, 16), picks the run whose req/s is closest to half of
-  that proxy's maximum, and compares its p99 with nginx direct at the same connection count:
-  the difference is the p99 the proxy adds at about half of its maximum load. Those p99s are
-  the median of three runs each (a single scheduler hiccup moves a 3-second p99).
+* Maximum load: wrk (1 thread, `--connections` keep-alive connections, closed loop), `--rounds`
+  rounds, each running direct, HAProxy and conveyor in turn; medians are reported, and the
+  conveyor/HAProxy ratio of each round (the same nginx, the same minute). The proxies' CPU time
+  per request is read from /proc/<pid>/stat around each run: it varies less than req/s when
+  something else shares the cores.
+* Half load: an open-loop generator (`benchmarks/loadgen.c`, compiled here with gcc; wrk2 is not
+  packaged in Debian bookworm) sends at a constant rate of half of each target's median maximum
+  and measures every latency from the request's *scheduled* send time, so a stall is charged to
+  every request it delays (no coordinated omission). For each proxy, nginx direct is measured at
+  the same rate with the same CPU placement: the p99 a proxy adds is its p99 minus that one.
+  Each figure is the median (by p99) of `--rounds` interleaved runs.
 
 CPU placement on this 2-core machine: nginx on core 0, the proxy under test on core 1 (alone),
-wrk on core 0 beside nginx (nginx returning a constant costs little). For the direct runs wrk
-runs on core 1. Both proxies get the same placement, so the ratio is fair; the absolute figures
-are those of a machine where the load generator competes with the backend.
+the load generator on core 0 beside nginx (nginx returning a constant costs little). For nginx
+direct at its own maximum (and half of it) the generator runs on core 1. Both proxies get the
+same placement, so the ratio is fair; the absolute figures are those of a machine where the
+load generator competes with the backend.
 """
 
 from __future__ import annotations
@@ -45,7 +50,9 @@ NGINX = "/usr/sbin/nginx"
 HAPROXY = "/usr/sbin/haproxy"
 WRK = "/usr/bin/wrk"
 SERVER_CORE, PROXY_CORE, LOAD_CORE = 0, 1, 0
-HALF_LOAD_CONNECTIONS = (1, 2, 4, 8, 16)
+GCC = "/usr/bin/gcc"
+# Seconds of each open-loop run sent but not recorded (connections warm, caches hot).
+WARMUP = 0.5
 
 
 @dataclass
@@ -54,6 +61,7 @@ class Result:
     p50: float  # seconds
     p99: float
     connections: int
+    cpu_us: float = 0.0  # CPU time of the proxy per request (max-load runs of the proxies)
 
 
 def free_port() -> int:
@@ -155,7 +163,14 @@ def _duration(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(port: int, connections: int, seconds: float, core: int) -> Result:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (fields 14 and 15 of /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(port: int, connections: int, seconds: float, core: int, pid: int | None = None) -> Result:
+    cpu_before = cpu_seconds(pid) if pid is not None else 0.0
     out = subprocess.run(
         [
             *pinned(core),
@@ -171,12 +186,41 @@ def wrk(port: int, connections: int, seconds: float, core: int) -> Result:
         check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     p50 = _duration(re.search(r"^ +50% +(\S+)$", out, re.M).group(1))  # type: ignore[union-attr]
     p99 = _duration(re.search(r"^ +99% +(\S+)$", out, re.M).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", out)
     if errors:
         print(f"  warning: {errors.group(0)}", file=sys.stderr)
-    return Result(rps, p50, p99, connections)
+    cpu_us = (cpu_seconds(pid) - cpu_before) / total * 1e6 if pid is not None else 0.0
+    return Result(rps, p50, p99, connections, cpu_us)
+
+
+def build_loadgen(tmp: Path) -> Path:
+    binary = tmp / "loadgen"
+    source = Path(__file__).with_name("loadgen.c")
+    subprocess.run([GCC, "-O2", "-Wall", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def open_loop(
+    loadgen: Path, port: int, rate: float, seconds: float, connections: int, core: int
+) -> Result:
+    """Constant-rate load; latencies from each request's scheduled send time."""
+    argv = [str(loadgen), LOCAL, str(port), f"{rate:.0f}", f"{seconds:g}", str(connections)]
+    proc = subprocess.run(
+        [*pinned(core), *argv, str(WARMUP)],
+        capture_output=True,
+        text=True,
+    )
+    if not proc.stdout:
+        raise RuntimeError(f"loadgen failed: {proc.stderr.strip()}")
+    out = json.loads(proc.stdout)
+    if proc.returncode or out["non2xx"]:
+        print(f"  warning: loadgen {out}", file=sys.stderr)
+    return Result(
+        out["recorded"] / seconds, out["p50_us"] * 1e-6, out["p99_us"] * 1e-6, connections
+    )
 
 
 def set_conveyor_route(control: Path, port: int, backend: int) -> None:
@@ -191,43 +235,36 @@ def set_conveyor_route(control: Path, port: int, backend: int) -> None:
 
 
 def show(name: str, r: Result) -> None:
+    cpu = f"   {r.cpu_us:5.1f} CPU-us/req" if r.cpu_us else ""
     print(
-        f"{name:<22} {r.rps:>10,.0f} req/s   p50 {r.p50 * 1e3:7.3f} ms   "
-        f"p99 {r.p99 * 1e3:7.3f} ms   ({r.connections} connections)"
+        f"{name:<26} {r.rps:>10,.0f} req/s   p50 {r.p50 * 1e3:7.3f} ms   "
+        f"p99 {r.p99 * 1e3:7.3f} ms{cpu}"
     )
 
 
-def half_load(
-    port: int, max_rps: float, seconds: float, direct: dict[int, Result], nginx: int
-) -> tuple[Result, Result]:
-    runs = [wrk(port, c, seconds, LOAD_CORE) for c in HALF_LOAD_CONNECTIONS]
-    best = min(runs, key=lambda r: abs(r.rps - max_rps / 2))
-    # p99 over a few seconds is noisy (one scheduler hiccup moves it): median of three runs.
-    proxied = _median([best, *(wrk(port, best.connections, seconds, LOAD_CORE) for _ in "ab")])
-    if best.connections not in direct:
-        direct[best.connections] = _median(
-            [wrk(nginx, best.connections, seconds, PROXY_CORE) for _ in "abc"]
-        )
-    return proxied, direct[best.connections]
-
-
-def _median(results: list[Result]) -> Result:
-    return sorted(results, key=lambda r: r.p99)[len(results) // 2]
+def median_by(results: list[Result], key: str) -> Result:
+    return sorted(results, key=lambda r: float(getattr(r, key)))[len(results) // 2]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    for binary in (NGINX, HAPROXY, WRK):
+    for binary in (NGINX, HAPROXY, WRK, GCC):
         if not Path(binary).exists():
-            print(f"missing {binary} (apt-get install -y nginx-light haproxy wrk)", file=sys.stderr)
+            print(
+                f"missing {binary} (apt-get install -y nginx-light haproxy wrk gcc)",
+                file=sys.stderr,
+            )
             return 2
+    print(f"load average: {os.getloadavg()[0]:.2f} (compare runs made below 1.5)")
     tmp = Path(tempfile.mkdtemp(prefix="cvbench", dir="/tmp"))
     nginx_port, haproxy_port, conveyor_port = free_port(), free_port(), free_port()
     control = tmp / "proxy.sock"
     try:
+        loadgen = build_loadgen(tmp)
         with (
             process(
                 [*pinned(SERVER_CORE), NGINX, "-c", str(nginx_config(tmp, nginx_port))],
@@ -242,7 +279,7 @@ def main() -> int:
                     str(haproxy_config(tmp, haproxy_port, nginx_port)),
                 ],
                 tmp / "haproxy.out",
-            ),
+            ) as haproxy_proc,
             process(
                 [
                     *pinned(PROXY_CORE),
@@ -255,7 +292,7 @@ def main() -> int:
                     str(tmp / "proxy.pid"),
                 ],
                 tmp / "conveyor.out",
-            ),
+            ) as conveyor_proc,
         ):
             wait_port(nginx_port)
             wait_port(haproxy_port)
@@ -265,32 +302,63 @@ def main() -> int:
             set_conveyor_route(control, conveyor_port, nginx_port)
             wait_port(conveyor_port)
 
-            c, s = args.connections, args.seconds
+            c, s, n = args.connections, args.seconds, args.rounds
             # Warm-up (connection pools, CPU caches), not reported.
             for port in (nginx_port, haproxy_port, conveyor_port):
                 wrk(port, c, 1, LOAD_CORE)
-            print(f"max load: wrk -t1 -c{c} -d{s:g}s, keep-alive, 13-byte body")
-            direct = wrk(nginx_port, c, s, PROXY_CORE)
-            haproxy = wrk(haproxy_port, c, s, LOAD_CORE)
-            conveyor = wrk(conveyor_port, c, s, LOAD_CORE)
+            print(f"max load: wrk -t1 -c{c} -d{s:g}s, keep-alive, 13-byte body, {n} rounds")
+            rounds: list[tuple[Result, Result, Result]] = []
+            for _ in range(n):
+                rounds.append(
+                    (
+                        wrk(nginx_port, c, s, PROXY_CORE),
+                        wrk(haproxy_port, c, s, LOAD_CORE, haproxy_proc.pid),
+                        wrk(conveyor_port, c, s, LOAD_CORE, conveyor_proc.pid),
+                    )
+                )
+            ratios = sorted(cv.rps / hp.rps for _, hp, cv in rounds)
+            direct = median_by([r[0] for r in rounds], "rps")
+            haproxy = median_by([r[1] for r in rounds], "rps")
+            conveyor = median_by([r[2] for r in rounds], "rps")
             show("nginx direct", direct)
             show("via haproxy", haproxy)
             show("via conveyor", conveyor)
-            print(f"conveyor / haproxy req/s: {conveyor.rps / haproxy.rps:.2f}")
+            print(
+                "conveyor / haproxy req/s per round: "
+                + ", ".join(f"{x:.2f}" for x in ratios)
+                + f" (median {ratios[len(ratios) // 2]:.2f})"
+            )
 
-            print("\nhalf load (closest to half of each proxy's max req/s, by connection count):")
-            directs: dict[int, Result] = {}
-            summary = {}
-            for name, port, top in (
-                ("haproxy", haproxy_port, haproxy),
-                ("conveyor", conveyor_port, conveyor),
-            ):
-                run, base = half_load(port, top.rps, s, directs, nginx_port)
-                show(f"via {name}", run)
-                show("  nginx direct", base)
-                added = run.p99 - base.p99
-                print(f"  p99 added by {name}: {added * 1e3:.3f} ms")
-                summary[name] = {"rps_half": run.rps, "p99_added_ms": added * 1e3}
+            print(
+                f"\nhalf load: open loop at 50% of each target's median max, {c} connections, "
+                f"{s:g}s (+{WARMUP:g}s warm-up) per run, median of {n} by p99"
+            )
+            targets = (
+                ("nginx direct", nginx_port, direct.rps / 2, PROXY_CORE),
+                ("via haproxy", haproxy_port, haproxy.rps / 2, LOAD_CORE),
+                ("via conveyor", conveyor_port, conveyor.rps / 2, LOAD_CORE),
+            )
+            runs: dict[str, list[Result]] = {}
+            for _ in range(n):
+                for name, port, rate, core in targets:
+                    runs.setdefault(name, []).append(open_loop(loadgen, port, rate, s, c, core))
+                    if port != nginx_port:
+                        # nginx direct at the same rate and placement: the baseline.
+                        runs.setdefault(f"{name} base", []).append(
+                            open_loop(loadgen, nginx_port, rate, s, c, core)
+                        )
+            summary: dict[str, dict[str, float]] = {}
+            for name, _, rate, _ in targets:
+                run = median_by(runs[name], "p99")
+                show(f"{name} @ {rate:,.0f}/s", run)
+                entry = {"rate": rate, "p50_ms": run.p50 * 1e3, "p99_ms": run.p99 * 1e3}
+                if f"{name} base" in runs:
+                    base = median_by(runs[f"{name} base"], "p99")
+                    show("  nginx direct, same rate", base)
+                    added = run.p99 - base.p99
+                    print(f"  p99 added: {added * 1e3:.3f} ms")
+                    entry |= {"base_p99_ms": base.p99 * 1e3, "p99_added_ms": added * 1e3}
+                summary[name] = entry
             print(
                 "\n"
                 + json.dumps(
@@ -298,7 +366,9 @@ def main() -> int:
                         "direct_rps": direct.rps,
                         "haproxy_rps": haproxy.rps,
                         "conveyor_rps": conveyor.rps,
-                        "ratio": conveyor.rps / haproxy.rps,
+                        "haproxy_cpu_us": haproxy.cpu_us,
+                        "conveyor_cpu_us": conveyor.cpu_us,
+                        "ratios": ratios,
                         "half_load": summary,
                     }
                 )

@@ -222,7 +222,12 @@ class ClientProtocol(asyncio.Protocol):
         if lname not in _SPECIAL:
             self.lines.append(name + b": " + value + _CRLF)
             return
-        if lname == b"content-length":
+        if lname == b"host":  # first: every HTTP/1.1 request has one
+            if self.host is not None:
+                raise Reject
+            self.host = value
+            self.lines.append(name + b": " + value + _CRLF)
+        elif lname == b"content-length":
             if self.content_length is not None or not value.isdigit():
                 raise Reject
             self.content_length = value
@@ -230,11 +235,6 @@ class ClientProtocol(asyncio.Protocol):
             if self.chunked or value.strip().lower() != b"chunked":
                 raise Reject
             self.chunked = True
-        elif lname == b"host":
-            if self.host is not None:
-                raise Reject
-            self.host = value
-            self.lines.append(name + b": " + value + _CRLF)
         elif lname == b"connection":
             self.connection = value if self.connection is None else self.connection + b"," + value
         elif lname == b"upgrade":
@@ -262,12 +262,13 @@ class ClientProtocol(asyncio.Protocol):
         if self.connection is not None:
             lines = self._drop_connection_headers(lines)
         parts = [method, b" ", self.url, b" HTTP/1.1\r\n", *lines]
+        host = self.host
         if self.xff is None:
             parts.append(self.forwarded)
         else:
             parts.append(b"X-Forwarded-For: " + self.xff + b", " + self.forwarded[17:])
-        if self.host is not None:
-            parts.append(b"X-Forwarded-Host: " + self.host + _CRLF)
+        if host is not None:
+            parts += (b"X-Forwarded-Host: ", host, _CRLF)
         if upgrade:
             parts.append(b"Connection: Upgrade\r\nUpgrade: " + self.upgrade_value + _CRLF)
         if self.chunked:

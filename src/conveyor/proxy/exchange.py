@@ -132,8 +132,11 @@ class Exchange:
             if backend is None:
                 self.local_response(503)
                 return
-        self.bind(backend)
-        conn = proxy.pool.take(backend.host, backend.port)
+        # bind(), inlined: the first binding has nothing to undo.
+        stats = self.stats = backend.stats
+        stats.requests += 1
+        stats.inflight += 1
+        conn = proxy.pool.take(backend.key)
         if conn is not None:
             self.attach(conn, reused=True)
         else:
@@ -225,11 +228,6 @@ class Exchange:
         up = self.upstream
         if up is not None and not up.head_done and not self.finished:
             self.local_response(504)
-
-    def head_received(self) -> None:
-        self.deadline = 0.0
-        # The response has started: what was sent can no longer be replayed.
-        self.replay = None
 
     def response_complete(self, status: int, reusable: bool) -> None:
         """The final response went out whole: count it, recycle the upstream connection."""

@@ -31,6 +31,7 @@ LATENCY_BOUNDS: tuple[float, ...] = (
     5.0,
     10.0,
 )
+_FIRST_BOUND = LATENCY_BOUNDS[0]
 
 
 # RFC 7230 token (a header name); RFC 6265 cookie names are RFC 2616 tokens: the same set.
@@ -124,7 +125,8 @@ class ColorStats:
         cls = status // 100 - 1
         if 0 <= cls < 5:
             self.responses[cls] += 1
-        self.buckets[bisect_left(LATENCY_BOUNDS, seconds)] += 1
+        # Most proxied requests fall in the first bucket: skip the bisect for them.
+        self.buckets[0 if seconds <= _FIRST_BOUND else bisect_left(LATENCY_BOUNDS, seconds)] += 1
         self.latency_sum += seconds
 
     def to_json(self) -> dict[str, Any]:
@@ -150,10 +152,11 @@ class Backend:
     port: int
     weight: int
     stats: ColorStats = field(compare=False, repr=False)
+    # (host, port): the upstream pool's key, built once rather than per request.
+    key: tuple[str, int] = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.host, self.port)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.host, self.port))
 
     def to_json(self) -> dict[str, Any]:
         return {"color": self.color, "host": self.host, "port": self.port, "weight": self.weight}

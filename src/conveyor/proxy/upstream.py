@@ -42,13 +42,15 @@ class UpstreamProtocol(asyncio.Protocol):
         self.proxy = proxy
         self.host = host
         self.port = port
+        self.key = (host, port)
         self.transport: asyncio.Transport
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
         self.closed = False
         self.reading_paused = False
         self.out: list[bytes] = []
-        # Per-response state, reset by start() and on_message_begin().
+        # Per-response state, reset by start() (and after an interim 1xx head): there is no
+        # on_message_begin callback, one Python call less per response.
         self.lines: list[bytes] = []
         self.reason = b""
         self.upgrade_value = b""
@@ -70,6 +72,10 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def start(self, exchange: Exchange) -> None:
         self.exchange = exchange
+        self.lines = []
+        self.reason = b""
+        self.content_length = None
+        self.chunked = False
         self.got_bytes = False
         self.head_done = False
         self.complete = False
@@ -157,12 +163,6 @@ class UpstreamProtocol(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.lines = []
-        self.reason = b""
-        self.content_length = None
-        self.chunked = False
-
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
@@ -194,11 +194,19 @@ class UpstreamProtocol(asyncio.Protocol):
                     b"HTTP/1.1 %s %s\r\n%s\r\n"
                     % (STATUS_BYTES[status], self.reason, b"".join(self.lines))
                 )
+            # The final response's head follows in the same exchange.
+            self.lines = []
+            self.reason = b""
+            self.content_length = None
+            self.chunked = False
             return
         self.head_done = True
         # Asked now: after on_message_complete llhttp has already reset its flags.
         self.keep_alive = self.parser.should_keep_alive()
-        ex.head_received()
+        # The response has started: no 504 any more, and what was sent can no longer be
+        # replayed.
+        ex.deadline = 0.0
+        ex.replay = None
         lines = self.lines
         parts = [b"HTTP/1.1 ", STATUS_BYTES[status], b" ", self.reason, _CRLF, *lines]
         if status == 101:
@@ -260,8 +268,8 @@ class Pool:
     def __init__(self) -> None:
         self.idle: dict[tuple[str, int], list[UpstreamProtocol]] = {}
 
-    def take(self, host: str, port: int) -> UpstreamProtocol | None:
-        conns = self.idle.get((host, port))
+    def take(self, key: tuple[str, int]) -> UpstreamProtocol | None:
+        conns = self.idle.get(key)
         while conns:
             conn = conns.pop()
             if not conn.closed:
@@ -271,18 +279,19 @@ class Pool:
     def put(self, conn: UpstreamProtocol) -> None:
         if conn.closed:
             return
-        conns = self.idle.get((conn.host, conn.port))
+        conns = self.idle.get(conn.key)
         if conns is None:
-            conns = self.idle[(conn.host, conn.port)] = []
+            conns = self.idle[conn.key] = []
         if len(conns) >= MAX_IDLE_PER_BACKEND:
             conn.transport.close()
             return
         # Keep reading while idle so that a close by the backend is noticed at once.
-        conn.resume_reading()
+        if conn.reading_paused:
+            conn.resume_reading()
         conns.append(conn)
 
     def discard(self, conn: UpstreamProtocol) -> None:
-        conns = self.idle.get((conn.host, conn.port))
+        conns = self.idle.get(conn.key)
         if conns and conn in conns:
             conns.remove(conn)
 
