@@ -129,7 +129,10 @@ class UpstreamProtocol(asyncio.Protocol):
             self._flush(ex)
             ex.upstream_lost(True)
             return
-        self._flush(ex)
+        out = self.out
+        if out:  # _flush(), inlined: this is every response's path
+            ex.client.transport.write(b"".join(out))
+            out.clear()
         if self.complete:
             ex.response_complete(self.status, self.keep_alive and not self.until_close)
 
@@ -244,7 +247,8 @@ class UpstreamProtocol(asyncio.Protocol):
         else:
             parts.append(b"Connection: close\r\n")
         parts.append(_CRLF)
-        self.out.append(b"".join(parts))
+        # Joined with the body (when it came in the same read) into one write by _flush.
+        self.out += parts
         ex.responded = True
 
     def on_body(self, body: bytes) -> None:
