@@ -337,6 +337,9 @@ def main() -> int:
                 ("nginx direct", nginx_port, direct.rps / 2, PROXY_CORE),
                 ("via haproxy", haproxy_port, haproxy.rps / 2, LOAD_CORE),
                 ("via conveyor", conveyor_port, conveyor.rps / 2, LOAD_CORE),
+                # The same offered load as conveyor's half load: HAProxy is then at about a
+                # quarter of its maximum, which shows how much of the p99 is the load level.
+                ("via haproxy, same rate", haproxy_port, conveyor.rps / 2, LOAD_CORE),
             )
             runs: dict[str, list[Result]] = {}
             for _ in range(n):
