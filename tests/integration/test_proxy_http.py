@@ -561,3 +561,36 @@ def _upstream_paused(proxy: Proxy) -> bool:
         if ex is not None and ex.upstream is not None and ex.upstream.reading_paused:
             return True
     return False
+
+
+def test_interim_response_passed_on_and_not_mixed_into_final() -> None:
+    # The response parser's per-message state is reset by the exchange and after an interim
+    # head (there is no on_message_begin callback): nothing of the 103 leaks into the 200.
+    async def early_hints(
+        req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        writer.write(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+            b"HTTP/1.1 201 Made\r\nX-Final: yes\r\nContent-Length: 2\r\n\r\nok"
+        )
+
+    async def scenario() -> None:
+        async with (
+            upstreams(("blue", early_hints)) as (up,),
+            proxy_with_route([backend(up)]) as (_, port),
+        ):
+            r, w = await connect(port)
+            for _ in range(2):  # twice: the second exchange reuses the pooled connection
+                w.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                interim = await r.readuntil(b"\r\n\r\n")
+                assert interim.startswith(b"HTTP/1.1 103 Early Hints\r\n")
+                assert b"Link: </s.css>; rel=preload\r\n" in interim
+                final = await read_response(r)
+                assert final.status == 201
+                assert final.header("X-Final") == "yes"
+                assert final.header("Link") is None
+                assert final.body == b"ok"
+            assert up.connections == 1
+            w.close()
+
+    run(scenario())
