@@ -129,6 +129,10 @@ class Deployment:
         await asyncio.gather(*self.probers, return_exceptions=True)
         if self.analysis is not None:
             await self.analysis.stop()
+        # A smoke test still running when the rollout ended (aborted, crashed) is moot: cancelling
+        # it kills its process group.
+        for hook_task in self.hook_tasks:
+            hook_task.cancel()
         if self.hook_tasks:
             await asyncio.gather(*self.hook_tasks, return_exceptions=True)
         if self.notifier is not None:
