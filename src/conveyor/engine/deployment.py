@@ -21,7 +21,7 @@ from conveyor.core import rollout as r
 from conveyor.core.analysis import Measurement, Verdict
 from conveyor.core.durations import format_duration
 from conveyor.engine.analysis import AnalysisRunner
-from conveyor.engine.hooks import run_hook
+from conveyor.engine.hooks import HookResult, run_hook
 from conveyor.engine.notify import Notice, Notifier
 from conveyor.engine.outcome import Emit
 from conveyor.engine.routes import BackendSpec, RouteSpec, route_name
@@ -63,8 +63,8 @@ class Deployment:
     previews: dict[str, str] = field(default_factory=dict)
     analysis: AnalysisRunner | None = None
     notifier: Notifier | None = None
-    hook_tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    last_hook_detail: str = ""
+    smoke_task: asyncio.Task[None] | None = None
+    hook_tasks: list[asyncio.Task[None]] = field(default_factory=list)  # informational hooks
 
     @property
     def log_path(self) -> Path:
@@ -77,8 +77,8 @@ class Deployment:
         try:
             if self.env.hooks.pre_deploy is not None:
                 result = await self._hook("pre_deploy")
-                if not result:
-                    return self._refused("pre_deploy hook failed")
+                if not result.ok:
+                    return self._refused(f"pre_deploy hook failed: {result.detail}")
             options = self._options(plans)
             self._record_plan(options)
             state, actions = r.begin(plans, self.engine.now(), options)
@@ -116,12 +116,10 @@ class Deployment:
         return r.Rollout(r.Phase.FAILED, (), 0.0, reason=reason)
 
     def _refused(self, reason: str) -> r.Rollout:
-        detail = self.last_hook_detail
-        full = f"{reason}: {detail}" if detail else reason
-        self._record("failed", full)
-        self.engine.store.finish_deployment(self.id, "failed", full, self.engine.utcnow())
-        self._announce("failed", full)
-        return r.Rollout(r.Phase.FAILED, (), 0.0, reason=full)
+        self._record("failed", reason)
+        self.engine.store.finish_deployment(self.id, "failed", reason, self.engine.utcnow())
+        self._announce("failed", reason)
+        return r.Rollout(r.Phase.FAILED, (), 0.0, reason=reason)
 
     async def _cleanup(self) -> None:
         for task in self.probers:
@@ -130,9 +128,10 @@ class Deployment:
         if self.analysis is not None:
             await self.analysis.stop()
         # A smoke test still running when the rollout ended (aborted, crashed) is moot: cancelling
-        # it kills its process group.
-        for hook_task in self.hook_tasks:
-            hook_task.cancel()
+        # it kills its process group. Informational hooks finish (each within its timeout).
+        if self.smoke_task is not None:
+            self.smoke_task.cancel()
+            await asyncio.gather(self.smoke_task, return_exceptions=True)
         if self.hook_tasks:
             await asyncio.gather(*self.hook_tasks, return_exceptions=True)
         if self.notifier is not None:
@@ -191,7 +190,7 @@ class Deployment:
             elif isinstance(action, r.StopColor):
                 await self._stop_color(action)
             elif isinstance(action, r.RunHook):
-                self.hook_tasks.append(asyncio.create_task(self._smoke()))
+                self.smoke_task = asyncio.create_task(self._smoke())
             elif isinstance(action, r.Preview):
                 await self._preview(action.on)
             elif isinstance(action, r.SwitchTraffic):
@@ -269,9 +268,21 @@ class Deployment:
         if action.event == "aborted" and self.state is not None and self.state.weight > 0:
             hook = "on_rollback"
         if hook is not None and getattr(self.env.hooks, hook) is not None:
-            await self._hook(hook)
+            self._background_hook(hook)
 
-    async def _hook(self, name: str) -> bool:
+    def _background_hook(self, name: str) -> None:
+        """post_switch, post_deploy and on_rollback never hold up the rollout's decisions (a
+        slow one must not delay a rollback); they run one after the other, in order."""
+        previous = self.hook_tasks[-1] if self.hook_tasks else None
+
+        async def run() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            await self._hook(name)
+
+        self.hook_tasks.append(asyncio.create_task(run()))
+
+    async def _hook(self, name: str) -> HookResult:
         hook = getattr(self.env.hooks, name)
         url = self._url()
         env = self.engine.service_env(self.env, "", None, self.release.version, "")
@@ -290,7 +301,6 @@ class Deployment:
             env["CONVEYOR_PREVIOUS_VERSION"] = self.previous_version
         self._record("hook", f"running the {name} hook")
         result = await run_hook(name, hook, self.tree, env, self.log_path)
-        self.last_hook_detail = result.detail
         lines = "".join(f"\n  {line}" for line in result.output[-LOG_TAIL_LINES:])
         self._record(
             "hook",
@@ -298,11 +308,11 @@ class Deployment:
             f" ({result.duration:.1f}s){lines if not result.ok else ''}",
             data={"hook": name, "ok": result.ok, "output": result.output[-LOG_TAIL_LINES:]},
         )
-        return result.ok
+        return result
 
     async def _smoke(self) -> None:
-        ok = await self._hook("smoke")
-        self.queue.put_nowait(r.HookDone("smoke", ok, self.last_hook_detail, self.engine.now()))
+        result = await self._hook("smoke")
+        self.queue.put_nowait(r.HookDone("smoke", result.ok, result.detail, self.engine.now()))
 
     def _url(self) -> str:
         """The URL of the new version for hooks: its first web service's own port."""
