@@ -85,7 +85,7 @@ async def _read_body(
     te = [v for k, v in headers if k.lower() == "transfer-encoding"]
     cl = [v for k, v in headers if k.lower() == "content-length"]
     if te and te[-1].lower() == "chunked":
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
             if size == 0:

@@ -32,6 +32,9 @@ _CRLF = b"\r\n"
 # Framing of the response body towards the client.
 RAW = 0  # bytes as they come (Content-Length, or HTTP/1.0 client reading until close)
 RECHUNK = 1  # re-encoded as chunked (chunked or close-delimited upstream, HTTP/1.1 client)
+# The response to the request in flight is complete (or a HEAD response's head is): whatever the
+# parser still produces on this connection is dropped, never written to the client.
+DROP = 2
 MAX_IDLE_PER_BACKEND = 256
 
 
@@ -106,7 +109,11 @@ class UpstreamProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         ex = self.exchange
         if ex is None:
-            # Nothing was asked: a backend talking out of turn cannot be trusted with a request.
+            # Nothing was asked: a backend talking out of turn cannot be trusted with a request
+            # (its bytes would be taken as the answer to the next one). Out of the pool now, not
+            # at connection_lost, so that no request is sent on it meanwhile.
+            self.closed = True
+            self.proxy.pool.discard(self)
             self.transport.close()
             return
         if ex.tunnel:
@@ -122,12 +129,20 @@ class UpstreamProtocol(asyncio.Protocol):
                 rest = data[exc.args[0] :]
                 if rest:
                     ex.client.transport.write(rest)
+            elif self.complete:
+                # A 101 after the complete response: not asked for, not passed on.
+                ex.response_complete(self.status, False)
             else:
                 ex.upstream_lost(True)
             return
         except httptools.HttpParserError:
             self._flush(ex)
-            ex.upstream_lost(True)
+            if self.complete:
+                # Garbage after the complete response: the response stands, the connection
+                # goes.
+                ex.response_complete(self.status, False)
+            else:
+                ex.upstream_lost(True)
             return
         out = self.out
         if out:  # _flush(), inlined: this is every response's path
@@ -184,6 +199,11 @@ class UpstreamProtocol(asyncio.Protocol):
         self.lines.append(name + b": " + value + _CRLF)
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            # A second response to one request (in the same read as the first): dropped, and
+            # the connection with it, or it would answer the next request sent on it.
+            self.keep_alive = False
+            return
         ex = self.exchange
         assert ex is not None
         status = self.parser.get_status_code()
@@ -227,6 +247,7 @@ class UpstreamProtocol(asyncio.Protocol):
                 parts.append(b"Content-Length: " + self.content_length + _CRLF)
             self.complete = True
             self.until_close = True
+            self.framing = DROP
         elif status == 204 or status == 304:
             pass
         elif self.content_length is not None and not self.chunked:
@@ -252,10 +273,12 @@ class UpstreamProtocol(asyncio.Protocol):
         ex.responded = True
 
     def on_body(self, body: bytes) -> None:
-        if self.framing == RECHUNK:
-            self.out.extend((b"%x\r\n" % len(body), body, _CRLF))
-        else:
+        framing = self.framing
+        if framing == RAW:
             self.out.append(body)
+        elif framing == RECHUNK:
+            self.out.extend((b"%x\r\n" % len(body), body, _CRLF))
+        # DROP: the body of a response that was not asked for (or what follows a HEAD head).
 
     def on_message_complete(self) -> None:
         if self.interim:
@@ -263,6 +286,8 @@ class UpstreamProtocol(asyncio.Protocol):
             return
         if self.framing == RECHUNK:
             self.out.append(_CHUNK_END)
+        # Until the next exchange's head, nothing more reaches the client.
+        self.framing = DROP
         self.complete = True
 
 
