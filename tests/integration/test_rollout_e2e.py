@@ -438,18 +438,21 @@ def test_manual_gate_serves_the_new_version_on_a_preview_port_until_promoted(
 
 
 HOOK = """import json, os, sys
-with open(os.path.join(os.environ["HOOK_DIR"], "calls.jsonl"), "a") as f:
+with open(os.path.join(sys.argv[1], "calls.jsonl"), "a") as f:
     f.write(json.dumps({k: os.environ.get(k) for k in (
-        "CONVEYOR_HOOK", "CONVEYOR_VERSION", "CONVEYOR_ENV", "CONVEYOR_URL", "CONVEYOR_PREVIOUS_VERSION"
+        "CONVEYOR_HOOK", "CONVEYOR_VERSION", "CONVEYOR_ENV", "CONVEYOR_URL", "CONVEYOR_PREVIOUS_VERSION",
+        "OPERATOR_TOKEN",
     )}) + "\\n")
-sys.exit(int(os.environ.get("HOOK_EXIT_" + os.environ["CONVEYOR_HOOK"].upper(), "0")))
+# argv: the directory to record calls in, then optionally a hook name and the code it exits with
+sys.exit(int(sys.argv[3]) if sys.argv[2:] and sys.argv[2] == os.environ["CONVEYOR_HOOK"] else 0)
 """
 
 
-def hook_config(project: Project, hooks: tuple[str, ...]) -> None:
+def hook_config(project: Project, hooks: tuple[str, ...], fail: str = "") -> None:
     (project.dir / "hook.py").write_text(HOOK)
     text = (project.dir / "conveyor.toml").read_text()
-    text += "\n[hooks]\n" + "".join(f'{h} = "{sys.executable} hook.py"\n' for h in hooks)
+    args = f"{project.dir} {fail}".strip()
+    text += "\n[hooks]\n" + "".join(f'{h} = "{sys.executable} hook.py {args}"\n' for h in hooks)
     (project.dir / "conveyor.toml").write_text(text)
 
 
@@ -461,7 +464,8 @@ def calls(project: Project) -> list[dict[str, str]]:
 
 
 def test_hooks_run_in_order_with_the_release_environment(project: Project) -> None:
-    project.env["HOOK_DIR"] = str(project.dir)  # the agent (and so the hooks) inherit it
+    # Exported by whoever started the agent: must not reach hooks or services.
+    project.env["OPERATOR_TOKEN"] = "do-not-leak"
     project.configure(rollout='bake = "1s"\non_inconclusive = "pass"')
     hook_config(project, ("pre_deploy", "smoke", "post_switch", "post_deploy", "on_rollback"))
     project.release("v1")
@@ -478,6 +482,7 @@ def test_hooks_run_in_order_with_the_release_environment(project: Project) -> No
     ]
     smoke = [c for c in calls(project) if c["CONVEYOR_HOOK"] == "smoke"][-1]
     assert smoke["CONVEYOR_ENV"] == "dev" and smoke["CONVEYOR_PREVIOUS_VERSION"] == "v1"
+    assert all(c["OPERATOR_TOKEN"] is None for c in calls(project))
     assert smoke["CONVEYOR_URL"].startswith("http://127.0.0.1:")
     assert not smoke["CONVEYOR_URL"].endswith(
         f":{project.port}"
@@ -497,10 +502,8 @@ def test_hooks_run_in_order_with_the_release_environment(project: Project) -> No
 
 
 def test_a_failing_pre_deploy_hook_starts_nothing(project: Project) -> None:
-    project.env["HOOK_DIR"] = str(project.dir)
-    project.env["HOOK_EXIT_PRE_DEPLOY"] = "4"
     project.configure()
-    hook_config(project, ("pre_deploy",))
+    hook_config(project, ("pre_deploy",), fail="pre_deploy 4")
     project.release("v1")
     code, out = project.deploy("v1")
     assert code == 1 and out["outcome"] == "failed"

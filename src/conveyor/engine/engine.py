@@ -42,6 +42,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# The environment variables a service or hook inherits from the agent; the rest comes from
+# conveyor.toml (`env`) and conveyor itself (PORT, CONVEYOR_*).
+PASSTHROUGH = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM"}
+)
+
+
 class Engine:
     def __init__(
         self,
@@ -257,9 +264,10 @@ class Engine:
         version: str,
         color: str,
     ) -> dict[str, str]:
-        base = dict(os.environ)
-        for key in ("CONVEYOR_HOME", "CONVEYOR_DATABASE_URL", "CONVEYOR_PROJECT"):
-            base.pop(key, None)  # the app has no business with conveyor's own state
+        # Only the basics of the agent's environment reach a service or a hook: whatever the
+        # operator who happened to start the agent had exported (cloud credentials, tokens) is
+        # none of the app's business, and a deploy must not depend on who ran it.
+        base = {k: v for k, v in os.environ.items() if k in PASSTHROUGH or k.startswith("LC_")}
         if svc is not None:
             base.update(svc.env)
         base.update(
