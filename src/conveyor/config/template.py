@@ -225,8 +225,9 @@ path = {health_path}
 [environments.dev]
 
 [environments.dev.rollout]
-# A dev environment rarely has the traffic to judge a release: accept inconclusive analysis
-# (it is still reported) instead of waiting for `conveyor promote`.
+# A dev environment rarely has the traffic to judge a release: a short bake, and inconclusive
+# analysis is accepted (it is still reported) instead of waiting for `conveyor promote`.
+bake = "5s"
 on_inconclusive = "pass"
 
 # [environments.staging.services.web]

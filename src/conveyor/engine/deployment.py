@@ -216,12 +216,14 @@ class Deployment:
         reason: str,
         service: str | None = None,
         data: dict[str, Any] | None = None,
+        show: bool = True,
     ) -> None:
         payload: dict[str, Any] = dict(data or {})
         if service:
             payload["service"] = service
         self.engine.store.add_event(self.id, state, reason, payload, self.engine.utcnow())
-        self.emit({"step": state, "service": service, "message": reason})
+        if show:
+            self.emit({"step": state, "service": service, "message": reason})
 
     def _finish(self, action: r.Finish) -> None:
         reason = action.reason
@@ -235,6 +237,7 @@ class Deployment:
                 "analysis",
                 "latest measurements",
                 data={"measurements": [m.to_json() for m in self.measurements.values()]},
+                show=False,  # for the history; the user saw each measurement as it came
             )
         self.engine.store.finish_deployment(self.id, action.outcome, reason, self.engine.utcnow())
 
