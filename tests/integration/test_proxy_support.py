@@ -14,6 +14,7 @@ from typing import Any
 import uvloop
 
 from conveyor.proxy.server import Proxy
+from conveyor.runtimes.local import free_port as runtime_free_port
 
 LOCAL = "127.0.0.1"
 
@@ -239,11 +240,8 @@ async def proxy_with_route(
 
 
 async def free_port() -> int:
-    server = await asyncio.start_server(lambda r, w: None, LOCAL, 0)
-    port: int = server.sockets[0].getsockname()[1]
-    server.close()
-    await server.wait_closed()
-    return port
+    # Outside the ephemeral range: no outgoing connection can take it before the test binds it.
+    return runtime_free_port(LOCAL)
 
 
 async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
