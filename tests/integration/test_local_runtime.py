@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
@@ -402,3 +403,14 @@ def test_only_recent_exit_statuses_are_kept(
     # The oldest handle was dropped: it is now known only through /proc, like an adopted one.
     assert runtime.exit_detail(first) == "not running"
     assert runtime.exit_detail(inst) == "exited with code 0"
+
+
+def test_free_ports_come_from_below_the_ephemeral_range() -> None:
+    from conveyor.runtimes.local import PRIVATE_PORTS_LOW, _ephemeral_low
+
+    low = _ephemeral_low()
+    ports = {free_port() for _ in range(20)}
+    assert all(PRIVATE_PORTS_LOW <= p < low for p in ports), ports
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # really free
