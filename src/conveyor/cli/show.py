@@ -1,0 +1,230 @@
+"""`conveyor status`, `history`, `logs`: looking at an environment."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from conveyor.agent.client import AgentUnavailable
+from conveyor.cli.common import EnvOpt, JsonOpt, app, console, project, when
+from conveyor.cli.output import emit_json, fail
+
+# --- status, history, logs --------------------------------------------------------------------
+
+
+@app.command()
+def status(env: EnvOpt = "dev", json_out: JsonOpt = False) -> None:
+    """Show what runs in an environment: active and standby versions, health, URL.
+
+    Example:
+
+        conveyor status --env dev --json
+    """
+    proj = project()
+    cfg = proj.config()
+    proj.environment(cfg, env)
+    client = proj.agent()
+    try:
+        client.ensure()
+        result = client.request({"op": "status", "env": env}, timeout=30)
+    except AgentUnavailable as exc:
+        fail(f"cannot reach the conveyor agent: {exc}", 1)
+    if not result.get("ok"):
+        fail(str(result.get("error")), int(result.get("exit", 1)))
+    data = result["data"]
+    if json_out:
+        emit_json(data)
+        return
+    console.print(
+        f"[bold]{data['app']}[/] / {env}"
+        + (f"  (deploying: {data['deploying']})" if data.get("deploying") else "")
+    )
+    dep = data.get("deployment")
+    if dep:
+        where = f"{dep['phase']}"
+        if dep.get("step"):
+            where = f"step {dep['step']}/{dep['steps']} at {dep['weight']}%"
+        console.print(
+            f"deployment #{dep['id']}: {dep['version']} ({dep['strategy']}), {where}"
+            + (f" — {dep['waiting']}" if dep.get("waiting") else "")
+        )
+        for m in dep.get("measurements", []):
+            color = {"pass": "green", "fail": "red"}.get(m["verdict"], "yellow")
+            console.print(f"  {m['check']}: {m['detail']} [{color}]{m['verdict']}[/]")
+        for name, url in dep.get("previews", {}).items():
+            console.print(f"  preview of {name}: {url}")
+    last = data.get("last_deployment")
+    if not dep and last:
+        first_line = (last.get("reason") or "").splitlines()[0] if last.get("reason") else ""
+        console.print(
+            f"last deployment #{last['id']}: {last['version']} {last['outcome']} — {first_line}"
+        )
+    table = Table("service", "active", "health", "standby", "url", box=None)
+    for s in data["services"]:
+        a, sb = s["active"], s["standby"]
+        active = f"{a['version']} ({a['color']})" if a else "-"
+        health = ("[green]healthy[/]" if a["healthy"] else "[red]unhealthy[/]") if a else "-"
+        standby = "-"
+        if sb:
+            until = (
+                datetime.fromisoformat(sb["until"]).astimezone().strftime("%H:%M:%S")
+                if sb.get("until")
+                else "?"
+            )
+            standby = f"{sb['version']} ({sb['color']}) until {until}"
+        table.add_row(s["name"], active, health, standby, s["url"] or "-")
+    console.print(table)
+
+
+@app.command()
+def history(
+    env: EnvOpt = "dev",
+    limit: Annotated[int, typer.Option(help="How many deployments to show.")] = 20,
+    json_out: JsonOpt = False,
+) -> None:
+    """List deployments of an environment, newest first, with outcome and reason.
+
+    Example:
+
+        conveyor history --env dev --json
+    """
+    proj = project()
+    cfg = proj.config()
+    store = proj.store()
+    try:
+        deps = store.list_deployments(cfg.app.name, env, limit=limit)
+        rows = []
+        for d in deps:
+            row = {
+                "id": d.id,
+                "version": d.version,
+                "kind": d.kind,
+                "outcome": d.outcome,
+                "started_at": d.started_at.isoformat(),
+                "finished_at": d.finished_at.isoformat() if d.finished_at else None,
+                "reason": d.reason,
+                "previous_version": d.previous_version,
+            }
+            if json_out:
+                events = store.events(d.id)
+                latest = [e for e in events if e.state == "analysis"]
+                row["measurements"] = latest[-1].data.get("measurements", []) if latest else []
+                plan = next((e for e in events if e.state == "plan"), None)
+                row["strategy"] = plan.data.get("strategy") if plan else None
+                failed = [e for e in events if e.state == "measurement"]
+                row["trigger"] = (
+                    failed[-1].data.get("measurement")
+                    if failed and d.outcome == "rolled_back"
+                    else None
+                )
+                row["events"] = [
+                    {"at": e.at.isoformat(), "state": e.state, "reason": e.reason, **e.data}
+                    for e in events
+                ]
+            rows.append(row)
+    finally:
+        store.close()
+    if json_out:
+        emit_json(rows)
+        return
+    table = Table("id", "version", "kind", "outcome", "started", "took", "reason", box=None)
+    colors = {"succeeded": "green", "failed": "red", "rolled_back": "yellow", "aborted": "yellow"}
+    for d in deps:
+        took = f"{(d.finished_at - d.started_at).total_seconds():.1f}s" if d.finished_at else "-"
+        color = colors.get(d.outcome, "cyan")
+        table.add_row(
+            str(d.id),
+            d.version,
+            d.kind,
+            f"[{color}]{d.outcome}[/]",
+            when(d.started_at),
+            took,
+            d.reason.splitlines()[0] if d.reason else "",
+        )
+    console.print(table)
+
+
+@app.command()
+def logs(
+    service: Annotated[str, typer.Argument(help="Service name from conveyor.toml.")],
+    env: EnvOpt = "dev",
+    color: Annotated[
+        str | None, typer.Option(help="blue or green (default: the active color).")
+    ] = None,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines to show.")] = 50,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+) -> None:
+    """Show a service's output (stdout and stderr of its processes).
+
+    Example:
+
+        conveyor logs web --env dev --follow
+    """
+    from conveyor.runtimes.local import tail
+
+    proj = project()
+    cfg = proj.config()
+    envcfg = proj.environment(cfg, env)
+    if service not in envcfg.services:
+        fail(f"unknown service {service!r} (known: {', '.join(envcfg.services)})")
+    explicit = color is not None
+    if color is None:
+        store = proj.store()
+        try:
+            active = [
+                i
+                for i in store.instances(cfg.app.name, env)
+                if i.service == service and i.role == "active"
+            ]
+        finally:
+            store.close()
+        color = active[0].color if active else None
+    candidates = [color] if color else ["blue", "green"]
+    paths = [proj.paths.service_log(env, service, c) for c in candidates]
+    existing = [p for p in paths if p.exists()]
+    if not existing:
+        fail(f"no logs yet for {service} in {env}", 1)
+    path = max(existing, key=lambda p: p.stat().st_mtime)
+    for line in tail(path, lines):
+        print(line)
+    if follow:
+        # Follow the service, not one process: both colors' files, so a deploy or a rollback
+        # that moves traffic to the other color keeps showing up here.
+        colors = [color] if explicit and color else ["blue", "green"]
+        _follow({c: proj.paths.service_log(env, service, c) for c in colors})
+
+
+def _follow(files: dict[str, Path]) -> None:
+    offsets = {c: (p.stat().st_size if p.exists() else 0) for c, p in files.items()}
+    prefix = len(files) > 1
+    try:
+        while True:
+            idle = True
+            for c, p in files.items():
+                try:
+                    size = p.stat().st_size
+                except FileNotFoundError:
+                    continue
+                if size < offsets[c]:
+                    offsets[c] = 0  # truncated or replaced
+                if size == offsets[c]:
+                    continue
+                with open(p, "rb") as f:
+                    f.seek(offsets[c])
+                    data = f.read(size - offsets[c])
+                end = data.rfind(b"\n") + 1  # only whole lines; the rest comes next round
+                offsets[c] += end
+                for line in data[:end].decode(errors="replace").splitlines():
+                    print(f"[{c}] {line}" if prefix else line, flush=True)
+                idle = idle and end == 0
+            if idle:
+                time.sleep(0.2)
+    except KeyboardInterrupt:
+        return
