@@ -26,6 +26,7 @@ from conveyor.engine.deployment import Deployment
 from conveyor.engine.errors import Refused, UserError
 from conveyor.engine.outcome import Emit, Outcome
 from conveyor.engine.routes import BackendSpec, RouteSpec, RouteTable, route_name
+from conveyor.environ import inherited
 from conveyor.health import probe_http
 from conveyor.paths import Paths
 from conveyor.releases import ReleaseError, ReleaseStore
@@ -40,13 +41,6 @@ log = logging.getLogger("conveyor.engine")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-# The environment variables a service or hook inherits from the agent; the rest comes from
-# conveyor.toml (`env`) and conveyor itself (PORT, CONVEYOR_*).
-PASSTHROUGH = frozenset(
-    {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM"}
-)
 
 
 class Engine:
@@ -264,10 +258,7 @@ class Engine:
         version: str,
         color: str,
     ) -> dict[str, str]:
-        # Only the basics of the agent's environment reach a service or a hook: whatever the
-        # operator who happened to start the agent had exported (cloud credentials, tokens) is
-        # none of the app's business, and a deploy must not depend on who ran it.
-        base = {k: v for k, v in os.environ.items() if k in PASSTHROUGH or k.startswith("LC_")}
+        base = inherited()  # see conveyor.environ: never the operator's exports
         if svc is not None:
             base.update(svc.env)
         base.update(

@@ -15,6 +15,7 @@ import signal
 from typing import TYPE_CHECKING
 
 from conveyor.core.analysis import Measurement, Verdict, judge
+from conveyor.environ import inherited
 from conveyor.metrics.base import (
     MissingPlaceholder,
     Target,
@@ -82,7 +83,7 @@ class CommandSource:
             command = substitute(check.command, target)
         except MissingPlaceholder as exc:
             return Measurement(name, Verdict.INCONCLUSIVE, None, str(exc), now)
-        env = {**os.environ, **placeholder_env(target)}
+        env = {**inherited(), **placeholder_env(target)}
         try:
             code, out, err = await run_command(command, str(target.cwd), env, check.timeout)
         except OSError as exc:
