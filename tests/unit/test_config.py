@@ -26,8 +26,8 @@ from conveyor.config import (
     find_config,
     load_config,
 )
+from conveyor.config.environments import deep_merge
 from conveyor.config.loader import KeyLocator
-from conveyor.config.models import deep_merge
 
 FULL_EXAMPLE = """\
 [app]

@@ -1,5 +1,10 @@
-"""conveyor.toml: models, loading with located errors, and the `conveyor init` template."""
+"""conveyor.toml: models, loading with located errors, and the `conveyor init` template.
 
+errors: located errors; models: the models; environments: environment resolution;
+pydantic_errors: pydantic's errors in TOML's words; loader: reading the file; template: `init`.
+"""
+
+from conveyor.config.errors import ConfigError
 from conveyor.config.loader import find_config, load_config
 from conveyor.config.models import (
     BUILTIN_METRICS,
@@ -12,7 +17,6 @@ from conveyor.config.models import (
     AppConfig,
     CanaryStep,
     Config,
-    ConfigError,
     EnvironmentConfig,
     HealthConfig,
     HookConfig,

@@ -11,14 +11,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from conveyor.config.models import (
-    Config,
-    ConfigError,
-    Issue,
-    dotted_key,
-    issues_from_validation,
-    resolve_environment,
-)
+from conveyor.config.environments import resolve_environment
+from conveyor.config.errors import BARE_KEY, ConfigError, Issue, dotted_key
+from conveyor.config.models import Config
+from conveyor.config.pydantic_errors import issues_from_validation
 
 CONFIG_NAME = "conveyor.toml"
 
@@ -167,7 +163,6 @@ class KeyLocator:
         return None
 
 
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _SCALAR = re.compile(r"[^\s,\]}#]+")
 _TIME_AFTER_DATE = re.compile(r" \d\d:\d\d")
 
@@ -237,7 +232,7 @@ class _Scanner:
             if char in "\"'":
                 parts.append(self.string())
             else:
-                match = _BARE_KEY.match(self.text, self.pos)
+                match = BARE_KEY.match(self.text, self.pos)
                 if match is None:
                     raise ValueError(f"no key at offset {self.pos}")
                 parts.append(match.group())

@@ -1,19 +1,19 @@
-"""The models of conveyor.toml, the error type, and environment resolution.
+"""The models of conveyor.toml.
 
 Everything is strict and closed: TOML is typed, so a string where a number belongs is a mistake
 rather than something to coerce, and an unknown key is almost always a typo.
+
+Located errors live in conveyor.config.errors, environment resolution in
+conveyor.config.environments, and the translation of pydantic's errors in
+conveyor.config.pydantic_errors.
 """
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
-import types
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -21,90 +21,16 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from conveyor.config.errors import ConfigError, LocatedValueError, did_you_mean, dotted_key
 from conveyor.core.durations import parse_duration
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
 IMPLICIT_ENVIRONMENT = "dev"
-# Hosts that bind every address, so they collide with any other host on the same port.
-_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
-
-
-class ConfigError(Exception):
-    """A problem in conveyor.toml, located as precisely as we can: file, line and dotted key.
-
-    `more` holds further problems found in the same pass; str() puts each on its own line,
-    the most relevant one first.
-    """
-
-    def __init__(
-        self,
-        file: Path | None,
-        line: int | None,
-        key: str,
-        message: str,
-        *,
-        more: Sequence[ConfigError] = (),
-    ) -> None:
-        super().__init__(message)
-        self.file = file
-        self.line = line
-        self.key = key
-        self.message = message
-        self.more = tuple(more)
-
-    def headline(self) -> str:
-        where = _display_path(self.file) if self.file is not None else ""
-        if where and self.line is not None:
-            where = f"{where}:{self.line}"
-        return ": ".join(part for part in (where, self.key, self.message) if part)
-
-    def __str__(self) -> str:
-        return "\n".join([self.headline(), *(other.headline() for other in self.more)])
-
-
-def _display_path(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except (ValueError, OSError):
-        return str(path)
-
-
-@dataclass(frozen=True)
-class Issue:
-    """One validation problem before it is located in the source text.
-
-    `path` is the key path in the TOML document; `kind` is "unknown", "missing" or "invalid";
-    for an unknown key, `hint` is the valid key it most resembles.
-    """
-
-    path: tuple[str, ...]
-    message: str
-    kind: str = "invalid"
-    hint: str | None = None
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return matches[0] if matches else None
-
-
-class LocatedValueError(ValueError):
-    """A validation error that names the key it is about, below the value being validated.
-
-    A check that spans several keys (weights across canary steps, a metric and its query) runs
-    on the enclosing value, but the error is worth reporting at the key the user has to change:
-    `path` is that key relative to the value, e.g. ("2", "weight") under `steps`.
-    """
-
-    def __init__(self, message: str, *path: str) -> None:
-        super().__init__(message)
-        self.path = path
 
 
 # --- field types -------------------------------------------------------------------------------
@@ -710,6 +636,9 @@ class Config(_Model):
         return value or {IMPLICIT_ENVIRONMENT: EnvironmentConfig()}
 
     def environment(self, name: str) -> ResolvedEnvironment:
+        # Resolution validates the merged models, so it lives beside them, not inside them.
+        from conveyor.config.environments import resolve_environment
+
         resolved, issues = resolve_environment(self, name)
         if resolved is None:
             first, *rest = [
@@ -717,256 +646,3 @@ class Config(_Model):
             ]
             raise ConfigError(first.file, None, first.key, first.message, more=rest)
         return resolved
-
-
-# --- environments ------------------------------------------------------------------------------
-
-
-def resolve_environment(
-    config: Config, name: str
-) -> tuple[ResolvedEnvironment | None, list[Issue]]:
-    """Apply environment `name`'s overrides; the resolved environment, or the problems found."""
-    if name not in config.environments:
-        known = ", ".join(config.environments)
-        return None, [Issue(("--env",), f"unknown environment {name!r} (known: {known})")]
-    overrides = config.environments[name]
-    prefix = ("environments", name)
-    issues: list[Issue] = []
-    for service in overrides.services:
-        if service not in config.services:
-            hint = did_you_mean(service, config.services)
-            known = f"did you mean {hint!r}?" if hint else "services: " + ", ".join(config.services)
-            issues.append(Issue((*prefix, "services", service), f"unknown service ({known})"))
-
-    services: dict[str, ServiceConfig] = {}
-    for service, base in config.services.items():
-        override = overrides.services.get(service)
-        if not override:
-            services[service] = base
-            continue
-        merged = deep_merge(base.model_dump(exclude_unset=True), override)
-        try:
-            services[service] = ServiceConfig.model_validate(merged)
-        except ValidationError as err:
-            # The base validated on its own, so the override is what broke it: blame its keys.
-            issues.extend(
-                issues_from_validation(err, ServiceConfig, (*prefix, "services", service))
-            )
-
-    rollout = config.rollout
-    if overrides.rollout:
-        merged = deep_merge(config.rollout.model_dump(exclude_unset=True), overrides.rollout)
-        if "sticky" in overrides.rollout:
-            # cookie and header are alternatives: an override naming one replaces the other
-            # instead of adding to it (a merge could never take the base's cookie away).
-            merged["sticky"] = overrides.rollout["sticky"]
-        try:
-            rollout = RolloutConfig.model_validate(merged)
-        except ValidationError as err:
-            issues.extend(issues_from_validation(err, RolloutConfig, (*prefix, "rollout")))
-
-    hooks = config.hooks
-    if overrides.hooks:
-        merged = deep_merge(config.hooks.model_dump(exclude_unset=True), overrides.hooks)
-        try:
-            hooks = HooksConfig.model_validate(merged)
-        except ValidationError as err:
-            issues.extend(issues_from_validation(err, HooksConfig, (*prefix, "hooks")))
-
-    if issues:
-        return None, issues
-    issues.extend(_listen_conflicts(name, services, overrides))
-    if issues:
-        return None, issues
-    env = ResolvedEnvironment(
-        name=name,
-        app=config.app.name,
-        services=services,
-        rollout=rollout,
-        proxy=config.proxy,
-        hooks=hooks,
-        notifications=config.notifications,
-    )
-    return env, []
-
-
-def _listen_conflicts(
-    env_name: str, services: Mapping[str, ServiceConfig], overrides: EnvironmentConfig
-) -> list[Issue]:
-    issues: list[Issue] = []
-    # (service, key, host, port) of every address the proxy will listen on.
-    seen: list[tuple[str, str, str, int]] = []
-    for name, svc in services.items():
-        if svc.kind != "web" or svc.port is None:
-            continue
-        for key, number in (("port", svc.port), ("preview_port", svc.preview_port)):
-            if number is None:
-                continue
-            for other, other_key, host, port in seen:
-                if port != number or not (
-                    host == svc.listen or {host, svc.listen} & _WILDCARD_HOSTS
-                ):
-                    continue
-                override = overrides.services.get(name, {})
-                if key in override or "listen" in override:
-                    path: tuple[str, ...] = ("environments", env_name, "services", name, key)
-                    where = f" in environment {env_name!r}"
-                else:
-                    path, where = ("services", name, key), ""
-                as_preview = " (as its preview_port)" if other_key == "preview_port" else ""
-                issues.append(
-                    Issue(
-                        path,
-                        f"{key} {number} on {svc.listen} is already used by service "
-                        f"{other!r}{as_preview}{where} (each web service needs its own "
-                        "listen address)",
-                    )
-                )
-                break
-            seen.append((name, key, svc.listen, number))
-    return issues
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """`override` on top of `base`; tables merge key by key, everything else is replaced."""
-    merged = dict(base)
-    for key, value in override.items():
-        current = merged.get(key)
-        if isinstance(current, Mapping) and isinstance(value, Mapping):
-            merged[key] = deep_merge(current, value)
-        else:
-            merged[key] = value
-    return merged
-
-
-# --- pydantic errors -> issues -----------------------------------------------------------------
-
-_TOML_TYPES: dict[type, str] = {
-    bool: "a boolean",
-    int: "an integer",
-    float: "a float",
-    str: "a string",
-    dict: "a table",
-    list: "an array",
-}
-
-
-# pydantic's wording is about Python types; users wrote TOML.
-_EXPECTED = {
-    "model_type": "expected a table",
-    "dict_type": "expected a table",
-    "int_type": "expected an integer",
-    "int_from_float": "expected an integer",
-    "float_type": "expected a number",
-    "string_type": "expected a string",
-    "bool_type": "expected true or false",
-    "list_type": "expected an array",
-}
-
-
-def issues_from_validation(
-    err: ValidationError, model: type[BaseModel], prefix: tuple[str, ...] = ()
-) -> list[Issue]:
-    """Translate pydantic's errors for `model` (found at `prefix` in the document) to issues."""
-    issues: list[Issue] = []
-    for error in err.errors(include_url=False):
-        # "[key]" marks an error in a dict key (e.g. a bad service name): point at the key itself.
-        loc = tuple(str(part) for part in error["loc"] if part != "[key]")
-        path = (*prefix, *loc)
-        kind = error["type"]
-        if kind == "extra_forbidden":
-            fields = _fields_at(model, loc[:-1])
-            hint = did_you_mean(loc[-1], fields)
-            message = f"unknown key {loc[-1]!r}"
-            message += f" (did you mean {hint!r}?)" if hint else _known_keys(fields)
-            issues.append(Issue(path, message, "unknown", hint))
-        elif kind == "missing":
-            is_table = _is_table(model, loc)
-            what = f"missing table [{dotted_key(path)}]" if is_table else "missing required key"
-            issues.append(Issue(path, what, "missing"))
-        elif kind in ("value_error", "assertion_error"):
-            cause = error["ctx"]["error"]
-            if isinstance(cause, LocatedValueError):
-                path = (*path, *cause.path)
-            issues.append(Issue(path, str(cause)))
-        else:
-            expected = _EXPECTED.get(kind) or _lower_first(error["msg"]).replace(
-                "input should be", "must be"
-            )
-            issues.append(Issue(path, f"{expected}{_got(error['input'])}"))
-    return issues
-
-
-def _known_keys(fields: Sequence[str]) -> str:
-    return f" (valid keys: {', '.join(fields)})" if fields else ""
-
-
-def _lower_first(text: str) -> str:
-    return text[:1].lower() + text[1:]
-
-
-def _got(value: object) -> str:
-    name = _TOML_TYPES.get(type(value))
-    if name is None:
-        return ""
-    if isinstance(value, dict | list):
-        return f" (got {name})"
-    return f" (got {name}: {value!r})"
-
-
-def _unwrap(annotation: Any) -> Any:
-    """Strip Annotated[...] and Optional[...] down to the type that describes the value."""
-    while True:
-        origin = get_origin(annotation)
-        if origin is Annotated:
-            annotation = get_args(annotation)[0]
-        elif origin in (Union, types.UnionType):
-            args = [a for a in get_args(annotation) if a is not type(None)]
-            if len(args) != 1:
-                return annotation
-            annotation = args[0]
-        else:
-            return annotation
-
-
-def _type_at(model: type[BaseModel], loc: Sequence[str]) -> Any:
-    current: Any = model
-    remaining = list(loc)
-    while remaining:
-        current = _unwrap(current)
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(remaining.pop(0))
-            if field is None:
-                return None
-            current = field.annotation
-        elif get_origin(current) is dict:
-            remaining.pop(0)
-            current = get_args(current)[1]
-        elif get_origin(current) is list:
-            remaining.pop(0)  # the index
-            current = get_args(current)[0]
-        else:
-            return None
-    return _unwrap(current)
-
-
-def _fields_at(model: type[BaseModel], loc: Sequence[str]) -> list[str]:
-    found = _type_at(model, loc)
-    if isinstance(found, type) and issubclass(found, BaseModel):
-        return [name for name in found.model_fields if not (found is Config and name == "source")]
-    return []
-
-
-def _is_table(model: type[BaseModel], loc: Sequence[str]) -> bool:
-    found = _type_at(model, loc)
-    return get_origin(found) is dict or (isinstance(found, type) and issubclass(found, BaseModel))
-
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def dotted_key(path: Sequence[str]) -> str:
-    """A key path as written in TOML: bare keys as they are, anything else quoted."""
-    if path and path[0].startswith("--"):
-        return path[0]
-    return ".".join(part if _BARE_KEY.fullmatch(part) else f'"{part}"' for part in path)
