@@ -49,7 +49,7 @@ def test_unfinished_head_gets_408_and_close() -> None:
             assert loop.time() - started >= TIMEOUT - 0.01
             assert up.connections == 0
             w.close()
-            await wait_for(lambda: not proxy.clients)
+            await wait_for(lambda: not proxy.state.clients)
 
     run(scenario())
 
@@ -94,7 +94,7 @@ def test_silent_new_connection_closed_without_response() -> None:
             assert loop.time() - started >= TIMEOUT - 0.01
             assert up.connections == 0
             w.close()
-            await wait_for(lambda: not proxy.clients)
+            await wait_for(lambda: not proxy.state.clients)
 
     run(scenario())
 
@@ -111,13 +111,13 @@ def test_idle_keepalive_and_slow_body_are_not_head_timeouts() -> None:
             # Idle between requests for several header timeouts: still open.
             idle_from = loop.time()
             await wait_for(lambda: loop.time() - idle_from > 4 * TIMEOUT)
-            assert len(proxy.clients) == 1
+            assert len(proxy.state.clients) == 1
             assert (await get(r, w)).status == 200
             # A head sent whole, then a body that takes longer than header_timeout.
             w.write(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab")
             body_from = loop.time()
             await wait_for(lambda: loop.time() - body_from > 4 * TIMEOUT)
-            assert len(proxy.clients) == 1
+            assert len(proxy.state.clients) == 1
             w.write(b"cd")
             resp = await read_response(r)
             assert (resp.status, resp.body) == (200, b"ok:abcd")

@@ -176,7 +176,7 @@ def test_slow_client_backpressure_bounds_proxy_buffers() -> None:
             w.write(b"GET /cl HTTP/1.1\r\nHost: a\r\n\r\n")
             # The client reads nothing: the proxy must stop reading the upstream...
             await wait_for(lambda: _upstream_paused(proxy))
-            client = next(iter(proxy.clients))
+            client = next(iter(proxy.state.clients))
             assert client.transport.get_write_buffer_size() <= 1024 * 1024
             # ...so the upstream's writes block long before the whole body is out.
             assert progress[0] < size
@@ -466,7 +466,7 @@ def test_drain_lets_inflight_request_finish() -> None:
             w.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
             await wait_for(lambda: len(up.requests) == 1)
             drain = asyncio.create_task(proxy.drain(5.0))
-            await wait_for(lambda: proxy.closing)
+            await wait_for(lambda: proxy.state.closing)
             with pytest.raises(OSError):
                 await connect(port)  # no longer accepting
             release.set()
@@ -556,7 +556,7 @@ async def _websocket_echo(
 
 
 def _upstream_paused(proxy: Proxy) -> bool:
-    for client in proxy.clients:
+    for client in proxy.state.clients:
         ex = client.queue[0] if client.queue else None
         if ex is not None and ex.upstream is not None and ex.upstream.reading_paused:
             return True

@@ -186,10 +186,10 @@ def test_unsolicited_bytes_on_an_idle_pooled_connection_drop_it() -> None:
             w.write(GET % 0)
             assert (await read_response(r)).body == b"fresh 0"
             # The response is complete, so the connection is idle in the pool now.
-            assert len(proxy.pool.idle[(LOCAL, up.port)]) == 1
+            assert len(proxy.state.pool.idle[(LOCAL, up.port)]) == 1
             up.writers[0].write(EVIL)
             await wait_for(lambda: 0 in up.closed_by_proxy)
-            assert proxy.pool.take((LOCAL, up.port)) is None
+            assert proxy.state.pool.take((LOCAL, up.port)) is None
 
             w.write(GET % 1)
             resp = await read_response(r)

@@ -326,7 +326,7 @@ def test_idle_keepalive_client_closed_after_timeout() -> None:
             await wait_for(lambda: len(up.requests) == 1)
             started = loop.time()
             await wait_for(lambda: loop.time() - started > 3 * timeout)
-            assert len(proxy.clients) == 1
+            assert len(proxy.state.clients) == 1
             release.set()
             assert (await read_response(r)).body == b"ok"
             # Now idle: closed by the proxy after about the timeout.
@@ -334,7 +334,7 @@ def test_idle_keepalive_client_closed_after_timeout() -> None:
             assert await asyncio.wait_for(r.read(), 5.0) == b""
             assert loop.time() - idle_from >= timeout - 0.01
             w.close()
-            await wait_for(lambda: not proxy.clients)
+            await wait_for(lambda: not proxy.state.clients)
 
             # A client that keeps sending requests more often than the timeout stays open.
             r, w = await connect(port)

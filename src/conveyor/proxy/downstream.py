@@ -23,7 +23,7 @@ from conveyor.proxy.model import Limits
 from conveyor.proxy.responses import canned
 
 if TYPE_CHECKING:
-    from conveyor.proxy.server import Proxy
+    from conveyor.proxy.state import ProxyState
 
 _DEFAULT_LIMITS = Limits()
 _CRLF = b"\r\n"
@@ -54,8 +54,8 @@ class Reject(Exception):
 
 
 class ClientProtocol(asyncio.Protocol):
-    def __init__(self, proxy: Proxy, name: str) -> None:
-        self.proxy = proxy
+    def __init__(self, state: ProxyState, name: str) -> None:
+        self.state = state
         self.name = name
         self.transport: asyncio.Transport
         self.parser = httptools.HttpRequestParser(self)
@@ -101,14 +101,14 @@ class ClientProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         ip = peer[0].encode() if isinstance(peer, tuple) else b"unknown"
         self.forwarded = b"X-Forwarded-For: " + ip + b"\r\nX-Forwarded-Proto: http\r\n"
-        self.proxy.clients.add(self)
-        route = self.proxy.routes.get(self.name)
+        self.state.clients.add(self)
+        route = self.state.routes.get(self.name)
         if route is not None:
             self.limits = route.limits
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.proxy.clients.discard(self)
+        self.state.clients.discard(self)
         for ex in self.queue:
             ex.abort()
         self.queue.clear()
@@ -199,7 +199,7 @@ class ClientProtocol(asyncio.Protocol):
         self.host = None
         self.xff = None
         self.connection = None
-        route = self.proxy.routes.get(self.name)
+        route = self.state.routes.get(self.name)
         if route is not None:
             self.limits = route.limits
 
@@ -276,7 +276,7 @@ class ClientProtocol(asyncio.Protocol):
         elif self.content_length is not None:
             parts.append(b"Content-Length: " + self.content_length + _CRLF)
         parts.append(_CRLF)
-        keep_alive = parser.should_keep_alive() and not self.proxy.closing
+        keep_alive = parser.should_keep_alive() and not self.state.closing
         ex = Exchange(self, method, b"".join(parts), keep_alive, upgrade)
         self.receiving = ex
         self.queue.append(ex)
@@ -359,7 +359,7 @@ class ClientProtocol(asyncio.Protocol):
             queue.popleft()
         if self.closed:
             return
-        if not ex.keep_alive or not ex.request_done or self.proxy.closing:
+        if not ex.keep_alive or not ex.request_done or self.state.closing:
             self.transport.close()
             return
         if queue:

@@ -20,7 +20,7 @@ from conveyor.proxy.upstream import UpstreamProtocol
 
 if TYPE_CHECKING:
     from conveyor.proxy.downstream import ClientProtocol
-    from conveyor.proxy.server import Proxy
+    from conveyor.proxy.state import ProxyState
 
 # Above this many buffered request bytes (no upstream connection yet), stop reading the client.
 PENDING_HIGH = 256 * 1024
@@ -40,13 +40,13 @@ class Exchange:
         "method",
         "pending",
         "pending_size",
-        "proxy",
         "replay",
         "replay_size",
         "request_done",
         "responded",
         "set_cookie",
         "started",
+        "state",
         "stats",
         "tunnel",
         "upgrade",
@@ -62,7 +62,7 @@ class Exchange:
         upgrade: bool,
     ) -> None:
         self.client = client
-        self.proxy: Proxy = client.proxy
+        self.state: ProxyState = client.state
         self.method = method
         self.pending: list[bytes] = [head]
         self.pending_size = len(head)
@@ -114,9 +114,9 @@ class Exchange:
 
     def dispatch(self) -> None:
         """Pick a backend from the route table as it is now and send the request."""
-        proxy = self.proxy
+        state = self.state
         self.started = perf_counter()
-        route = proxy.routes.get(self.client.name)
+        route = state.routes.get(self.client.name)
         if route is None:
             self.local_response(503)
             return
@@ -136,11 +136,11 @@ class Exchange:
         stats = self.stats = backend.stats
         stats.requests += 1
         stats.inflight += 1
-        conn = proxy.pool.take(backend.key)
+        conn = state.pool.take(backend.key)
         if conn is not None:
             self.attach(conn, reused=True)
         else:
-            proxy.loop.create_task(self.open(first=backend))
+            state.loop.create_task(self.open(first=backend))
 
     def bind(self, backend: Backend) -> None:
         old = self.stats
@@ -170,7 +170,7 @@ class Exchange:
         a growing back-off, re-reading the route table each time because a swap to a healthy
         colour may have happened meanwhile.
         """
-        proxy = self.proxy
+        state = self.state
         limits = self.client.limits
         backoffs_left = limits.retries
         delay = FIRST_BACKOFF
@@ -178,7 +178,7 @@ class Exchange:
         backend = first
         while not self.finished:
             if backend is None:
-                route = proxy.routes.get(self.client.name)
+                route = state.routes.get(self.client.name)
                 if route is None:
                     self.local_response(503)
                     return
@@ -206,8 +206,8 @@ class Exchange:
             host, port = backend.host, backend.port
             try:
                 _, conn = await asyncio.wait_for(
-                    proxy.loop.create_connection(
-                        partial(UpstreamProtocol, proxy, host, port), host, port
+                    state.loop.create_connection(
+                        partial(UpstreamProtocol, state, host, port), host, port
                     ),
                     limits.connect_timeout,
                 )
@@ -216,7 +216,7 @@ class Exchange:
                 backend = None
                 continue
             if self.finished:
-                proxy.pool.put(conn)
+                state.pool.put(conn)
                 return
             self.attach(conn, reused=False)
             return
@@ -245,7 +245,7 @@ class Exchange:
         if up is not None:
             up.exchange = None
             if reusable and self.request_done and not self.pending:
-                self.proxy.pool.put(up)
+                self.state.pool.put(up)
             else:
                 up.transport.close()
         self.client.exchange_done(self)
@@ -271,7 +271,7 @@ class Exchange:
             self.replay = None
             self.pending[0:0] = replay
             self.pending_size += self.replay_size
-            self.proxy.loop.create_task(self.open(first=None))
+            self.state.loop.create_task(self.open(first=None))
             return
         self.local_response(502)
 

@@ -18,7 +18,7 @@ from conveyor.proxy.model import (
     parse_listen,
     parse_sticky,
 )
-from conveyor.proxy.upstream import Pool
+from conveyor.proxy.state import ProxyState
 
 # How often overdue response heads and idle keep-alive clients are looked for: the 504 comes at
 # most this late, an idle client is closed at most two sweeps after its keepalive_timeout.
@@ -38,17 +38,17 @@ def _bind_message(host: str, port: int, exc: OSError) -> str:
 
 
 class Proxy:
+    """The control side: listeners, counters, route changes, the sweep and the drain.
+
+    The connection protocols get `state` only (routes, pool, loop, clients, closing).
+    """
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        self.state = ProxyState(loop)
         self.started_at = time.time()
-        # name -> Route. Read by every request at dispatch; replaced, never mutated in place.
-        self.routes: dict[str, Route] = {}
         self.listeners: dict[str, asyncio.Server] = {}
         # name -> colour -> counters; outlives route swaps.
         self.stats: dict[str, dict[str, ColorStats]] = {}
-        self.pool = Pool()
-        self.clients: set[ClientProtocol] = set()
-        self.closing = False
         self._lock = asyncio.Lock()
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
@@ -61,7 +61,8 @@ class Proxy:
         middle of a head) stamps it. So both close at most two sweeps late.
         """
         now = perf_counter()
-        for client in list(self.clients):
+        state = self.state
+        for client in list(state.clients):
             queue = client.queue
             if queue:
                 ex = queue[0]
@@ -81,7 +82,7 @@ class Proxy:
                     client.transport.close()
             elif not queue:
                 client.idle_since = 0.0
-        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        self._sweeper = state.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     async def set_route(
         self, name: str, listen: object, backends: object, limits: object, sticky: object = None
@@ -91,30 +92,32 @@ class Proxy:
         address = parse_listen(listen)
         lim = Limits.from_json(limits)
         stick = parse_sticky(sticky)
+        state = self.state
         async with self._lock:
             stats_of = self.stats.get(name, {})
             route = Route(name, address, parse_backends(backends, stats_of, stick), lim, stick)
-            old = self.routes.get(name)
+            old = state.routes.get(name)
             new_server: asyncio.Server | None = None
             if old is None or old.listen != address:
                 new_server = await self._listen(name, address)
             # Nothing can fail from here on: commit.
             self.stats[name] = stats_of
-            self.routes[name] = route
+            state.routes[name] = route
             if new_server is not None:
                 previous = self.listeners.get(name)
                 self.listeners[name] = new_server
                 if previous is not None:
                     previous.close()
-            self.pool.prune(self._live_addresses())
+            state.pool.prune(self._live_addresses())
 
     async def _listen(self, name: str, address: tuple[str, int]) -> asyncio.Server:
         host, port = address
-        if self.closing:
+        state = self.state
+        if state.closing:
             raise BindError("the proxy is shutting down")
         try:
-            return await self.loop.create_server(
-                lambda: ClientProtocol(self, name),
+            return await state.loop.create_server(
+                lambda: ClientProtocol(state, name),
                 host,
                 port,
                 reuse_address=True,
@@ -125,18 +128,18 @@ class Proxy:
 
     async def remove_route(self, name: str) -> None:
         async with self._lock:
-            self.routes.pop(name, None)
+            self.state.routes.pop(name, None)
             self.stats.pop(name, None)
             server = self.listeners.pop(name, None)
             if server is not None:
                 server.close()
-            self.pool.prune(self._live_addresses())
+            self.state.pool.prune(self._live_addresses())
 
     def _live_addresses(self) -> set[tuple[str, int]]:
-        return {(b.host, b.port) for r in self.routes.values() for b in r.backends}
+        return {(b.host, b.port) for r in self.state.routes.values() for b in r.backends}
 
     def routes_json(self) -> dict[str, Any]:
-        return {name: route.to_json() for name, route in self.routes.items()}
+        return {name: route.to_json() for name, route in self.state.routes.items()}
 
     def stats_json(self) -> dict[str, Any]:
         return {
@@ -146,19 +149,20 @@ class Proxy:
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let in-flight exchanges finish (bounded), then close everything."""
-        self.closing = True
+        state = self.state
+        state.closing = True
         for server in self.listeners.values():
             server.close()
         self.listeners.clear()
-        deadline = self.loop.time() + timeout
+        deadline = state.loop.time() + timeout
         while True:
-            for client in list(self.clients):
+            for client in list(state.clients):
                 if client.idle:
                     client.transport.close()
-            if not self.clients or self.loop.time() >= deadline:
+            if not state.clients or state.loop.time() >= deadline:
                 break
             await asyncio.sleep(0.02)
-        for client in list(self.clients):
+        for client in list(state.clients):
             client.transport.abort()
-        self.pool.close_all()
+        state.pool.close_all()
         self._sweeper.cancel()

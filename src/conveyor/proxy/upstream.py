@@ -12,7 +12,7 @@ from conveyor.proxy.responses import STATUS_BYTES
 
 if TYPE_CHECKING:
     from conveyor.proxy.exchange import Exchange
-    from conveyor.proxy.server import Proxy
+    from conveyor.proxy.state import ProxyState
 
 # Response headers that describe this hop only; the proxy writes its own framing/Connection.
 _HOP = frozenset(
@@ -41,8 +41,8 @@ MAX_IDLE_PER_BACKEND = 256
 class UpstreamProtocol(asyncio.Protocol):
     """One TCP connection to a backend, carrying one exchange at a time."""
 
-    def __init__(self, proxy: Proxy, host: str, port: int) -> None:
-        self.proxy = proxy
+    def __init__(self, state: ProxyState, host: str, port: int) -> None:
+        self.state = state
         self.host = host
         self.port = port
         self.key = (host, port)
@@ -113,7 +113,7 @@ class UpstreamProtocol(asyncio.Protocol):
             # (its bytes would be taken as the answer to the next one). Out of the pool now, not
             # at connection_lost, so that no request is sent on it meanwhile.
             self.closed = True
-            self.proxy.pool.discard(self)
+            self.state.pool.discard(self)
             self.transport.close()
             return
         if ex.tunnel:
@@ -164,7 +164,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.closed = True
         ex = self.exchange
         if ex is None:
-            self.proxy.pool.discard(self)
+            self.state.pool.discard(self)
             return
         self.exchange = None
         if ex.tunnel:
@@ -237,7 +237,7 @@ class UpstreamProtocol(asyncio.Protocol):
             self.out.append(b"".join(parts))
             ex.responded = True
             return
-        if ex.upgrade or self.proxy.closing:
+        if ex.upgrade or self.state.closing:
             ex.keep_alive = False
         self.framing = RAW
         if ex.method == b"HEAD":
