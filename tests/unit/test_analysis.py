@@ -1,4 +1,7 @@
-"""conveyor.core.analysis: judge, advance, summarize; and the pure helpers of the metric sources."""
+"""conveyor.core.analysis: judge and format_value; and the pure helpers of the metric sources.
+
+The tally of verdicts (streaks, failure_limit) is the rollout machine's: tests/unit/test_rollout_rules.py.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from conveyor.config.models import AnalysisCheck
-from conveyor.core.analysis import (
-    CheckState,
-    Measurement,
-    Verdict,
-    advance,
-    format_value,
-    judge,
-    summarize,
-)
+from conveyor.core.analysis import Measurement, Verdict, format_value, judge
 from conveyor.metrics.base import MissingPlaceholder, Target, json_field, substitute
 from conveyor.metrics.prometheus import query_url, read_result
 
 ERRORS = AnalysisCheck(metric="error_rate", max=0.01, min_requests=50)
 P99 = AnalysisCheck(metric="latency_p99_ms", max=500, failure_limit=2)
-
-
-def m(verdict: Verdict, value: float | None = 1.0, at: float = 0.0) -> Measurement:
-    return Measurement("c", verdict, value, "", at)
 
 
 # --- judge ---------------------------------------------------------------------------------------
@@ -94,94 +83,6 @@ def test_measurement_json_round_trip() -> None:
         "at": 3.5,
     }
     assert Measurement.from_json(json.loads(json.dumps(data))) == meas
-
-
-# --- advance -------------------------------------------------------------------------------------
-
-
-def test_advance_fails_on_the_limit_th_consecutive_failure() -> None:
-    s = CheckState("c")
-    s, failed = advance(s, m(Verdict.FAIL), 2)
-    assert not failed and s.consecutive_failures == 1 and s.conclusive
-    s, failed = advance(s, m(Verdict.FAIL), 2)
-    assert failed and s.consecutive_failures == 2
-
-
-def test_pass_resets_and_inconclusive_neither_resets_nor_counts() -> None:
-    s = CheckState("c")
-    s, _ = advance(s, m(Verdict.FAIL), 2)
-    s, failed = advance(s, m(Verdict.INCONCLUSIVE, None), 2)
-    assert not failed and s.consecutive_failures == 1
-    s, failed = advance(s, m(Verdict.FAIL), 2)
-    assert failed
-    s, failed = advance(CheckState("c", 1, None, True), m(Verdict.PASS), 2)
-    assert not failed and s.consecutive_failures == 0
-
-
-def test_conclusive_once_there_was_data() -> None:
-    s, _ = advance(CheckState("c"), m(Verdict.INCONCLUSIVE, None), 2)
-    assert not s.conclusive
-    s, _ = advance(s, m(Verdict.PASS), 2)
-    s, _ = advance(s, m(Verdict.INCONCLUSIVE, None), 2)
-    assert s.conclusive
-    assert s.last is not None and s.last.verdict is Verdict.INCONCLUSIVE
-
-
-def _reference_failed(verdicts: list[Verdict], limit: int) -> list[bool]:
-    """The rule in plain words: fail once the last `limit` conclusive verdicts are all FAIL."""
-    out = []
-    for i in range(len(verdicts)):
-        conclusive = [v for v in verdicts[: i + 1] if v is not Verdict.INCONCLUSIVE]
-        tail = conclusive[-limit:]
-        out.append(len(tail) == limit and all(v is Verdict.FAIL for v in tail))
-    return out
-
-
-@given(st.lists(st.sampled_from(list(Verdict)), max_size=40), st.integers(1, 5))
-def test_advance_matches_the_rule(verdicts: list[Verdict], limit: int) -> None:
-    s = CheckState("c")
-    got = []
-    for v in verdicts:
-        s, failed = advance(s, m(v), limit)
-        got.append(failed)
-    assert got == _reference_failed(verdicts, limit)
-
-
-@given(st.lists(st.sampled_from(list(Verdict)), max_size=40))
-def test_conclusive_iff_some_pass_or_fail(verdicts: list[Verdict]) -> None:
-    s = CheckState("c")
-    for v in verdicts:
-        s, _ = advance(s, m(v), 3)
-    assert s.conclusive == any(v is not Verdict.INCONCLUSIVE for v in verdicts)
-
-
-# --- summarize -----------------------------------------------------------------------------------
-
-
-def test_summarize_one_line() -> None:
-    ok, _ = advance(CheckState("error_rate"), judge(ERRORS, 0.004, 100, "100 requests", 0), 2)
-    bad = CheckState("latency_p99_ms")
-    for _ in range(2):
-        bad, _ = advance(bad, judge(P99, 812, 100, "", 0), 2)
-    line = summarize([ok, bad], [ERRORS, P99])
-    assert line == "error_rate 0.4% ≤ 1% pass; latency_p99_ms 812 > 500 FAIL (2/2)"
-    assert summarize([bad]) == "latency_p99_ms 812 FAIL (2 in a row)"
-
-
-def test_summarize_pending_inconclusive_and_status_only_checks() -> None:
-    waiting = CheckState("error_rate")
-    few, _ = advance(waiting, judge(ERRORS, 0.0, 3, "3 requests in 2s", 0), 2)
-    http = AnalysisCheck(metric="http", url="http://127.0.0.1:{port}/ready")
-    probe, _ = advance(
-        CheckState(http.display()),
-        Measurement(http.display(), Verdict.FAIL, None, "HTTP 503", 0),
-        2,
-    )
-    assert summarize([waiting]) == "error_rate pending"
-    assert summarize([few]) == (
-        "error_rate inconclusive (not enough requests: 3 < 50 (3 requests in 2s))"
-    )
-    assert summarize([probe], [http]) == "http http://127.0.0.1:{port}/ready HTTP 503 FAIL (1/2)"
 
 
 # --- helpers of the sources (pure) --------------------------------------------------------------

@@ -1,14 +1,15 @@
 """Judging measurements and counting failures: the pure half of rollout analysis.
 
 The metric sources (`conveyor.metrics`) do the I/O and hand a raw value here; `judge` turns it
-into a verdict and `advance` keeps the per-check tally the rollout engine acts on. Nothing here
-reads a clock: `now` is always passed in.
+into a verdict. The tally of verdicts (failure streaks, `failure_limit`, inconclusive) is the
+rollout machine's (`conveyor.core.rollout`), so that one copy of that rule decides rollbacks.
+Nothing here reads a clock: `now` is always passed in.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -122,67 +123,3 @@ def judge(
 
 def _join(text: str, detail: str) -> str:
     return f"{text} ({detail})" if detail else text
-
-
-@dataclass(frozen=True)
-class CheckState:
-    """The running tally of one check during one analysis phase.
-
-    `conclusive` says whether any measurement of this phase was PASS or FAIL (as the rollout
-    machine's own CheckState does): a check that never had data is what `on_inconclusive`
-    is about, while one that had data and then a gap keeps its verdict.
-    """
-
-    check: str
-    consecutive_failures: int = 0
-    last: Measurement | None = None
-    conclusive: bool = False
-
-
-def advance(state: CheckState, m: Measurement, failure_limit: int) -> tuple[CheckState, bool]:
-    """Fold one measurement into the tally; True when the check has now failed.
-
-    A FAIL adds one to the run of consecutive failures and the check fails once the run reaches
-    `failure_limit`. A PASS ends the run. An INCONCLUSIVE measurement neither ends nor extends
-    it: missing data is evidence neither that the release is healthy nor that it is broken, so
-    a FAIL, a gap in the data, and another FAIL still count as two failures in a row.
-    """
-    if m.verdict is Verdict.FAIL:
-        failures = state.consecutive_failures + 1
-        new = CheckState(state.check, failures, m, conclusive=True)
-        return new, failures >= failure_limit
-    if m.verdict is Verdict.PASS:
-        return CheckState(state.check, 0, m, conclusive=True), False
-    new = CheckState(state.check, state.consecutive_failures, m, state.conclusive)
-    return new, state.consecutive_failures >= failure_limit
-
-
-def summarize(states: Sequence[CheckState], checks: Sequence[AnalysisCheck] = ()) -> str:
-    """One line for people: "error_rate 0.4% ≤ 1% pass; latency_p99_ms 812 > 500 FAIL (2/2)".
-
-    `checks` (matched by display name) adds the failure limit to failing checks and formats
-    values per metric; without them failures read "FAIL (2 in a row)".
-    """
-    by_name = {check.display(): check for check in checks}
-    return "; ".join(_summary(state, by_name.get(state.check)) for state in states)
-
-
-def _summary(state: CheckState, check: AnalysisCheck | None) -> str:
-    m = state.last
-    if m is None:
-        return f"{state.check} pending"
-    if m.verdict is Verdict.INCONCLUSIVE:
-        return f"{state.check} inconclusive ({m.detail})"
-    if check is not None and m.value is not None:
-        text = compare(check, m.value)[1]
-    elif m.value is not None:
-        text = _trim(m.value)
-    else:
-        text = m.detail
-    if m.verdict is Verdict.PASS:
-        return f"{state.check} {text} pass"
-    if check is not None:
-        run = f"{state.consecutive_failures}/{check.failure_limit}"
-    else:
-        run = f"{state.consecutive_failures} in a row"
-    return f"{state.check} {text} FAIL ({run})"

@@ -607,24 +607,28 @@ def _gate(state: Rollout, now: float, proceed: Callable[[Rollout, float], Result
     return state, []
 
 
+def tally(check: CheckState, event: Measured) -> CheckState:
+    """Fold one measurement into its check's tally: the one copy of the rule that fails analysis.
+
+    A FAIL adds one to the run of consecutive failures; the analysis fails once the run reaches
+    `failure_limit`. A PASS ends the run. An INCONCLUSIVE measurement neither ends nor extends it:
+    missing data is evidence neither that the release is healthy nor that it is broken, so a
+    FAIL, a gap in the data and another FAIL are two failures in a row. `conclusive` says whether
+    the current step or bake has had a PASS or a FAIL; `on_inconclusive` is about the ones without.
+    The run is not reset when a canary step or the bake begins: users saw each of those failures.
+    """
+    if event.verdict == "fail":
+        return replace(check, failures=check.failures + 1, conclusive=True, last=event.summary)
+    if event.verdict == "pass":
+        return replace(check, failures=0, conclusive=True, last=event.summary)
+    return replace(check, last=event.summary)
+
+
 def _measured(state: Rollout, event: Measured) -> Result:
-    checks = []
-    failed: CheckState | None = None
-    for c in state.checks:
-        if c.plan.name != event.check:
-            checks.append(c)
-            continue
-        if event.verdict == "fail":
-            c = replace(c, failures=c.failures + 1, conclusive=True, last=event.summary)
-            if c.failures >= c.plan.failure_limit:
-                failed = c
-        elif event.verdict == "pass":
-            c = replace(c, failures=0, conclusive=True, last=event.summary)
-        else:
-            # No data is not evidence either way: it neither resets nor adds to the failures.
-            c = replace(c, last=event.summary)
-        checks.append(c)
-    state = replace(state, checks=tuple(checks))
+    checks = tuple(tally(c, event) if c.plan.name == event.check else c for c in state.checks)
+    state = replace(state, checks=checks)
+    # Only the check just measured can have reached its limit: any other would have rolled back.
+    failed = next((c for c in checks if c.failures >= c.plan.failure_limit), None)
     if failed is not None:
         return _rollback(
             state,
