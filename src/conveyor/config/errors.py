@@ -37,7 +37,7 @@ class ConfigError(Exception):
         self.more = tuple(more)
 
     def headline(self) -> str:
-        where = _display_path(self.file) if self.file is not None else ""
+        where = display_path(self.file) if self.file is not None else ""
         if where and self.line is not None:
             where = f"{where}:{self.line}"
         return ": ".join(part for part in (where, self.key, self.message) if part)
@@ -46,7 +46,7 @@ class ConfigError(Exception):
         return "\n".join([self.headline(), *(other.headline() for other in self.more)])
 
 
-def _display_path(path: Path) -> str:
+def display_path(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except (ValueError, OSError):
@@ -65,6 +65,21 @@ class Issue:
     message: str
     kind: str = "invalid"
     hint: str | None = None
+
+
+_TOML_TYPES: dict[type, str] = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a float",
+    str: "a string",
+    dict: "a table",
+    list: "an array",
+}
+
+
+def toml_type(value: object) -> str | None:
+    """What `value` is called in TOML ("a boolean", "a table"), if it is one of TOML's types."""
+    return _TOML_TYPES.get(type(value))
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:

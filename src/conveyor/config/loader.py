@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from conveyor.config.environments import resolve_environment
-from conveyor.config.errors import BARE_KEY, ConfigError, Issue, dotted_key
+from conveyor.config.errors import BARE_KEY, ConfigError, Issue, display_path, dotted_key
 from conveyor.config.models import Config
 from conveyor.config.pydantic_errors import issues_from_validation
 
@@ -48,6 +48,15 @@ def load_config(path: Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise _syntax_error(path, text, exc) from None
 
+    if not data:
+        # Not a list of missing keys: what is missing is the whole file.
+        raise ConfigError(
+            None,
+            None,
+            "",
+            f"{display_path(path)} is empty: it needs at least [app] name and one "
+            "[services.NAME] (`conveyor init` writes a commented one)",
+        )
     locator = KeyLocator(text)
     if "source" in data:
         # `source` is a field of Config (where the file was read from), not a key of the file.

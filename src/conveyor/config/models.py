@@ -26,7 +26,13 @@ from pydantic import (
     model_validator,
 )
 
-from conveyor.config.errors import ConfigError, LocatedValueError, did_you_mean, dotted_key
+from conveyor.config.errors import (
+    ConfigError,
+    LocatedValueError,
+    did_you_mean,
+    dotted_key,
+    toml_type,
+)
 from conveyor.core.durations import parse_duration
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
@@ -66,8 +72,18 @@ def _non_negative(value: int) -> int:
     return value
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
+def _duration(value: object) -> float:
+    # A duration is a string or a number of seconds; for anything else, say so in TOML's words
+    # (parse_duration's repr of the value would say "True", which nobody wrote).
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ValueError(
+            f'expected a duration such as "60s", got {toml_type(value) or "a date or time"}'
+        )
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(_duration), AfterValidator(_positive)]
 AtLeastOne = Annotated[int, AfterValidator(_at_least_one)]
 ServiceName = Annotated[str, AfterValidator(_check_name("service"))]
 EnvironmentName = Annotated[str, AfterValidator(_check_name("environment"))]

@@ -8,18 +8,8 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from conveyor.config.errors import Issue, LocatedValueError, did_you_mean, dotted_key
+from conveyor.config.errors import Issue, LocatedValueError, did_you_mean, dotted_key, toml_type
 from conveyor.config.models import Config
-
-_TOML_TYPES: dict[type, str] = {
-    bool: "a boolean",
-    int: "an integer",
-    float: "a float",
-    str: "a string",
-    dict: "a table",
-    list: "an array",
-}
-
 
 # pydantic's wording is about Python types; users wrote TOML.
 _EXPECTED = {
@@ -76,7 +66,7 @@ def _lower_first(text: str) -> str:
 
 
 def _got(value: object) -> str:
-    name = _TOML_TYPES.get(type(value))
+    name = toml_type(value)
     if name is None:
         return ""
     if isinstance(value, dict | list):
