@@ -11,6 +11,11 @@ the files of the directory. Either way `.git/`, `.conveyor/` (and the conveyor h
 name), virtualenvs (`.venv/`, `venv/`, and any directory holding a `pyvenv.cfg`) and `__pycache__/`
 are left out. `node_modules/` is kept on purpose: for some apps it is part of what runs. Sockets,
 fifos and device files are not content and are left out of directory snapshots.
+
+A directory snapshot also leaves out what is probably a secret (`.env*`, private keys, credential
+files: SECRET_PATTERNS), since nothing like git's staging says what the user meant to ship. A
+`.conveyorignore` file at the top of the source (gitignore syntax) leaves out more, in both cases,
+and can take a secret pattern back (`!.env.example`). What was left out is reported.
 """
 
 from __future__ import annotations
@@ -32,11 +37,34 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Literal, cast
 
+import pathspec
+
 from conveyor.store.db import DuplicateRelease, ReleaseRecord, Store
 
 VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 DIGEST_RE = re.compile(r"sha256-[0-9a-f]{64}")
 SKIPPED_DIRS = frozenset({".git", ".conveyor", ".venv", "venv", "__pycache__"})
+IGNORE_FILE = ".conveyorignore"
+# Left out of releases made without git (gitignore syntax): environment files and keys would be
+# shipped with the code, and a static server or a bug could then serve them.
+SECRET_PATTERNS = (
+    ".env*",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    ".netrc",
+    ".pgpass",
+    ".pypirc",
+    ".npmrc",
+    ".ssh/",
+    ".aws/",
+    ".gnupg/",
+)
 _CHUNK = 1 << 16
 # Symlink chains longer than this are treated as loops (Linux gives up at 40 too).
 _MAX_LINK_HOPS = 40
@@ -44,6 +72,19 @@ _MAX_LINK_HOPS = 40
 
 class ReleaseError(Exception):
     """A release cannot be created or used; the message says what to do about it."""
+
+
+@dataclass(frozen=True)
+class NewRelease:
+    """A release just created, and what its creator should be told about it."""
+
+    record: ReleaseRecord
+    # Paths left out by SECRET_PATTERNS or .conveyorignore ("dir/" for a whole directory).
+    left_out: tuple[str, ...] = ()
+    # In a git work tree: changes not in the release, as (path, "modified"/"untracked"/...).
+    uncommitted: tuple[tuple[str, str], ...] = ()
+    # Earlier releases with the very same content.
+    same_content_as: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -210,6 +251,64 @@ def _drop_skipped(entries: list[_Entry]) -> list[_Entry]:
     return [e for e in entries if kept(e.name)]
 
 
+def _ignore_spec(source: Path, secrets: bool) -> pathspec.GitIgnoreSpec | None:
+    """The rules that leave files out: SECRET_PATTERNS (without git), then .conveyorignore."""
+    lines = list(SECRET_PATTERNS) if secrets else []
+    try:
+        lines += (source / IGNORE_FILE).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReleaseError(f"cannot read {source / IGNORE_FILE}: {exc}") from exc
+    return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
+
+
+def _drop_ignored(
+    entries: list[_Entry], spec: pathspec.GitIgnoreSpec | None
+) -> tuple[list[_Entry], list[str]]:
+    """Entries that no rule leaves out, and the names left out (a directory once, as "name/")."""
+    if spec is None:
+        return entries, []
+    dropped: set[str] = set()
+    left_out: list[str] = []
+    for entry in sorted(entries, key=lambda e: e.name):
+        parent = entry.name.rpartition("/")[0]
+        if parent in dropped:
+            # As in git: nothing inside an ignored directory comes back.
+            dropped.add(entry.name)
+        elif spec.match_file(entry.name + "/" if entry.kind == "dir" else entry.name):
+            dropped.add(entry.name)
+            left_out.append(entry.name + "/" if entry.kind == "dir" else entry.name)
+    return [e for e in entries if e.name not in dropped], left_out
+
+
+_STATUS = {"?": "untracked", "A": "added", "D": "deleted", "R": "renamed"}
+
+
+def _uncommitted(source: Path) -> list[tuple[str, str]]:
+    """Changes in the work tree under `source` that a release of HEAD does not contain."""
+    result = _git(source, "status", "--porcelain", "-z", "--untracked-files=all", "--", ".")
+    if result.returncode != 0:
+        return []
+    prefix = _git(source, "rev-parse", "--show-prefix").stdout.decode().strip()
+    changes: list[tuple[str, str]] = []
+    records = iter(result.stdout.decode(errors="replace").split("\0"))
+    for record in records:
+        if len(record) < 4:
+            continue
+        code, path = record[:2], record[3:]
+        if "R" in code or "C" in code:
+            next(records, None)  # the rename's source path
+        path = path.removeprefix(prefix)
+        parts = path.split("/")
+        # Read from the project directory, not from the release: not worth a warning.
+        if path == "conveyor.toml" or any(part in SKIPPED_DIRS for part in parts[:-1]):
+            continue
+        kind = next((_STATUS[c] for c in code if c in _STATUS), "modified")
+        changes.append((path, kind))
+    return changes
+
+
 def _link_escapes(name: str, links: dict[str, str]) -> bool:
     """Whether symlink `name` resolves outside the release root, following the release's links."""
     current = name.split("/")[:-1]
@@ -309,7 +408,7 @@ class ReleaseStore:
         self.objects = home / "releases" / "objects"
         self.trees = home / "releases" / "trees"
 
-    def create(self, source: Path, version: str | None, now: datetime) -> ReleaseRecord:
+    def create(self, source: Path, version: str | None, now: datetime) -> NewRelease:
         """Snapshot `source` as release `version` (default: short commit or UTC timestamp)."""
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
@@ -333,11 +432,12 @@ class ReleaseStore:
             else:
                 entries = _walk_entries(source, self.home.resolve())
             entries = _drop_skipped(entries)
+            entries, left_out = _drop_ignored(entries, _ignore_spec(source, secrets=not git))
             if not any(e.kind != "dir" for e in entries):
                 what = "committed files at HEAD" if git else "files"
                 raise ReleaseError(
                     f"nothing to release: {source} has no {what} (after leaving out .git, "
-                    ".conveyor, virtualenvs and __pycache__)"
+                    f".conveyor, virtualenvs, __pycache__ and {IGNORE_FILE} matches)"
                 )
             _check_links(entries, source)
             try:
@@ -353,13 +453,19 @@ class ReleaseStore:
         record = ReleaseRecord(
             app=self.app, version=version, commit=commit, digest=digest, size=size, created_at=now
         )
+        same = [r.version for r in self.store.list_releases(self.app) if r.digest == digest]
         try:
             self.store.add_release(record)
         except DuplicateRelease:
             # Another process created this version since we checked.
             self._refuse_existing(version)
             raise
-        return record
+        return NewRelease(
+            record,
+            left_out=tuple(left_out),
+            uncommitted=tuple(_uncommitted(source)) if git else (),
+            same_content_as=tuple(reversed(same)),  # oldest first
+        )
 
     def _refuse_existing(self, version: str) -> None:
         existing = self.store.get_release(self.app, version)

@@ -90,7 +90,7 @@ def test_git_release_is_head_not_the_work_tree(releases: ReleaseStore, repo: Pat
     (repo / "app.py").write_text("print('edited, not committed')\n")
     head = git(repo, "rev-parse", "HEAD")
 
-    rec = releases.create(repo, None, NOW)
+    rec = releases.create(repo, None, NOW).record
 
     assert rec.commit == head and len(head) == 40
     assert rec.version == head[:12]
@@ -112,7 +112,7 @@ def test_git_release_of_a_subdirectory(releases: ReleaseStore, repo: Path) -> No
     git(repo, "add", ".")
     git(repo, "commit", "-q", "-m", "api")
 
-    rec = releases.create(repo / "services" / "api", "api-1", NOW)
+    rec = releases.create(repo / "services" / "api", "api-1", NOW).record
 
     assert rec.commit == git(repo, "rev-parse", "HEAD")
     assert listing(releases.tree(rec)) == {"conf/a.toml": "x = 1\n", "main.py": "api\n"}
@@ -133,7 +133,7 @@ def test_git_release_skips_committed_virtualenvs_and_caches(
     git(repo, "add", "-f", ".")
     git(repo, "commit", "-q", "-m", "oops")
 
-    rec = releases.create(repo, "v1", NOW)
+    rec = releases.create(repo, "v1", NOW).record
 
     names = set(listing(releases.tree(rec)))
     assert names == {"README", "app.py", "lib/util.py", "run.sh", "node_modules/left-pad/index.js"}
@@ -178,7 +178,7 @@ def test_directory_release_skips_state_and_virtualenvs(
     )
     (src / "empty-dir").mkdir()
 
-    rec = releases.create(src, None, NOW)
+    rec = releases.create(src, None, NOW).record
 
     assert rec.commit is None
     assert rec.version == "20240501-120000"
@@ -197,9 +197,117 @@ def test_home_inside_the_source_is_left_out(store: Store, tmp_path: Path) -> Non
     releases = ReleaseStore(src / "state", store, "shop")
     write(src / "state", {"notes.txt": "private\n"})
 
-    rec = releases.create(src, "v1", NOW)
+    rec = releases.create(src, "v1", NOW).record
 
     assert listing(releases.tree(rec)) == {"app.py": "app\n"}
+
+
+def test_directory_release_leaves_secrets_out_and_names_them(
+    releases: ReleaseStore, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    write(
+        src,
+        {
+            "app.py": "app\n",
+            ".env": "SECRET=1\n",
+            ".env.production": "SECRET=2\n",
+            "config/.env.local": "SECRET=3\n",
+            "certs/server.pem": "key\n",
+            "certs/server.crt": "public\n",
+            "deploy/id_ed25519": "key\n",
+            ".ssh/config": "Host x\n",
+            ".netrc": "machine x password y\n",
+            "envelope.py": "not a secret\n",
+        },
+    )
+
+    new = releases.create(src, "v1", NOW)
+
+    assert listing(releases.tree(new.record)) == {
+        "app.py": "app\n",
+        "certs/server.crt": "public\n",
+        "envelope.py": "not a secret\n",
+    }
+    assert new.left_out == (
+        ".env",
+        ".env.production",
+        ".netrc",
+        ".ssh/",
+        "certs/server.pem",
+        "config/.env.local",
+        "deploy/id_ed25519",
+    )
+
+
+def test_conveyorignore_leaves_out_more_and_can_take_a_default_back(
+    releases: ReleaseStore, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    write(
+        src,
+        {
+            "app.py": "app\n",
+            ".env": "SECRET=1\n",
+            ".env.example": "SECRET=\n",
+            "docs/big.pdf": "pdf\n",
+            "docs/index.md": "docs\n",
+            "data/cache/x.bin": "x\n",
+            ".conveyorignore": "# gitignore syntax\n*.pdf\n/data/\n!.env.example\n",
+        },
+    )
+
+    new = releases.create(src, "v1", NOW)
+
+    assert listing(releases.tree(new.record)) == {
+        ".conveyorignore": "# gitignore syntax\n*.pdf\n/data/\n!.env.example\n",
+        ".env.example": "SECRET=\n",
+        "app.py": "app\n",
+        "docs/index.md": "docs\n",
+    }
+    assert new.left_out == (".env", "data/", "docs/big.pdf")
+
+
+def test_git_release_keeps_committed_files_but_follows_conveyorignore(
+    releases: ReleaseStore, repo: Path
+) -> None:
+    # Committed on purpose: git says what to ship, so only .conveyorignore leaves things out.
+    write(repo, {".env.example": "X=\n", "notes/todo.txt": "todo\n", ".conveyorignore": "notes/\n"})
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "more")
+
+    new = releases.create(repo, "v2", NOW)
+
+    names = listing(releases.tree(new.record))
+    assert ".env.example" in names and "notes/todo.txt" not in names
+    assert new.left_out == ("notes/",)
+
+
+def test_git_release_lists_uncommitted_changes(releases: ReleaseStore, repo: Path) -> None:
+    first = releases.create(repo, "v1", NOW)
+    assert first.uncommitted == () and first.same_content_as == ()
+    write(repo, {"app.py": "print('edited')\n", "new.py": "x\n", "conveyor.toml": "[app]\n"})
+    (repo / "README").unlink()
+    (repo / ".conveyor").mkdir()
+    (repo / ".conveyor" / "state.db").write_text("")
+
+    second = releases.create(repo, "v2", NOW)
+
+    assert sorted(second.uncommitted) == [
+        ("README", "deleted"),
+        ("app.py", "modified"),
+        ("new.py", "untracked"),
+    ]
+    assert second.same_content_as == ("v1",)
+    assert releases.create(repo, "v3", NOW).same_content_as == ("v1", "v2")
+
+
+def test_uncommitted_changes_of_a_subdirectory_are_relative_to_it(
+    releases: ReleaseStore, repo: Path
+) -> None:
+    write(repo, {"lib/util.py": "X = 2\n", "app.py": "print('outside')\n"})
+    new = releases.create(repo / "lib", "lib-1", NOW)
+    assert new.uncommitted == (("util.py", "modified"),)
 
 
 def test_empty_sources_are_refused(releases: ReleaseStore, tmp_path: Path) -> None:
@@ -229,9 +337,9 @@ def test_same_content_same_digest_whatever_the_mtimes(
         os.utime(path, (1_000_000, 1_000_000))
     (second / "b.txt").chmod(0o600)  # permission bits other than x do not matter
 
-    one = releases.create(first, "one", NOW)
+    one = releases.create(first, "one", NOW).record
     one_bytes = releases.object_path(one).read_bytes()
-    two = releases.create(second, "two", NOW)
+    two = releases.create(second, "two", NOW).record
 
     assert one.digest == two.digest
     assert releases.object_path(two).read_bytes() == one_bytes
@@ -239,12 +347,12 @@ def test_same_content_same_digest_whatever_the_mtimes(
     assert [p.name for p in releases.objects.iterdir()] == [f"{one.digest}.tar.gz"]
 
     (second / "b.txt").write_text("changed\n")
-    three = releases.create(second, "three", NOW)
+    three = releases.create(second, "three", NOW).record
     assert three.digest != one.digest
 
 
 def test_archive_is_normalised_and_digest_is_of_the_tar(releases: ReleaseStore, repo: Path) -> None:
-    rec = releases.create(repo, "v1", NOW)
+    rec = releases.create(repo, "v1", NOW).record
     raw = releases.object_path(rec).read_bytes()
     tar_bytes = gzip.decompress(raw)
 
@@ -264,7 +372,7 @@ def test_archive_is_normalised_and_digest_is_of_the_tar(releases: ReleaseStore, 
 def test_versions_are_immutable(releases: ReleaseStore, tmp_path: Path) -> None:
     src = tmp_path / "src"
     write(src, {"app.py": "one\n"})
-    first = releases.create(src, "v1", NOW)
+    first = releases.create(src, "v1", NOW).record
     (src / "app.py").write_text("two\n")
 
     with pytest.raises(ReleaseError, match=rf"release v1 already exists \(digest {first.digest}\)"):
@@ -288,7 +396,7 @@ def test_invalid_versions(releases: ReleaseStore, repo: Path, version: str) -> N
 
 def test_valid_unusual_version(releases: ReleaseStore, repo: Path) -> None:
     version = "1.0.0+build_3-rc" + "x" * 48
-    assert releases.create(repo, version, NOW).version == version
+    assert releases.create(repo, version, NOW).record.version == version
 
 
 # symlinks
@@ -301,7 +409,7 @@ def test_symlinks_inside_the_tree_are_kept(releases: ReleaseStore, tmp_path: Pat
     (src / "conf" / "self").symlink_to("../conf")
     (src / "dangling").symlink_to("not-there")
 
-    tree = releases.tree(releases.create(src, "v1", NOW))
+    tree = releases.tree(releases.create(src, "v1", NOW).record)
 
     assert os.readlink(tree / "current.toml") == "conf/real.toml"
     assert (tree / "current.toml").read_text() == "x = 1\n"
@@ -344,7 +452,7 @@ def test_symlink_escaping_in_git_is_refused(releases: ReleaseStore, repo: Path) 
 
 
 def test_tree_is_extracted_once(releases: ReleaseStore, repo: Path) -> None:
-    rec = releases.create(repo, "v1", NOW)
+    rec = releases.create(repo, "v1", NOW).record
     tree = releases.tree(rec)
     assert tree == releases.home / "releases" / "trees" / rec.digest
     (tree / "marker").write_text("still here\n")
@@ -356,7 +464,7 @@ def test_tree_is_extracted_once(releases: ReleaseStore, repo: Path) -> None:
 
 
 def test_missing_archive(releases: ReleaseStore, repo: Path) -> None:
-    rec = releases.create(repo, "v1", NOW)
+    rec = releases.create(repo, "v1", NOW).record
     path = releases.object_path(rec)
     path.unlink()
     with pytest.raises(ReleaseError, match=f"archive {path} is missing"):
@@ -364,7 +472,7 @@ def test_missing_archive(releases: ReleaseStore, repo: Path) -> None:
 
 
 def test_corrupt_archive(releases: ReleaseStore, repo: Path) -> None:
-    rec = releases.create(repo, "v1", NOW)
+    rec = releases.create(repo, "v1", NOW).record
     path = releases.object_path(rec)
     data = bytearray(path.read_bytes())
     path.write_bytes(bytes(data[: len(data) // 2]))
@@ -396,7 +504,7 @@ def _record(digest: str) -> ReleaseRecord:
 
 
 def test_tampered_archive_fails_digest_check(releases: ReleaseStore, repo: Path) -> None:
-    rec = releases.create(repo, "v1", NOW)
+    rec = releases.create(repo, "v1", NOW).record
     evil = _tar_bytes(tarfile.TarInfo("app.py"), b"evil")
     releases.object_path(rec).write_bytes(gzip.compress(evil))
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,13 @@ from conveyor.config.models import (
     RolloutConfig,
     StickyConfig,
 )
-from conveyor.config.template import FALLBACK, default_app_name, detect, render_template
+from conveyor.config.template import (
+    PLACEHOLDER,
+    Guess,
+    default_app_name,
+    detect,
+    render_template,
+)
 
 
 def test_template_loads_back(tmp_path: Path) -> None:
@@ -111,38 +118,111 @@ def test_template_mentions_every_key() -> None:
 
 def test_detect_django(tmp_path: Path) -> None:
     (tmp_path / "manage.py").write_text("import django\n")
-    command, port, health = detect(tmp_path)
-    assert command == "python3 manage.py runserver 127.0.0.1:{port} --noreload"
-    assert (port, health) == (8080, "/")
+    guess = detect(tmp_path)
+    assert guess.command == "python3 manage.py runserver 127.0.0.1:{port} --noreload"
+    assert (guess.port, guess.health, guess.recognised) == (8080, "/", True)
+    assert "development server" in guess.notes[0]
 
 
 @pytest.mark.parametrize("filename", ["app.py", "main.py"])
 def test_detect_fastapi(tmp_path: Path, filename: str) -> None:
     (tmp_path / filename).write_text("from fastapi import FastAPI\n\napi = FastAPI()\n")
-    command, _, _ = detect(tmp_path)
+    command = detect(tmp_path).command
     module = filename.removesuffix(".py")
     assert command == f"python3 -m uvicorn {module}:api --host 127.0.0.1 --port {{port}}"
 
 
 def test_detect_flask(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text("from flask import Flask\napp = Flask(__name__)\n")
-    command, _, _ = detect(tmp_path)
-    assert command == "python3 -m flask --app app run --host 127.0.0.1 --port {port}"
+    guess = detect(tmp_path)
+    assert guess.command == "python3 -m flask --app app run --host 127.0.0.1 --port {port}"
+    assert "install gunicorn" in guess.notes[0]
 
 
-def test_detect_fallback(tmp_path: Path) -> None:
-    (tmp_path / "app.py").write_text("print('hello')\n")
-    assert detect(tmp_path) == FALLBACK
-    assert FALLBACK[0].startswith("python3 -m http.server {port}")
-    assert FALLBACK[2] == "/"
+def _program(directory: Path, name: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_flask_prefers_gunicorn_from_the_apps_virtualenv(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text("from flask import Flask\nweb = Flask(__name__)\n")
+    gunicorn = _program(tmp_path / ".venv" / "bin", "gunicorn")
+    guess = detect(tmp_path)
+    assert guess.command == f"{gunicorn} --bind 127.0.0.1:{{port}} app:web"
+    assert guess.notes == ()
+
+
+def test_without_a_server_the_apps_own_python_runs_it(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text("import flask\n")
+    python = _program(tmp_path / "venv" / "bin", "python")
+    assert detect(tmp_path).command.startswith(f"{python} -m flask --app app run")
+
+
+def test_fastapi_prefers_uvicorn_from_the_active_virtualenv_or_path(tmp_path: Path) -> None:
+    (tmp_path / "main.py").write_text("from fastapi import FastAPI\napp = FastAPI()\n")
+    active = _program(tmp_path / "elsewhere" / "bin", "uvicorn")
+    guess = detect(tmp_path, {"VIRTUAL_ENV": str(tmp_path / "elsewhere")})
+    assert guess.command == f"{active} main:app --host 127.0.0.1 --port {{port}}"
+    on_path = _program(tmp_path / "bin", "uvicorn")
+    guess = detect(tmp_path, {"PATH": str(tmp_path / "bin")})
+    assert guess.command.startswith(f"{on_path} main:app")
+
+
+def test_django_with_gunicorn_serves_its_wsgi_module(tmp_path: Path) -> None:
+    (tmp_path / "manage.py").write_text(
+        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'shop.settings')\n"
+    )
+    gunicorn = _program(tmp_path / ".venv" / "bin", "gunicorn")
+    assert detect(tmp_path).command == (
+        f"{gunicorn} --bind 127.0.0.1:{{port}} shop.wsgi:application"
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ('@app.get("/healthz")\n@app.get("/health")', "/healthz"),
+        ("@app.route('/up')\n@app.route('/livez')", "/livez"),
+        ('path("health/", views.health)', "/health"),
+        ('direction = "up"', "/"),
+        ("", "/"),
+    ],
+)
+def test_the_health_path_comes_from_a_route_in_the_code(
+    tmp_path: Path, code: str, expected: str
+) -> None:
+    (tmp_path / "app.py").write_text("from flask import Flask\napp = Flask(__name__)\n")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "routes.py").write_text(code + "\n")
+    assert detect(tmp_path).health == expected
+
+
+def test_an_unrecognised_app_gets_a_placeholder_that_serves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "package.json").write_text("{}\n")
+    (tmp_path / ".env").write_text("SECRET=1\n")
+    guess = detect(tmp_path)
+    assert guess == Guess(PLACEHOLDER, 8080, "/", recognised=False)
+    assert "http.server" not in PLACEHOLDER
+    result = subprocess.run(
+        ["/bin/sh", "-c", f"exec {PLACEHOLDER}"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    assert "edit services.web.command in conveyor.toml" in result.stderr
 
 
 def test_detected_commands_make_valid_configs(tmp_path: Path) -> None:
     (tmp_path / "manage.py").write_text("")
-    for guess in (detect(tmp_path), FALLBACK):
+    for command, port, health in (
+        (detect(tmp_path).command, 8080, "/"),
+        (PLACEHOLDER, 8080, "/"),
+    ):
         path = tmp_path / "conveyor.toml"
-        path.write_text(render_template("a", *guess))
-        assert load_config(path).services["web"].command == guess[0]
+        path.write_text(render_template("a", command, port, health, note="a note\nover two lines"))
+        assert load_config(path).services["web"].command == command
+        assert "# a note\n# over two lines\ncommand = " in path.read_text()
 
 
 @pytest.mark.parametrize(

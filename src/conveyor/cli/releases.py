@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from conveyor.cli.common import (
     JsonOpt,
@@ -20,7 +22,7 @@ from conveyor.cli.common import (
     size_text,
     when,
 )
-from conveyor.cli.output import emit_json, fail
+from conveyor.cli.output import emit_json, fail, stderr
 from conveyor.releases import ReleaseError, ReleaseStore
 
 # --- init -------------------------------------------------------------------------------------
@@ -47,12 +49,59 @@ def init(
     target = here / "conveyor.toml"
     if target.exists() and not force:
         fail(f"{target} already exists (use --force to overwrite it)")
-    command, port, health = detect(here)
+    guess = detect(here, os.environ)
     app_name = name or default_app_name(here)
-    text = render_template(app_name, command, port, health)
-    target.write_text(text)
-    console.print(f"wrote {target}: app {app_name!r}, web service `{command}` on port {port}")
+    note = (
+        ""
+        if guess.recognised
+        else (
+            "conveyor init did not recognise this app: replace this placeholder with the command\n"
+            "that starts it ({port} in it becomes the port to listen on)."
+        )
+    )
+    target.write_text(render_template(app_name, guess.command, guess.port, guess.health, note))
+    if guess.recognised:
+        console.print(
+            f"wrote {target}: app {app_name!r}, web service `{guess.command}` on port "
+            f"{guess.port}, health check {guess.health}",
+            soft_wrap=True,
+            markup=False,
+        )
+    else:
+        console.print(f"wrote {target}: app {app_name!r}", markup=False)
+        console.print(
+            "conveyor init did not recognise the app here: edit `services.web.command` in "
+            "conveyor.toml (its placeholder only fails the deploy with that reminder)",
+            markup=False,
+        )
+    for line in guess.notes:
+        console.print(f"note: {line}", markup=False)
+    if _ignore_state_dir(here):
+        console.print("added .conveyor/ to .gitignore (conveyor's state: releases, logs)")
     console.print("next: conveyor release create --version v1 && conveyor deploy v1 --env dev")
+
+
+def _ignore_state_dir(here: Path) -> bool:
+    """Add `.conveyor/` to the project's .gitignore, in a git work tree; whether it was added."""
+    gitignore = here / ".gitignore"
+    if not gitignore.exists():
+        inside = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--is-inside-work-tree"],
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        if inside.returncode != 0:
+            return False
+    text = gitignore.read_text(encoding="utf-8") if gitignore.exists() else ""
+    if any(
+        line.strip() in (".conveyor", ".conveyor/", "/.conveyor", "/.conveyor/")
+        for line in text.splitlines()
+    ):
+        return False
+    separator = "" if not text or text.endswith("\n") else "\n"
+    gitignore.write_text(f"{text}{separator}.conveyor/\n", encoding="utf-8")
+    return True
 
 
 # --- releases ---------------------------------------------------------------------------------
@@ -75,19 +124,48 @@ def release_create(
     cfg = proj.config()
     store = proj.store()
     try:
-        rec = ReleaseStore(proj.paths.home, store, cfg.app.name).create(
+        new = ReleaseStore(proj.paths.home, store, cfg.app.name).create(
             proj.dir, version, datetime.now(UTC)
         )
     except ReleaseError as exc:
         fail(str(exc))
     finally:
         store.close()
-    data = release_json(rec)
+    rec = new.record
+    warnings = []
+    if new.uncommitted:
+        changes = ", ".join(f"{path} ({kind})" for path, kind in new.uncommitted)
+        warnings.append(
+            f"uncommitted changes are not in the release (it is commit {(rec.commit or '')[:12]}): "
+            f"{changes}"
+        )
+    if new.same_content_as:
+        warnings.append(
+            f"same content as {', '.join(new.same_content_as)}: nothing changed since "
+            + ("then" if len(new.same_content_as) == 1 else "those")
+        )
     if json_out:
-        emit_json(data)
-    else:
-        commit = f" commit {rec.commit[:12]}" if rec.commit else ""
-        console.print(f"release {rec.version}: {rec.digest[:19]}…{commit} ({size_text(rec.size)})")
+        emit_json(
+            {
+                **release_json(rec),
+                "left_out": list(new.left_out),
+                "uncommitted": [{"path": p, "change": k} for p, k in new.uncommitted],
+                "same_content_as": list(new.same_content_as),
+                "warnings": warnings,
+            }
+        )
+        return
+    commit = f" commit {rec.commit[:12]}" if rec.commit else ""
+    console.print(f"release {rec.version}: {rec.digest[:19]}…{commit} ({size_text(rec.size)})")
+    if new.left_out:
+        console.print(
+            f"left out: {', '.join(new.left_out)} (secrets are never released without git; "
+            "a .conveyorignore file decides for the rest, e.g. `!.env.example`)",
+            markup=False,
+            soft_wrap=True,
+        )
+    for warning in warnings:
+        stderr.print(Text.assemble(("warning:", "bold yellow"), " ", warning), soft_wrap=True)
 
 
 @app.command()

@@ -3,12 +3,41 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from conveyor.config.models import NAME_PATTERN
 
-FALLBACK = ("python3 -m http.server {port} --bind 127.0.0.1", 8080, "/")
+# For an app `init` does not recognise: a command that only says what to do, and fails the deploy.
+# Never a stand-in server: one serving the source tree would serve its secrets (.env) too.
+PLACEHOLDER = (
+    "sh -c 'echo \"edit services.web.command in conveyor.toml: conveyor init did not "
+    "recognise this app\" >&2; exit 1'"
+)
+# Health routes looked for in the code, best first.
+HEALTH_ROUTES = ("/healthz", "/health", "/livez", "/up")
+# A quoted route: "/healthz", "/healthz/", or Django's "healthz/" (a bare "up" is just a word).
+_HEALTH_LITERAL = re.compile(
+    r"""["'](/(?:healthz|health|livez|up)/?|(?:healthz|health|livez|up)/)["']"""
+)
+_SCANNED_FILES = 500  # a bound for big trees: routes live near the top anyway
+_SKIPPED = frozenset({".git", ".conveyor", ".venv", "venv", "node_modules", "__pycache__"})
+
+
+@dataclass(frozen=True)
+class Guess:
+    """What `conveyor init` writes for the service, and what it should tell the user."""
+
+    command: str
+    port: int
+    health: str
+    recognised: bool
+    notes: tuple[str, ...] = ()
 
 
 def default_app_name(project_dir: Path) -> str:
@@ -17,34 +46,118 @@ def default_app_name(project_dir: Path) -> str:
     return name if NAME_PATTERN.fullmatch(name) else "app"
 
 
-def detect(project_dir: Path) -> tuple[str, int, str]:
-    """Guess (command, public port, health path) from the files in `project_dir`.
+def detect(project_dir: Path, environ: Mapping[str, str] | None = None) -> Guess:
+    """Guess the web service of the app in `project_dir`.
 
     Only obvious cases are recognised: Django (manage.py), and a FastAPI or Flask app in app.py
-    or main.py. Anything else gets a static file server, which at least deploys; the health path
-    is "/" because we cannot know whether the app has a dedicated endpoint.
+    or main.py. Installed programs are looked up in the app's virtualenv (`.venv/` or `venv/`),
+    then `VIRTUAL_ENV` and `PATH` from `environ` (none when it is None): a production server
+    (gunicorn for WSGI, uvicorn for ASGI) is preferred to a development one, and the app's own
+    Python to `python3`, written as absolute paths because the service runs from the release
+    directory, which has no virtualenv. Anything else gets PLACEHOLDER.
     """
-    if (project_dir / "manage.py").is_file():
+    env = environ or {}
+    health = find_health_route(project_dir)
+    python = _find(project_dir, "python", env) or "python3"
+    manage = project_dir / "manage.py"
+    if manage.is_file():
+        gunicorn = _find(project_dir, "gunicorn", env)
+        settings = re.search(
+            r"""DJANGO_SETTINGS_MODULE["']\s*,\s*["'](\w+)\.settings["']""", _read(manage)
+        )
+        if gunicorn and settings:
+            wsgi = f"{settings.group(1)}.wsgi:application"
+            return Guess(f"{gunicorn} --bind 127.0.0.1:{{port}} {wsgi}", 8080, health, True)
         # --noreload: the autoreloader restarts the server on file changes, and the release tree
         # is immutable anyway; it would only add a second process.
-        return ("python3 manage.py runserver 127.0.0.1:{port} --noreload", 8080, "/")
+        return Guess(
+            f"{python} manage.py runserver 127.0.0.1:{{port}} --noreload",
+            8080,
+            health,
+            True,
+            (_dev_server_note("Django", "gunicorn"),),
+        )
     for filename in ("app.py", "main.py"):
         path = project_dir / filename
         if not path.is_file():
             continue
-        source = path.read_text(encoding="utf-8", errors="replace")
+        source = _read(path)
         module = path.stem
         fastapi = re.search(r"^(\w+)\s*=\s*FastAPI\(", source, re.MULTILINE)
         if fastapi:
             target = f"{module}:{fastapi.group(1)}"
-            return (f"python3 -m uvicorn {target} --host 127.0.0.1 --port {{port}}", 8080, "/")
-        if re.search(r"^\s*(from flask import|import flask)", source, re.MULTILINE):
-            return (
-                f"python3 -m flask --app {module} run --host 127.0.0.1 --port {{port}}",
-                8080,
-                "/",
+            uvicorn = _find(project_dir, "uvicorn", env)
+            server = uvicorn or f"{python} -m uvicorn"
+            notes = () if uvicorn else ("uvicorn is not installed: `pip install uvicorn`",)
+            return Guess(
+                f"{server} {target} --host 127.0.0.1 --port {{port}}", 8080, health, True, notes
             )
-    return FALLBACK
+        if re.search(r"^\s*(from flask import|import flask)", source, re.MULTILINE):
+            flask = re.search(r"^(\w+)\s*=\s*Flask\(", source, re.MULTILINE)
+            target = f"{module}:{flask.group(1) if flask else 'app'}"
+            gunicorn = _find(project_dir, "gunicorn", env)
+            if gunicorn:
+                return Guess(f"{gunicorn} --bind 127.0.0.1:{{port}} {target}", 8080, health, True)
+            return Guess(
+                f"{python} -m flask --app {module} run --host 127.0.0.1 --port {{port}}",
+                8080,
+                health,
+                True,
+                (_dev_server_note("Flask", "gunicorn"),),
+            )
+    return Guess(PLACEHOLDER, 8080, health, False)
+
+
+def _dev_server_note(framework: str, server: str) -> str:
+    return (
+        f"this is {framework}'s development server: install {server} in the app's virtualenv "
+        "and run `conveyor init --force` again for a production server"
+    )
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _find(project_dir: Path, program: str, env: Mapping[str, str]) -> str | None:
+    """The absolute path of `program`: the app's virtualenv first, then VIRTUAL_ENV, then PATH."""
+    dirs = [project_dir / ".venv" / "bin", project_dir / "venv" / "bin"]
+    if env.get("VIRTUAL_ENV"):
+        dirs.append(Path(env["VIRTUAL_ENV"]) / "bin")
+    for directory in dirs:
+        candidate = directory / program
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            # Not resolved: a virtualenv's python is a symlink to the interpreter it was made
+            # from, and only the link's path selects the virtualenv.
+            return shlex.quote(str(candidate.absolute()))
+    if program == "python":
+        return None  # `python3` from PATH is what a bare command gets anyway
+    found = shutil.which(program, path=env.get("PATH", "")) if env.get("PATH") else None
+    return shlex.quote(str(Path(found).absolute())) if found else None
+
+
+def find_health_route(project_dir: Path) -> str:
+    """The best health route mentioned in the app's Python code, or "/" when there is none."""
+    found: set[str] = set()
+    scanned = 0
+    pending = [project_dir]
+    while pending and scanned < _SCANNED_FILES:
+        directory = pending.pop(0)
+        try:
+            items = sorted(directory.iterdir())
+        except OSError:
+            continue
+        for item in items:
+            if item.is_dir() and not item.is_symlink():
+                if item.name not in _SKIPPED and not (item / "pyvenv.cfg").exists():
+                    pending.append(item)
+            elif item.suffix == ".py" and item.is_file():
+                scanned += 1
+                found.update("/" + m.strip("/") for m in _HEALTH_LITERAL.findall(_read(item)))
+    return next((route for route in HEALTH_ROUTES if route in found), "/")
 
 
 def _toml_string(value: str) -> str:
@@ -52,9 +165,12 @@ def _toml_string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def render_template(app_name: str, command: str, port: int, health_path: str) -> str:
+def render_template(
+    app_name: str, command: str, port: int, health_path: str, note: str = ""
+) -> str:
     return _TEMPLATE.format(
         app_name=_toml_string(app_name),
+        note="".join(f"# {line}\n" for line in note.splitlines()),
         command=_toml_string(command),
         port=port,
         # Any port other than `port` makes a valid example.
@@ -82,7 +198,9 @@ name = {app_name}
 [services.web]
 # The command that starts one instance, run from the release directory. {{port}} is replaced
 # by the private port this color must listen on; the PORT environment variable holds it too.
-command = {command}
+# It runs with /bin/sh from the release directory (which has no virtualenv): name the app's own
+# Python or server by its absolute path, e.g. "/srv/myapp/.venv/bin/gunicorn".
+{note}command = {command}
 
 # The kind of service: "web" serves HTTP behind conveyor's proxy; "worker" has no port and no
 # proxy: the new version starts, then the old one gets SIGTERM and stop_timeout to finish.
