@@ -6,20 +6,56 @@ import os
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
 
 from conveyor import __version__
 from conveyor.agent.client import AgentClient, AgentUnavailable
-from conveyor.cli.output import Progress, emit_json, fail
+from conveyor.cli.output import Progress, clean, emit_json, fail, json_mode, set_json_mode
 from conveyor.config import Config, ConfigError, ResolvedEnvironment, find_config, load_config
 from conveyor.paths import Paths
 from conveyor.store.db import Store, database_url
 
+# `conveyor --help` lists commands in the order a user needs them, not alphabetically.
+COMMAND_ORDER = (
+    "init",
+    "release",
+    "releases",
+    "deploy",
+    "status",
+    "history",
+    "logs",
+    "rollback",
+    "promote",
+    "abort",
+    "agent",
+    "demo",
+    "completion",
+)
+
+
+class OrderedGroup(TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {name: index for index, name in enumerate(COMMAND_ORDER)}
+        return sorted(names, key=lambda name: rank.get(name, len(rank)))
+
+
+class Command(TyperCommand):
+    """Usage lines name a required argument plainly (`VERSION`), not as typer does (`{VERSION}`)."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces: list[str] = super().collect_usage_pieces(ctx)
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in pieces]
+
+
 app = typer.Typer(
     name="conveyor",
+    cls=OrderedGroup,
     help="Zero-downtime blue/green deployments with health checks, history and instant rollback.\n\n"
     "Example:\n\n    conveyor release create --version v2 && conveyor deploy v2 --env dev",
     no_args_is_help=True,
@@ -41,7 +77,20 @@ app.add_typer(agent_app, name="agent")
 
 console = Console(highlight=False)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for machines.")]
+
+def _json_option(value: bool) -> bool:
+    set_json_mode(value)
+    return value
+
+
+def json_option(help: str) -> Any:
+    """The `--json` option: also makes every failure of the command a JSON object."""
+    return typer.Option("--json", help=help, callback=_json_option, is_eager=True)
+
+
+JsonOpt = Annotated[
+    bool, json_option("Print one JSON object for machines (failures too: error and exit).")
+]
 EnvOpt = Annotated[str, typer.Option("--env", "-e", help="Environment name, e.g. dev, staging.")]
 EnvReq = Annotated[str, typer.Option("--env", "-e", help="Environment to act on (required).")]
 
@@ -61,10 +110,17 @@ class Project:
             fail(str(exc))
 
     def environment(self, cfg: Config, env: str) -> ResolvedEnvironment:
+        """Environment `env` resolved; an unknown one is a usage error (exit 2)."""
         try:
             return cfg.environment(env)
         except ConfigError as exc:
             fail(str(exc))
+
+    def checked(self, env: str) -> Config:
+        """The configuration, after checking that it has environment `env`."""
+        cfg = self.config()
+        self.environment(cfg, env)
+        return cfg
 
     def store(self) -> Store:
         self.paths.ensure()
@@ -79,7 +135,7 @@ def project() -> Project:
     try:
         return Project(find_config(start))
     except ConfigError as exc:
-        fail(f"{exc}\n(run `conveyor init` to create one)")
+        fail(str(exc))  # it says to run `conveyor init`
 
 
 def _version_callback(value: bool) -> None:
@@ -131,20 +187,43 @@ def agent_call(proj: Project, request: dict[str, Any], json_out: bool) -> dict[s
     with Progress(json_out) as progress:
         try:
             client.ensure()
-            return client.request(request, on_progress=progress)
+            result = client.request(request, on_progress=progress)
         except AgentUnavailable as exc:
             fail(f"cannot reach the conveyor agent: {exc}; see {proj.paths.agent_log}", 1)
+        except KeyboardInterrupt:
+            pass
+        else:
+            progress.settle(None if result.get("ok") else str(result.get("error") or ""))
+            return result
+    detached(progress.deployment, str(request.get("env")))
+
+
+def detached(deployment: int | None, env: str) -> NoReturn:
+    """Ctrl-C: this command stops waiting, but the agent carries on with the request."""
+    what = f"deployment #{deployment}" if deployment is not None else "the request"
+    message = (
+        f"detached — {what} continues in the agent; `conveyor status --env {env}` to follow "
+        f"it, `conveyor abort --env {env}` to stop it"
+    )
+    if json_mode():
+        emit_json({"error": message, "exit": 130, "deployment": deployment})
+    else:
+        console.print(Text(message), soft_wrap=True)
+    raise typer.Exit(130)
 
 
 def finish(result: dict[str, Any], json_out: bool, done: str) -> None:
     code = int(result.get("exit", 1))
     data = result.get("data") or {}
+    error = clean(str(result["error"])) if result.get("error") else None
     if json_out:
-        emit_json({"exit": code, "error": result.get("error"), **data})
+        if data.get("reason"):
+            data = {**data, "reason": clean(str(data["reason"]))}
+        emit_json({"exit": code, "error": error, **data})
     elif code == 0:
         switch = data.get("switch_ms") or {}
         took = ", ".join(f"{k} switched in {v:g} ms" for k, v in switch.items())
         console.print(f"[green]✓[/] {done.format(**data)}" + (f" ({took})" if took else ""))
     else:
-        fail(str(result.get("error") or "failed"), code)
+        fail(error or "failed", code)
     raise typer.Exit(code)

@@ -6,14 +6,16 @@ from typing import Annotated
 
 import typer
 
-from conveyor.cli.common import EnvReq, JsonOpt, agent_call, app, finish, project
+from conveyor.cli.common import Command, EnvReq, JsonOpt, agent_call, app, finish, project
 from conveyor.cli.output import fail
+from conveyor.releases import ReleaseError, validate_version
 
 
-@app.command()
+@app.command(cls=Command)
 def deploy(
     version: Annotated[
-        str, typer.Argument(help="A release created with `conveyor release create`.")
+        str,
+        typer.Argument(metavar="VERSION", help="A release created with `conveyor release create`."),
     ],
     env: EnvReq,
     json_out: JsonOpt = False,
@@ -27,8 +29,11 @@ def deploy(
         conveyor deploy v2 --env dev
     """
     proj = project()
-    cfg = proj.config()
-    proj.environment(cfg, env)
+    cfg = proj.checked(env)
+    try:
+        validate_version(version)
+    except ReleaseError as exc:
+        fail(str(exc))  # no release can have this name: nothing to suggest creating
     store = proj.store()
     try:
         if store.get_release(cfg.app.name, version) is None:
@@ -52,8 +57,7 @@ def rollback(env: EnvReq, json_out: JsonOpt = False) -> None:
         conveyor rollback --env dev
     """
     proj = project()
-    cfg = proj.config()
-    proj.environment(cfg, env)
+    proj.checked(env)
     result = agent_call(proj, {"op": "rollback", "env": env}, json_out)
     finish(result, json_out, "rolled back {environment} to {version}")
 
@@ -73,7 +77,7 @@ def promote(
         conveyor promote --env production --full
     """
     proj = project()
-    proj.config()
+    proj.checked(env)
     result = agent_call(proj, {"op": "promote", "env": env, "full": full}, json_out)
     finish(result, json_out, "promoted deployment #{deployment} ({version})")
 
@@ -91,6 +95,6 @@ def abort(
         conveyor abort --env production --reason "checkout errors"
     """
     proj = project()
-    proj.config()
+    proj.checked(env)
     result = agent_call(proj, {"op": "abort", "env": env, "reason": reason}, json_out)
     finish(result, json_out, "aborting deployment #{deployment} ({version})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime
 from pathlib import Path
@@ -11,7 +12,16 @@ import typer
 from rich.table import Table
 
 from conveyor.agent.client import AgentUnavailable
-from conveyor.cli.common import EnvOpt, JsonOpt, app, console, project, when
+from conveyor.cli.common import (
+    Command,
+    EnvOpt,
+    JsonOpt,
+    app,
+    console,
+    json_option,
+    project,
+    when,
+)
 from conveyor.cli.output import emit_json, fail
 
 # --- status, history, logs --------------------------------------------------------------------
@@ -26,8 +36,7 @@ def status(env: EnvOpt = "dev", json_out: JsonOpt = False) -> None:
         conveyor status --env dev --json
     """
     proj = project()
-    cfg = proj.config()
-    proj.environment(cfg, env)
+    proj.checked(env)
     client = proj.agent()
     try:
         client.ensure()
@@ -94,7 +103,7 @@ def history(
         conveyor history --env dev --json
     """
     proj = project()
-    cfg = proj.config()
+    cfg = proj.checked(env)
     store = proj.store()
     try:
         deps = store.list_deployments(cfg.app.name, env, limit=limit)
@@ -149,9 +158,14 @@ def history(
     console.print(table)
 
 
-@app.command()
+COLORS = ("blue", "green")
+
+
+@app.command(cls=Command)
 def logs(
-    service: Annotated[str, typer.Argument(help="Service name from conveyor.toml.")],
+    service: Annotated[
+        str, typer.Argument(metavar="SERVICE", help="Service name from conveyor.toml.")
+    ],
     env: EnvOpt = "dev",
     color: Annotated[
         str | None, typer.Option(help="blue or green (default: the active color).")
@@ -159,6 +173,9 @@ def logs(
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines to show.")] = 50,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+    json_out: Annotated[
+        bool, json_option("One JSON object per line: time, service, color, stream, line.")
     ] = False,
 ) -> None:
     """Show a service's output (stdout and stderr of its processes).
@@ -174,6 +191,8 @@ def logs(
     envcfg = proj.environment(cfg, env)
     if service not in envcfg.services:
         fail(f"unknown service {service!r} (known: {', '.join(envcfg.services)})")
+    if color is not None and color not in COLORS:
+        fail(f"--color must be blue or green (got {color!r})")
     explicit = color is not None
     if color is None:
         store = proj.store()
@@ -186,22 +205,46 @@ def logs(
         finally:
             store.close()
         color = active[0].color if active else None
-    candidates = [color] if color else ["blue", "green"]
-    paths = [proj.paths.service_log(env, service, c) for c in candidates]
-    existing = [p for p in paths if p.exists()]
+    candidates = [color] if color else list(COLORS)
+    paths = {c: proj.paths.service_log(env, service, c) for c in candidates}
+    existing = {c: p for c, p in paths.items() if p.exists()}
     if not existing:
         fail(f"no logs yet for {service} in {env}", 1)
-    path = max(existing, key=lambda p: p.stat().st_mtime)
-    for line in tail(path, lines):
-        print(line)
+    shown = max(existing, key=lambda c: existing[c].stat().st_mtime)
+    out = _LineWriter(service, json_out)
+    for line in tail(existing[shown], lines):
+        out.write(shown, line, prefix=False)
     if follow:
         # Follow the service, not one process: both colors' files, so a deploy or a rollback
         # that moves traffic to the other color keeps showing up here.
-        colors = [color] if explicit and color else ["blue", "green"]
-        _follow({c: proj.paths.service_log(env, service, c) for c in colors})
+        colors = [color] if explicit and color else list(COLORS)
+        _follow({c: proj.paths.service_log(env, service, c) for c in colors}, out)
 
 
-def _follow(files: dict[str, Path]) -> None:
+class _LineWriter:
+    """Prints log lines as they are, or as JSON objects (one per line) with `--json`."""
+
+    def __init__(self, service: str, json_out: bool) -> None:
+        self.service = service
+        self.json_out = json_out
+
+    def write(self, color: str, line: str, prefix: bool) -> None:
+        if self.json_out:
+            # The local runtime writes stdout and stderr to one file, without timestamps: the
+            # fields are there for runtimes that record them.
+            record = {
+                "time": None,
+                "service": self.service,
+                "color": color,
+                "stream": None,
+                "line": line,
+            }
+            print(json.dumps(record), flush=True)
+        else:
+            print(f"[{color}] {line}" if prefix else line, flush=True)
+
+
+def _follow(files: dict[str, Path], out: _LineWriter) -> None:
     offsets = {c: (p.stat().st_size if p.exists() else 0) for c, p in files.items()}
     prefix = len(files) > 1
     try:
@@ -222,7 +265,7 @@ def _follow(files: dict[str, Path]) -> None:
                 end = data.rfind(b"\n") + 1  # only whole lines; the rest comes next round
                 offsets[c] += end
                 for line in data[:end].decode(errors="replace").splitlines():
-                    print(f"[{c}] {line}" if prefix else line, flush=True)
+                    out.write(c, line, prefix)
                 idle = idle and end == 0
             if idle:
                 time.sleep(0.2)
