@@ -293,3 +293,26 @@ def test_release_without_git_leaves_secrets_out_and_names_them(project: Project)
     proc = project.cli("release", "create", "--version", "v1")
     assert proc.returncode == 0, proc.stderr
     assert "left out: .env, server.pem" in proc.stdout
+
+
+# --- init ----------------------------------------------------------------------------------------
+
+
+def test_init_in_an_unknown_directory_writes_a_placeholder_and_says_so(outside: Path) -> None:
+    (outside / "package.json").write_text("{}\n")
+    (outside / ".env").write_text("SECRET=1\n")
+    proc = run(outside, "init")
+    assert proc.returncode == 0, proc.stderr
+    assert "did not recognise the app here: edit `services.web.command`" in proc.stdout
+    text = (outside / "conveyor.toml").read_text()
+    assert "http.server" not in text
+    assert "# conveyor init did not recognise this app: replace this placeholder" in text
+    assert not (outside / ".gitignore").exists()  # not a git work tree: nothing to ignore for
+
+
+def test_init_adds_the_state_directory_to_gitignore_once(outside: Path) -> None:
+    git(outside, "init", "-q")
+    (outside / ".gitignore").write_text("*.pyc")  # no newline at the end
+    assert run(outside, "init").returncode == 0
+    assert run(outside, "init", "--force").returncode == 0
+    assert (outside / ".gitignore").read_text() == "*.pyc\n.conveyor/\n"
