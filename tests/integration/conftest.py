@@ -160,7 +160,7 @@ class Project:
         # processes that are provably ours are killed: pids are reused quickly on this machine.
         groups: list[int] = []
         with contextlib.suppress(sqlite3.Error, OSError):
-            for pid, start, pgid in self.db("SELECT pid, proc_start, pgid FROM instances"):
+            for pid, start, pgid in self.db(f"SELECT {PID}, {PROC_START}, {PGID} FROM instances"):
                 stat = read_proc_stat(pid) if pid else None
                 if stat is not None and stat.start == start and pgid:
                     groups.append(pgid)
@@ -176,6 +176,11 @@ class Project:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
 
+
+# The local runtime's identity of a color, inside its handle (JSON) in the instances table.
+PID = "json_extract(handle, '$.ref.pid')"
+PGID = "json_extract(handle, '$.ref.pgid')"
+PROC_START = "json_extract(handle, '$.ref.proc_start')"
 
 Proc = tuple[int, int]  # (pid, start time in clock ticks): a pid alone may be reused
 

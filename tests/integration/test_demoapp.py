@@ -22,7 +22,7 @@ import pytest
 
 from conveyor.config.loader import load_config
 from conveyor.health import probe_http
-from conveyor.runtimes import ColorSpec, Instance, LocalRuntime, free_port
+from conveyor.runtimes import Handle, LocalRuntime, Workload, free_port
 
 DEMOAPP = Path(__file__).resolve().parents[2] / "examples" / "demoapp"
 PY = shlex.quote(sys.executable)
@@ -47,36 +47,39 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def log_of(h: Handle) -> Path:
+    return Path(str(h.ref["log"]))
+
+
 class Runner:
     """Starts the demo app/worker and stops whatever is left at the end of the test."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.runtime = LocalRuntime()
-        self.started: list[Instance] = []
+        self.runtime = LocalRuntime(workdir / "logs")
+        self.started: list[Handle] = []
 
     def start(
         self, env: dict[str, str] | None = None, *, script: str = "app.py", cwd: Path = DEMOAPP
-    ) -> tuple[Instance, int]:
+    ) -> tuple[Handle, int]:
         port = free_port()
         args = f" --port {port}" if script == "app.py" else ""
-        spec = ColorSpec(
+        spec = Workload(
             app="demo",
             environment="test",
             service=script.removesuffix(".py"),
-            color="blue",
+            color=f"c{len(self.started)}",  # each start its own log
             version="v1",
+            artifact=str(cwd),
             command=f"{PY} {script}{args}",
-            cwd=cwd,
-            env={"PATH": os.environ["PATH"], **(env or {})},
             port=port,
-            log_path=self.workdir / f"{script}.{len(self.started)}.log",
+            env={"PATH": os.environ["PATH"], **(env or {})},
         )
-        inst = self.runtime.start(spec)
+        inst = self.runtime.start_sync(spec)
         self.started.append(inst)
         return inst, port
 
-    def start_healthy(self, **env: str) -> tuple[Instance, int]:
+    def start_healthy(self, **env: str) -> tuple[Handle, int]:
         inst, port = self.start(env)
         wait_until(lambda: probe(port)[0], 15, "the app to become healthy")
         return inst, port
@@ -241,7 +244,7 @@ def test_crash_after(runner: Runner) -> None:
     inst, _ = runner.start({"DEMO_CRASH_AFTER": "0.5"})
     wait_until(lambda: not runner.runtime.alive(inst), 15, "the crash")
     assert runner.runtime.exit_detail(inst) == "exited with code 3"
-    assert "crashing on purpose" in inst.log_path.read_text()
+    assert "crashing on purpose" in log_of(inst).read_text()
 
 
 def test_sigterm_finishes_in_flight_requests(runner: Runner) -> None:
@@ -268,14 +271,14 @@ def test_sigterm_finishes_in_flight_requests(runner: Runner) -> None:
     client.join(10)
     assert result == [(200, b"slept 1500 ms\n")]
     assert runner.runtime.exit_detail(inst) == "exited with code 0"
-    assert "in-flight requests finished" in inst.log_path.read_text()
+    assert "in-flight requests finished" in log_of(inst).read_text()
     assert probe(port) == (False, "connection refused")
 
 
 def test_sigterm_while_booting_exits_0(runner: Runner) -> None:
     inst, _ = runner.start({"DEMO_START_DELAY": "30"})
     # Signal only once the app catches SIGTERM, or the default action would kill it.
-    wait_until(lambda: _sigterm_caught(inst.pid), 10, "SIGTERM handler installed")
+    wait_until(lambda: _sigterm_caught(int(inst.ref["pid"])), 10, "SIGTERM handler installed")
     runner.runtime.stop_sync(inst, grace=5)
     assert runner.runtime.exit_detail(inst) == "exited with code 0"
 
@@ -291,29 +294,28 @@ def test_worker_heartbeats_and_exits_0(runner: Runner) -> None:
     inst, _ = runner.start({"DEMO_VERSION": "w5"}, script="worker.py")
 
     def beats() -> int:
-        return inst.log_path.read_text().count("worker w5 heartbeat")
+        return log_of(inst).read_text().count("worker w5 heartbeat")
 
     wait_until(lambda: beats() >= 2, 10, "two heartbeats")
     runner.runtime.stop_sync(inst, grace=5)
     assert runner.runtime.exit_detail(inst) == "exited with code 0"
-    assert "got SIGTERM" in inst.log_path.read_text()
+    assert "got SIGTERM" in log_of(inst).read_text()
 
 
 def test_app_reads_port_from_environment(runner: Runner, workdir: Path) -> None:
     port = free_port()
-    spec = ColorSpec(
+    spec = Workload(
         app="demo",
         environment="test",
         service="web",
         color="green",
         version="v1",
+        artifact=str(DEMOAPP),
         command=f"{PY} app.py",
-        cwd=DEMOAPP,
-        env={"PATH": os.environ["PATH"], "PORT": str(port)},
         port=port,
-        log_path=workdir / "env-port.log",
+        env={"PATH": os.environ["PATH"]},  # the runtime adds PORT
     )
-    inst = runner.runtime.start(spec)
+    inst = runner.runtime.start_sync(spec)
     runner.started.append(inst)
     wait_until(lambda: probe(port)[0], 15, "healthy on $PORT")
 

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from conftest import Project, alive, proc, wait_for
+from conftest import PID, Project, alive, proc, wait_for
 
 from conveyor.loadgen import LoadGenerator
 from conveyor.runtimes.local import free_port
@@ -141,7 +141,7 @@ def test_standby_is_stopped_when_its_time_is_over(project: Project) -> None:
     project.release("v1")
     project.release("v2")
     assert project.deploy("v1")[0] == 0
-    blue_pid = proc(project.db("SELECT pid FROM instances WHERE color = 'blue'")[0][0])
+    blue_pid = proc(project.db(f"SELECT {PID} FROM instances WHERE color = 'blue'")[0][0])
     assert project.deploy("v2")[0] == 0
     wait_for(lambda: not alive(blue_pid), what="the standby to stop")
     wait_for(lambda: project.db("SELECT color, role FROM instances") == [("green", "active")])
@@ -157,7 +157,7 @@ def test_workers_swap_without_a_proxy(project: Project) -> None:
     project.release("v1")
     project.release("v2")
     assert project.deploy("v1")[0] == 0
-    old = proc(project.db("SELECT pid FROM instances WHERE service = 'jobs'")[0][0])
+    old = proc(project.db(f"SELECT {PID} FROM instances WHERE service = 'jobs'")[0][0])
     assert project.deploy("v2")[0] == 0
     wait_for(lambda: not alive(old), what="the old worker to stop")
     rows = project.db("SELECT service, role, version FROM instances ORDER BY service, role")
@@ -172,7 +172,7 @@ def test_agent_kill_under_load_drops_nothing_and_the_next_agent_adopts_everythin
     project.configure()
     project.release("v1")
     assert project.deploy("v1")[0] == 0
-    app_pid = project.db("SELECT pid FROM instances")[0][0]
+    app_pid = project.db(f"SELECT {PID} FROM instances")[0][0]
     proxy_pid = project.pid("proxy")
     agent_pid = project.pid("agent")
     assert proxy_pid and agent_pid
@@ -186,7 +186,7 @@ def test_agent_kill_under_load_drops_nothing_and_the_next_agent_adopts_everythin
     assert project.cli("agent", "start").returncode == 0
     assert project.pid("agent") != agent_pid
     assert project.pid("proxy") == proxy_pid  # adopted, not restarted
-    assert project.db("SELECT pid FROM instances")[0][0] == app_pid
+    assert project.db(f"SELECT {PID} FROM instances")[0][0] == app_pid
     code, status = project.json("status", "--env", "dev")
     assert code == 0
     assert status["services"][0]["active"]["healthy"] is True
@@ -210,7 +210,7 @@ def test_agent_stop_stops_services_and_proxy_and_start_brings_them_back(
     project.configure()
     project.release("v1")
     assert project.deploy("v1")[0] == 0
-    app = proc(project.db("SELECT pid FROM instances")[0][0])
+    app = proc(project.db(f"SELECT {PID} FROM instances")[0][0])
     proxy = proc(project.pid("proxy") or 0)
     stop = project.cli("agent", "stop")
     assert stop.returncode == 2 and "--yes" in stop.stderr  # no confirmation without a terminal
@@ -225,7 +225,7 @@ def test_agent_stop_keep_running_leaves_traffic_flowing(project: Project) -> Non
     project.configure()
     project.release("v1")
     assert project.deploy("v1")[0] == 0
-    app = proc(project.db("SELECT pid FROM instances")[0][0])
+    app = proc(project.db(f"SELECT {PID} FROM instances")[0][0])
     assert project.cli("agent", "stop", "--keep-running").returncode == 0
     assert alive(app)
     assert project.get()[2] == "v1"

@@ -29,7 +29,7 @@ from conveyor.metrics.command import CommandSource
 from conveyor.metrics.http import HttpSource
 from conveyor.metrics.prometheus import PrometheusSource
 from conveyor.routers.base import Backend, ProxyUnavailable
-from conveyor.routers.builtin import ProxyClient, start_proxy
+from conveyor.routers.builtin import BuiltinRouter, ProxyClient, start_proxy
 from conveyor.runtimes.local import free_port, read_proc_stat
 
 LOCAL = "127.0.0.1"
@@ -114,11 +114,11 @@ def target(port: int | None, cwd: Path, route: str = "dev/web") -> Target:
 
 
 @pytest.fixture
-def proxy(home: Path) -> Iterator[ProxyClient]:
-    control = home / "proxy.sock"
-    pid = start_proxy(home, control, home / "proxy.pid", home / "logs" / "proxy.log")
+def proxy(home: Path) -> Iterator[BuiltinRouter]:
+    control, pidfile, log = home / "proxy.sock", home / "proxy.pid", home / "logs" / "proxy.log"
+    pid = start_proxy(home, control, pidfile, log)
     try:
-        yield ProxyClient(control)
+        yield BuiltinRouter(home, control, pidfile, log)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -144,10 +144,12 @@ def drive(port: int, n: int) -> None:
 
 
 def test_builtin_error_rate_and_latency_from_the_real_proxy(
-    proxy: ProxyClient, upstream: int, home: Path
+    proxy: BuiltinRouter, upstream: int, home: Path
 ) -> None:
     listen = free_port()
-    asyncio.run(proxy.set_route("dev/web", (LOCAL, listen), [Backend("green", LOCAL, upstream)]))
+    asyncio.run(
+        proxy.client.set_route("dev/web", (LOCAL, listen), [Backend("green", LOCAL, upstream)])
+    )
     source = BuiltinSource(proxy)
     errors = AnalysisCheck(metric="error_rate", max=0.01, min_requests=50, window=10)
     p99 = AnalysisCheck(metric="latency_p99_ms", max=5000, min_requests=50, window=10)
@@ -174,13 +176,13 @@ def test_builtin_error_rate_and_latency_from_the_real_proxy(
     assert few.detail.startswith("not enough requests: 10 < 50")
 
 
-def test_builtin_unknown_route_and_color_and_dead_proxy(proxy: ProxyClient, home: Path) -> None:
+def test_builtin_unknown_route_and_color_and_dead_proxy(proxy: BuiltinRouter, home: Path) -> None:
     source = Sources(proxy)
     check = AnalysisCheck(metric="error_rate", max=0.01)
     m = measure(source, check, target(None, home, route="dev/nope"), 1.0)
     assert (m.verdict, m.detail) == (Verdict.INCONCLUSIVE, "no route dev/nope in the proxy")
     asyncio.run(proxy.shutdown())
-    wait_until(lambda: not (proxy.path.exists() and _answers(proxy)))
+    wait_until(lambda: not (proxy.client.path.exists() and _answers(proxy.client)))
     gone = measure(source, check, target(None, home), 2.0)
     assert gone.verdict is Verdict.INCONCLUSIVE
     assert gone.detail.startswith("proxy stats unavailable")
@@ -194,16 +196,16 @@ def _answers(client: ProxyClient) -> bool:
     return True
 
 
-def test_builtin_one_stats_call_per_tick(proxy: ProxyClient, home: Path) -> None:
+def test_builtin_one_stats_call_per_tick(proxy: BuiltinRouter, home: Path) -> None:
     calls = 0
-    real = proxy.stats
+    real = proxy.client.stats
 
     async def counted() -> dict[str, Any]:
         nonlocal calls
         calls += 1
         return await real()
 
-    proxy.stats = counted  # type: ignore[method-assign]
+    proxy.client.stats = counted  # type: ignore[method-assign]
     source = BuiltinSource(proxy)
     checks = [
         AnalysisCheck(metric="error_rate", max=0.01),

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project, alive, proc, wait_for
+from conftest import PID, Project, alive, proc, wait_for
 
 from conveyor.loadgen import LoadGenerator
 from conveyor.runtimes.local import free_port
@@ -532,7 +532,7 @@ def test_a_deployment_interrupted_by_an_agent_crash_ends_on_the_old_version(
         lambda: (d := deployment(project)) and d["phase"] == where and d,
         what=f"the deployment to reach {where}",
     )
-    new_pid = project.db("SELECT pid FROM instances WHERE version = 'v2'")[0][0]
+    new_pid = project.db(f"SELECT {PID} FROM instances WHERE version = 'v2'")[0][0]
     new = proc(new_pid)
     os.kill(project.pid("agent") or 0, signal.SIGKILL)
     thread.join(60)

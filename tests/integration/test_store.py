@@ -13,7 +13,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
 from psycopg import sql
 from sqlalchemy import create_engine, text
@@ -29,7 +31,7 @@ from conveyor.store import (
     database_url,
     redacted_url,
 )
-from conveyor.store.db import normalize_url
+from conveyor.store.db import ALEMBIC_DIR, normalize_url
 from conveyor.store.models import Base
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
@@ -98,6 +100,15 @@ def _release(version: str, at: datetime, app: str = "shop") -> ReleaseRecord:
     )
 
 
+def _handle(pid: int | None, port: int | None) -> dict[str, object]:
+    return {
+        "runtime": "local",
+        "ref": {"pid": pid, "pgid": pid, "proc_start": 987654321012} if pid else {},
+        "endpoints": [{"host": "127.0.0.1", "port": port}] if port else [],
+        "started_at": T0.timestamp(),
+    }
+
+
 def _instance(color: str, environment: str = "dev", **changes: object) -> InstanceRecord:
     fields: dict[str, object] = {
         "app": "shop",
@@ -107,10 +118,8 @@ def _instance(color: str, environment: str = "dev", **changes: object) -> Instan
         "version": "v1",
         "digest": "sha256-v1",
         "role": "active",
-        "pid": 1234,
-        "pgid": 1234,
-        "port": 41000,
-        "proc_start": 987654321012,
+        "runtime": "local",
+        "handle": _handle(1234, 41000),
         "started_at": T0,
         "standby_until": None,
         "deployment_id": None,
@@ -142,7 +151,90 @@ def test_open_is_idempotent_and_keeps_data(url: str) -> None:
         assert [r.version for r in second.list_releases("shop")] == ["v1"]
     finally:
         second.close()
-    assert _schema_version(url) == ["0001"]
+    assert _schema_version(url) == ["0002"]
+
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def _migrate(url: str, revision: str, down: bool = False) -> None:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(normalize_url(url))
+    try:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            (command.downgrade if down else command.upgrade)(config, revision)
+    finally:
+        engine.dispose()
+
+
+def test_state_db_of_conveyor_0_1_upgrades_in_place(tmp_path: Path) -> None:
+    """tests/fixtures/state-0.1.db was written by conveyor 0.1's Store (pid/port columns)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    db = home / "state.db"
+    db.write_bytes((FIXTURES / "state-0.1.db").read_bytes())
+    store = Store.open(f"sqlite:///{db}")
+    try:
+        rows = {(r.service, r.color): r for r in store.instances("shop")}
+        web = rows[("web", "green")]
+        assert (web.role, web.version, web.runtime) == ("active", "v2", "local")
+        assert web.handle["ref"] == {
+            "pid": 4242,
+            "pgid": 4242,
+            "proc_start": 123456,
+            "log": f"{home}/logs/dev/web/green.log",
+        }
+        assert web.handle["endpoints"] == [{"host": "127.0.0.1", "port": 18001}]
+        assert web.handle["started_at"] == web.started_at.timestamp()
+        standby = rows[("web", "blue")]
+        assert (standby.role, standby.handle["endpoints"][0]["port"]) == ("standby", 18002)
+        assert standby.standby_until is not None
+        jobs = rows[("jobs", "green")]
+        assert (jobs.handle["ref"]["pgid"], jobs.handle["endpoints"]) == (4340, [])
+        # The history is untouched, including 0.1's rewritten outcome.
+        outcomes = [(d.version, d.outcome) for d in store.list_deployments("shop", "dev")]
+        assert outcomes == [("v2", "succeeded"), ("v1", "rolled_back")]
+        assert [r.version for r in store.list_releases("shop")] == ["v2", "v1"]
+    finally:
+        store.close()
+    assert _schema_version(f"sqlite:///{db}") == ["0002"]
+
+
+def test_instance_handles_migration_both_ways(url: str) -> None:
+    _migrate(url, "0001")
+    engine = create_engine(normalize_url(url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO instances (app, environment, service, color, version, digest, "
+                    "role, pid, pgid, port, proc_start, started_at) VALUES ('shop', 'dev', 'web', "
+                    "'blue', 'v1', 'd', 'active', 77, 70, 18003, 999, :at)"
+                ),
+                {"at": T0},
+            )
+    finally:
+        engine.dispose()
+    store = Store.open(url)
+    try:
+        [row] = store.instances("shop")
+        assert row.handle["ref"]["pid"] == 77 and row.handle["ref"]["pgid"] == 70
+        assert row.handle["ref"]["proc_start"] == 999
+        assert row.handle["endpoints"] == [{"host": "127.0.0.1", "port": 18003}]
+    finally:
+        store.close()
+    _migrate(url, "0001", down=True)
+    engine = create_engine(normalize_url(url))
+    try:
+        with engine.connect() as conn:
+            back = conn.execute(text("SELECT pid, pgid, port, proc_start FROM instances")).all()
+    finally:
+        engine.dispose()
+    assert [tuple(r) for r in back] == [(77, 70, 18003, 999)]
 
 
 def test_migrations_match_the_orm_models(store: Store, url: str) -> None:
@@ -170,7 +262,7 @@ def test_concurrent_first_open_from_several_processes(url: str) -> None:
     for proc in procs:
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err.decode()
-    assert _schema_version(url) == ["0001"]
+    assert _schema_version(url) == ["0002"]
 
 
 # releases
@@ -269,14 +361,18 @@ def test_deployment_lifecycle(store: Store) -> None:
     )
     assert store.in_progress("shop", "dev") is None
 
-    store.set_outcome(dep, "rolled_back", "rolled back to v1")
+    # A finished deployment keeps its outcome: finishing it again changes nothing.
+    assert store.finish_deployment(dep, "failed", "too late", done) is False
+    # That a later deployment rolled it back is an event appended to it, shown as its outcome.
+    store.add_event(dep, "rolled_back", "rolled back by deployment #9", {"by": 9}, done)
     rolled = store.get_deployment(dep)
     assert rolled is not None
     assert (rolled.outcome, rolled.reason, rolled.finished_at) == (
         "rolled_back",
-        "rolled back to v1",
+        "rolled back by deployment #9",
         done,
     )
+    assert store.list_deployments("shop", "dev")[0] == rolled
 
 
 def test_list_deployments_newest_first_with_limit(store: Store) -> None:
@@ -301,8 +397,6 @@ def test_unknown_deployment_and_bad_values(store: Store) -> None:
         store.add_event(999, "starting", "", {}, T0)
     with pytest.raises(UnknownDeployment):
         store.finish_deployment(999, "failed", "", T0)
-    with pytest.raises(UnknownDeployment):
-        store.set_outcome(999, "failed", "")
     with pytest.raises(ValueError, match="kind"):
         store.create_deployment("shop", "dev", "v1", "upgrade", None, T0)
     dep = store.create_deployment("shop", "dev", "v1", "deploy", None, T0)
@@ -319,7 +413,7 @@ def test_instances_upsert_list_delete(store: Store) -> None:
     dep = store.create_deployment("shop", "dev", "v1", "deploy", None, T0)
     blue = _instance("blue", deployment_id=dep)
     green = _instance("green", role="standby", standby_until=T0 + timedelta(minutes=10))
-    prod = _instance("blue", environment="prod", pid=None, pgid=None, port=None, proc_start=None)
+    prod = _instance("blue", environment="prod", handle=_handle(None, None))
     for rec in (green, prod, blue):
         store.upsert_instance(rec)
     store.upsert_instance(_instance("blue", app="blog"))
@@ -328,7 +422,9 @@ def test_instances_upsert_list_delete(store: Store) -> None:
     assert store.instances("shop", "dev") == [blue, green]
     assert store.instances("shop", "staging") == []
 
-    replaced = _instance("blue", version="v2", digest="sha256-v2", pid=99, role="starting")
+    replaced = _instance(
+        "blue", version="v2", digest="sha256-v2", handle=_handle(99, 41001), role="starting"
+    )
     store.upsert_instance(replaced)
     assert store.instances("shop", "dev") == [replaced, green]
 

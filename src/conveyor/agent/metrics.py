@@ -141,12 +141,14 @@ class AdminServer:
         return False
 
     async def metrics(self) -> str:
+        ctx = self.engine.ctx
         try:
-            stats = await self.engine.router.stats()
-        except (RouterError, ProxyUnavailable):
-            stats = {"routes": {}}
+            counters = await ctx.traffic.counters()
+        except (RouterError, ProxyUnavailable, OSError):
+            counters = {}
+        stats = {"routes": {route: {"colors": colors} for route, colors in counters.items()}}
         versions: dict[tuple[str, str], str] = {}
         with contextlib.suppress(Exception):
-            for row in self.engine.store.instances(self.engine.app):
+            for row in ctx.store.instances(ctx.project.app):
                 versions[(f"{row.environment}/{row.service}", row.color)] = row.version
         return render(stats, versions)

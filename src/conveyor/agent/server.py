@@ -82,7 +82,7 @@ class Agent:
 
     def _admin_settings(self) -> tuple[str, int, str | None]:
         try:
-            cfg = self.engine.config()
+            cfg = self.engine.ctx.project.load()
         except EngineError:
             return "127.0.0.1", 0, None
         token = None
@@ -121,7 +121,7 @@ class Agent:
             line = await reader.readline()
             if not line:
                 return
-            request = json.loads(line)
+            request = _request(line)
 
             def emit(event: dict[str, Any]) -> None:
                 # A client that went away (Ctrl-C) must not stop the deployment.
@@ -129,13 +129,18 @@ class Agent:
                     writer.write(json.dumps({"type": "progress", **event}).encode() + b"\n")
 
             result = await self._handle(request, emit)
+        except BadRequest as exc:
+            result = {"ok": False, "exit": 2, "error": f"bad request: {exc}"}
         except EngineError as exc:
             result = {"ok": False, "exit": exc.exit_code, "error": str(exc)}
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            result = {"ok": False, "exit": 2, "error": f"bad request: {exc}"}
         except Exception as exc:
+            # A bug, not the caller's mistake (whatever its type): exit 1, traceback in agent.log.
             log.exception("request failed")
-            result = {"ok": False, "exit": 1, "error": f"internal error: {exc}"}
+            result = {
+                "ok": False,
+                "exit": 1,
+                "error": f"internal error: {exc!r}; see {self.paths.agent_log}",
+            }
         with contextlib.suppress(Exception):
             writer.write(json.dumps({"type": "result", **result}).encode() + b"\n")
             await writer.drain()
@@ -162,6 +167,39 @@ class Agent:
             self._stop.set()
             return {"ok": True, "exit": 0, "data": {"keep_running": self._keep_running}}
         return {"ok": False, "exit": 2, "error": f"unknown operation {op!r}"}
+
+
+class BadRequest(Exception):
+    """The request itself is malformed: not JSON, unknown op, a missing or mistyped field."""
+
+
+# The fields each operation needs, and their types.
+_FIELDS: dict[str, dict[str, type]] = {
+    "ping": {},
+    "deploy": {"env": str, "version": str},
+    "rollback": {"env": str},
+    "promote": {"env": str},
+    "abort": {"env": str},
+    "status": {"env": str},
+    "stop": {},
+}
+
+
+def _request(line: bytes) -> dict[str, Any]:
+    """Decode and check one request line, before anything acts on it."""
+    try:
+        request = json.loads(line)
+    except ValueError as exc:
+        raise BadRequest(f"not JSON: {exc}") from exc
+    if not isinstance(request, dict):
+        raise BadRequest("expected a JSON object")
+    op = request.get("op")
+    if op not in _FIELDS:
+        raise BadRequest(f"unknown operation {op!r}")
+    for name, kind in _FIELDS[op].items():
+        if not isinstance(request.get(name), kind):
+            raise BadRequest(f"{op} needs {name!r} ({kind.__name__})")
+    return request
 
 
 def _outcome(outcome: Outcome) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from conveyor.config import AnalysisCheck
 from conveyor.core.analysis import Measurement, Verdict
 from conveyor.metrics import Sources, Target
-from conveyor.routers.builtin import ProxyClient
+from conveyor.routers.base import Router
 
 log = logging.getLogger("conveyor.analysis")
 
@@ -18,9 +18,7 @@ OnMeasure = Callable[[str, Measurement], None]
 
 
 class AnalysisRunner:
-    def __init__(
-        self, router: ProxyClient, now: Callable[[], float], on_measure: OnMeasure
-    ) -> None:
+    def __init__(self, router: Router, now: Callable[[], float], on_measure: OnMeasure) -> None:
         self._now = now
         self._on_measure = on_measure
         # One set of sources for all checks: they share the proxy's stats and sliding windows.

@@ -1,8 +1,8 @@
-"""One deployment in progress: drives the pure rollout machine through runtime, router and store.
+"""One deployment in progress: drives the pure rollout machine through the fleet and traffic.
 
 The core decides, this module acts: every action the machine returns is performed here and its
-result comes back as an event. Every transition is persisted as a deployment event, so `history`
-can tell why a deployment ended the way it did.
+result comes back as an event. Every transition is appended to the journal, so `history` can tell
+why a deployment ended the way it did.
 """
 
 from __future__ import annotations
@@ -14,38 +14,34 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from conveyor.config import ResolvedEnvironment, ServiceConfig
 from conveyor.core import rollout as r
 from conveyor.core.analysis import Measurement, Verdict
 from conveyor.core.durations import format_duration
 from conveyor.engine.analysis import AnalysisRunner
+from conveyor.engine.context import Context
 from conveyor.engine.hooks import HookResult, run_hook
 from conveyor.engine.notify import Notice, Notifier
 from conveyor.engine.outcome import Emit
-from conveyor.engine.routes import BackendSpec, RouteSpec, route_name
-from conveyor.health import probe_http
+from conveyor.engine.traffic import ROUTER_ERRORS
 from conveyor.metrics.base import Target
-from conveyor.routers.base import ProxyUnavailable, RouterError
-from conveyor.runtimes.base import Instance, RuntimeStartError
-from conveyor.runtimes.local import free_port, tail
+from conveyor.routers.base import Backend, Split, route_name
+from conveyor.runtimes.base import Endpoint, Handle, RuntimeStartError
+from conveyor.runtimes.local import free_port
 from conveyor.store.db import InstanceRecord, ReleaseRecord
-
-if TYPE_CHECKING:
-    from conveyor.engine.engine import Engine
 
 log = logging.getLogger("conveyor.engine")
 
 # How often a rollout wakes up without events, to check its timers (start timeout, pause, bake).
 TICK = 0.05
 LOG_TAIL_LINES = 8
-ROUTER_ERRORS = (RouterError, ProxyUnavailable, OSError)
 
 
 @dataclass
 class Deployment:
-    engine: Engine
+    ctx: Context
     id: int
     env: ResolvedEnvironment
     release: ReleaseRecord
@@ -54,7 +50,7 @@ class Deployment:
     old: dict[str, InstanceRecord]
     previous_version: str | None
     queue: asyncio.Queue[r.Event] = field(default_factory=asyncio.Queue)
-    new: dict[str, Instance] = field(default_factory=dict)
+    new: dict[str, Handle] = field(default_factory=dict)
     state: r.Rollout | None = None
     probers: list[asyncio.Task[None]] = field(default_factory=list)
     switch_ms: dict[str, float] = field(default_factory=dict)
@@ -68,7 +64,7 @@ class Deployment:
 
     @property
     def log_path(self) -> Path:
-        return self.engine.paths.logs / self.env.name / "deployments" / f"{self.id}.log"
+        return self.ctx.deployment_log(self.env.name, self.id)
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -81,16 +77,26 @@ class Deployment:
                     return self._refused(f"pre_deploy hook failed: {result.detail}")
             options = self._options(plans)
             self._record_plan(options)
-            state, actions = r.begin(plans, self.engine.now(), options)
+            state, actions = r.begin(plans, self.ctx.clock.now(), options)
             self.state = state
             await self._perform(actions)
+            next_tick = self.ctx.clock.now() + TICK
             while not self.state.terminal:
                 try:
                     event: r.Event = await asyncio.wait_for(self.queue.get(), timeout=TICK)
                 except TimeoutError:
-                    event = r.Tick(self.engine.now())
+                    event = r.Tick(self.ctx.clock.now())
                 self.state, actions = r.step(self.state, event)
                 await self._perform(actions)
+                # Timers (start timeout, pause, bake) advance on ticks: a steady stream of events
+                # (health checks faster than TICK) must not starve them.
+                now = self.ctx.clock.now()
+                if isinstance(event, r.Tick):
+                    next_tick = now + TICK
+                elif now >= next_tick and not self.state.terminal:
+                    next_tick = now + TICK
+                    self.state, actions = r.step(self.state, r.Tick(now))
+                    await self._perform(actions)
             return self.state
         except Exception as exc:
             # A bug or an unexpected failure must not leave the deployment `in_progress` forever
@@ -101,23 +107,21 @@ class Deployment:
             await self._cleanup()
 
     async def _crashed(self, exc: Exception) -> r.Rollout:
-        reason = f"internal error: {exc}; see {self.engine.paths.agent_log}"
+        reason = f"internal error: {exc}; see {self.ctx.paths.agent_log}"
         before_traffic = self.state is None or self.state.weight == 0
         if before_traffic:
-            for name, inst in self.new.items():
+            for name, handle in self.new.items():
                 svc = self.env.services[name]
+                key = (self.env.name, name, self._new_color(name) or "")
                 with contextlib.suppress(Exception):
-                    await self.engine.runtime.stop(inst, svc.stop_timeout)
-                    self.engine.store.delete_instance(
-                        self.env.app, self.env.name, name, self._new_color(name) or ""
-                    )
+                    await self.ctx.fleet.stop_started(self.env.app, key, handle, svc.stop_timeout)
         with contextlib.suppress(Exception):
-            self.engine.store.finish_deployment(self.id, "failed", reason, self.engine.utcnow())
+            self.ctx.journal.finish(self.id, "failed", reason)
         return r.Rollout(r.Phase.FAILED, (), 0.0, reason=reason)
 
     def _refused(self, reason: str) -> r.Rollout:
         self._record("failed", reason)
-        self.engine.store.finish_deployment(self.id, "failed", reason, self.engine.utcnow())
+        self.ctx.journal.finish(self.id, "failed", reason)
         self._announce("failed", reason)
         return r.Rollout(r.Phase.FAILED, (), 0.0, reason=reason)
 
@@ -186,7 +190,7 @@ class Deployment:
             if isinstance(action, r.Record):
                 self._record(action.state, action.reason, action.service)
             elif isinstance(action, r.StartColor):
-                self._start_new(action.service, action.color)
+                await self._start_new(action.service, action.color)
             elif isinstance(action, r.StopColor):
                 await self._stop_color(action)
             elif isinstance(action, r.RunHook):
@@ -218,12 +222,9 @@ class Deployment:
         data: dict[str, Any] | None = None,
         show: bool = True,
     ) -> None:
-        payload: dict[str, Any] = dict(data or {})
-        if service:
-            payload["service"] = service
-        self.engine.store.add_event(self.id, state, reason, payload, self.engine.utcnow())
-        if show:
-            self.emit({"step": state, "service": service, "message": reason})
+        self.ctx.journal.record(
+            self.id, state, reason, data, emit=self.emit if show else None, service=service
+        )
 
     def _finish(self, action: r.Finish) -> None:
         reason = action.reason
@@ -239,7 +240,7 @@ class Deployment:
                 data={"measurements": [m.to_json() for m in self.measurements.values()]},
                 show=False,  # for the history; the user saw each measurement as it came
             )
-        self.engine.store.finish_deployment(self.id, action.outcome, reason, self.engine.utcnow())
+        self.ctx.journal.finish(self.id, action.outcome, reason)
 
     def _announce(self, event: str, reason: str) -> None:
         assert self.notifier is not None
@@ -254,7 +255,7 @@ class Deployment:
                 deployment_id=self.id,
                 reason=reason,
                 measurements=[m.to_json() for m in self.measurements.values()],
-                at=self.engine.utcnow(),
+                at=self.ctx.clock.utcnow(),
                 previous_version=self.previous_version,
                 step=step,
                 weight=state.weight if state is not None else None,
@@ -288,7 +289,7 @@ class Deployment:
     async def _hook(self, name: str) -> HookResult:
         hook = getattr(self.env.hooks, name)
         url = self._url()
-        env = self.engine.service_env(self.env, "", None, self.release.version, "")
+        env = self.ctx.fleet.service_env(self.env, "", None, self.release.version, "")
         for key in ("CONVEYOR_SERVICE", "CONVEYOR_COLOR"):
             env.pop(key)  # a hook is about the whole release, not one service or color
         env.update(
@@ -315,75 +316,68 @@ class Deployment:
 
     async def _smoke(self) -> None:
         result = await self._hook("smoke")
-        self.queue.put_nowait(r.HookDone("smoke", result.ok, result.detail, self.engine.now()))
+        self.queue.put_nowait(r.HookDone("smoke", result.ok, result.detail, self.ctx.clock.now()))
 
     def _url(self) -> str:
         """The URL of the new version for hooks: its first web service's own port."""
         for name, svc in self.env.services.items():
-            inst = self.new.get(name)
-            if svc.kind == "web" and inst is not None and inst.port is not None:
-                return f"http://127.0.0.1:{inst.port}"
+            handle = self.new.get(name)
+            endpoint = handle.endpoint if handle is not None else None
+            if svc.kind == "web" and endpoint is not None:
+                return f"http://{endpoint.host}:{endpoint.port}"
         return ""
 
     # --- processes -------------------------------------------------------------------------------
 
-    def _start_new(self, name: str, color: str) -> None:
+    async def _start_new(self, name: str, color: str) -> None:
         svc = self.env.services[name]
+        fleet = self.ctx.fleet
         try:
-            inst = self.engine.spawn(self.env, name, color, self.release.version, self.tree)
+            handle = await fleet.spawn(self.env, name, color, self.release.version, self.tree)
         except (RuntimeStartError, OSError) as exc:
-            self.queue.put_nowait(r.Crash(name, f"could not start: {exc}", self.engine.now()))
+            self.queue.put_nowait(r.Crash(name, f"could not start: {exc}", self.ctx.clock.now()))
             return
-        self.new[name] = inst
-        self.engine.store.upsert_instance(
-            self.engine.row(self.env.name, name, color, self.release, inst, "starting", self.id)
-        )
-        where = f" on 127.0.0.1:{inst.port}" if inst.port else ""
+        self.new[name] = handle
+        fleet.record(self.env.name, name, color, self.release, handle, "starting", self.id)
+        where = f" on {handle.endpoint.host}:{handle.endpoint.port}" if handle.endpoint else ""
         self.emit(
             {
                 "step": "started_process",
                 "service": name,
-                "message": f"{name} {self.release.version} ({color}) started, pid {inst.pid}{where}",
+                "message": f"{name} {self.release.version} ({color}) started, "
+                f"{handle.summary}{where}",
             }
         )
-        self.probers.append(asyncio.create_task(self._probe_loop(name, svc, inst)))
+        self.probers.append(asyncio.create_task(self._probe_loop(name, svc, handle)))
 
-    async def _probe_loop(self, name: str, svc: ServiceConfig, inst: Instance) -> None:
+    async def _probe_loop(self, name: str, svc: ServiceConfig, handle: Handle) -> None:
         """Health checks of a new color, from its start until the deployment ends."""
+        fleet = self.ctx.fleet
         while True:
-            if not self.engine.runtime.alive(inst):
-                self.failed_logs[name] = tail(inst.log_path, LOG_TAIL_LINES)
-                detail = self.engine.runtime.exit_detail(inst)
-                self.queue.put_nowait(r.Crash(name, detail, self.engine.now()))
+            state = await fleet.state(handle)
+            if not state.alive:
+                self.failed_logs[name] = fleet.runtime.tail(handle, LOG_TAIL_LINES)
+                self.queue.put_nowait(r.Crash(name, state.detail, self.ctx.clock.now()))
                 return
-            if svc.kind == "web" and inst.port is not None:
-                ok, detail = await probe_http(
-                    "127.0.0.1", inst.port, svc.health.path, svc.health.timeout
-                )
-            else:
-                ok, detail = True, "running"
+            ok, detail = await fleet.probe(svc, handle)
             if not ok:
                 # Keep the latest output at hand: it is what the user needs if this never passes.
-                self.failed_logs[name] = tail(inst.log_path, LOG_TAIL_LINES)
+                self.failed_logs[name] = fleet.runtime.tail(handle, LOG_TAIL_LINES)
             elif self.state is not None and self.state.phase is r.Phase.STARTING:
                 self.failed_logs.pop(name, None)
-            self.queue.put_nowait(r.Probe(name, ok, detail, self.engine.now()))
+            self.queue.put_nowait(r.Probe(name, ok, detail, self.ctx.clock.now()))
             await asyncio.sleep(svc.health.interval)
 
     async def _stop_color(self, action: r.StopColor) -> None:
         svc = self.env.services[action.service]
         key = (self.env.name, action.service, action.color)
         new = self.new.get(action.service)
-        if new is not None and self.engine.handles.get(key) is new:
-            await self.engine.runtime.stop(new, svc.stop_timeout)
-            self.engine.handles.pop(key, None)
-            self.engine.store.delete_instance(
-                self.env.app, self.env.name, action.service, action.color
-            )
+        if new is not None and self._new_color(action.service) == action.color:
+            await self.ctx.fleet.stop_started(self.env.app, key, new, svc.stop_timeout)
             return
         old = self.old.get(action.service)
         if old is not None and old.color == action.color:
-            await self.engine.stop_row(old, svc.stop_timeout)
+            await self.ctx.fleet.stop(old, svc.stop_timeout)
             self._record(
                 "stopped",
                 f"stopped {action.service} {old.version} ({old.color}): {action.reason}",
@@ -392,24 +386,25 @@ class Deployment:
 
     # --- traffic ---------------------------------------------------------------------------------
 
-    def _route(self, name: str, backends: tuple[BackendSpec, ...]) -> RouteSpec:
-        svc = self.env.services[name]
-        assert svc.port is not None
+    def _route(self, name: str, backends: tuple[Backend, ...]) -> Split:
         sticky = self.env.rollout.sticky
-        return RouteSpec(
-            name=route_name(self.env.name, name),
-            host=svc.listen,
-            port=svc.port,
-            backends=backends,
-            limits=self.env.proxy.model_dump(),
+        return self.ctx.traffic.split(
+            self.env,
+            name,
+            backends,
             sticky={"header": sticky.header} if sticky.header else {"cookie": sticky.cookie or ""},
         )
 
-    def _backend(self, name: str, color: str, weight: int = 100) -> BackendSpec:
-        inst = self.new[name] if color == self._new_color(name) else self.old[name]
-        port = inst.port
-        assert port is not None
-        return BackendSpec(color, "127.0.0.1", port, weight)
+    def _endpoint(self, name: str, color: str) -> Endpoint:
+        if color == self._new_color(name):
+            endpoint = self.new[name].endpoint
+        else:
+            endpoint = self.ctx.fleet.endpoint(self.old[name])
+        assert endpoint is not None
+        return endpoint
+
+    def _backend(self, name: str, color: str, weight: int = 100) -> Backend:
+        return self.ctx.traffic.backend(color, self._endpoint(name, color), weight)
 
     def _new_color(self, name: str) -> str | None:
         assert self.state is not None
@@ -420,34 +415,31 @@ class Deployment:
         try:
             for name, color in action.routes:
                 started = time.perf_counter()
-                await self.engine.push(self._route(name, (self._backend(name, color),)))
+                await self.ctx.traffic.push(self._route(name, (self._backend(name, color),)))
                 self.switch_ms[name] = round((time.perf_counter() - started) * 1000, 2)
                 done.append(name)
         except ROUTER_ERRORS as exc:
             await self._restore_old(done)
-            self.queue.put_nowait(r.SwitchFailed(str(exc), self.engine.now()))
+            self.queue.put_nowait(r.SwitchFailed(str(exc), self.ctx.clock.now()))
             return
         assert self.state is not None
-        until = self.engine.utcnow() + timedelta(seconds=self.env.rollout.standby)
+        fleet = self.ctx.fleet
+        until = self.ctx.clock.utcnow() + timedelta(seconds=self.env.rollout.standby)
         for svc_state in self.state.services:
             name, color = svc_state.plan.name, svc_state.plan.new_color
-            self.engine.store.upsert_instance(
-                self.engine.row(
-                    self.env.name, name, color, self.release, self.new[name], "active", self.id
-                )
+            fleet.record(
+                self.env.name, name, color, self.release, self.new[name], "active", self.id
             )
             old = self.old.get(name)
             if old is not None and svc_state.plan.kind == "web":
-                standby = self.engine.with_changes(old, role="standby", standby_until=until)
-                self.old[name] = standby
-                self.engine.store.upsert_instance(standby)
+                self.old[name] = fleet.update(old, role="standby", standby_until=until)
         if any(s.plan.kind == "web" and s.plan.old_color for s in self.state.services):
             self._record(
                 "standby",
                 f"previous version on standby until {until:%H:%M:%S} UTC "
                 f"({format_duration(self.env.rollout.standby)})",
             )
-        self.queue.put_nowait(r.Switched(self.engine.now()))
+        self.queue.put_nowait(r.Switched(self.ctx.clock.now()))
 
     async def _set_weights(self, action: r.SetWeights) -> None:
         try:
@@ -456,22 +448,23 @@ class Deployment:
                     self._backend(name, new, weight),
                     self._backend(name, old, 100 - weight),
                 )
-                await self.engine.push(self._route(name, backends))
+                await self.ctx.traffic.push(self._route(name, backends))
         except ROUTER_ERRORS as exc:
-            self.queue.put_nowait(r.SwitchFailed(str(exc), self.engine.now()))
+            self.queue.put_nowait(r.SwitchFailed(str(exc), self.ctx.clock.now()))
             return
-        self.queue.put_nowait(r.WeightsSet(self.engine.now()))
+        self.queue.put_nowait(r.WeightsSet(self.ctx.clock.now()))
 
     async def _restore_old(self, names: list[str]) -> None:
         for name in names:
             old = self.old.get(name)
+            endpoint = self.ctx.fleet.endpoint(old) if old is not None else None
             try:
-                if old is not None and old.port is not None:
-                    await self.engine.push(
-                        self._route(name, (BackendSpec(old.color, "127.0.0.1", old.port, 100),))
+                if old is not None and endpoint is not None:
+                    await self.ctx.traffic.push(
+                        self._route(name, (self.ctx.traffic.backend(old.color, endpoint),))
                     )
                 else:
-                    await self.engine.unroute(route_name(self.env.name, name))
+                    await self.ctx.traffic.remove(route_name(self.env.name, name))
             except ROUTER_ERRORS as exc:
                 log.error("could not restore route %s: %s", name, exc)
 
@@ -481,7 +474,7 @@ class Deployment:
         for attempt in range(5):
             try:
                 for name, color in action.routes:
-                    await self.engine.push(self._route(name, (self._backend(name, color),)))
+                    await self.ctx.traffic.push(self._route(name, (self._backend(name, color),)))
                 break
             except ROUTER_ERRORS as exc:
                 log.error("switching back failed (attempt %d): %s", attempt + 1, exc)
@@ -489,11 +482,9 @@ class Deployment:
         for name, _color in action.routes:
             old = self.old.get(name)
             if old is not None:
-                active = self.engine.with_changes(old, role="active", standby_until=None)
-                self.old[name] = active
-                self.engine.store.upsert_instance(active)
+                self.old[name] = self.ctx.fleet.update(old, role="active", standby_until=None)
         self._record("switched_back", "traffic is back on the previous version")
-        self.queue.put_nowait(r.SwitchedBack(self.engine.now()))
+        self.queue.put_nowait(r.SwitchedBack(self.ctx.clock.now()))
 
     async def _preview(self, on: bool) -> None:
         for name, svc in self.env.services.items():
@@ -501,21 +492,21 @@ class Deployment:
                 continue
             route = route_name(self.env.name, name) + ":preview"
             if not on:
-                if route in self.engine.routes.routes:
+                if self.ctx.traffic.has(route):
                     with contextlib.suppress(*ROUTER_ERRORS):
-                        await self.engine.unroute(route)
+                        await self.ctx.traffic.remove(route)
                 self.previews.pop(name, None)
                 continue
+            # The preview listens where the public port does: a port free there, not the app's.
             port = svc.preview_port or free_port(svc.listen)
-            spec = RouteSpec(
-                name=route,
-                host=svc.listen,
-                port=port,
-                backends=(self._backend(name, self._new_color(name) or ""),),
-                limits=self.env.proxy.model_dump(),
+            split = self.ctx.traffic.split(
+                self.env,
+                name,
+                (self._backend(name, self._new_color(name) or ""),),
+                preview_port=port,
             )
             try:
-                await self.engine.push(spec)
+                await self.ctx.traffic.push(split)
             except ROUTER_ERRORS as exc:
                 self._record("preview", f"could not open the preview port {port}: {exc}", name)
                 continue
@@ -524,10 +515,10 @@ class Deployment:
 
     async def _drain(self, action: r.Drain) -> None:
         if action.colors:
-            left = await self.engine.drain(self.env, action.colors)
+            left = await self.ctx.traffic.drain(self.env, action.colors)
             suffix = f"; {left} still in flight after the drain timeout" if left else ""
             self._record("drained", f"in-flight requests on the old colors finished{suffix}")
-        self.queue.put_nowait(r.Drained(self.engine.now()))
+        self.queue.put_nowait(r.Drained(self.ctx.clock.now()))
 
     # --- analysis --------------------------------------------------------------------------------
 
@@ -544,7 +535,7 @@ class Deployment:
         for plan in (s.plan for s in self.state.services):
             if plan.kind != "web" or plan.old_color is None:
                 continue
-            inst = self.new[plan.name]
+            endpoint = self.new[plan.name].endpoint
             targets.append(
                 (
                     plan.name,
@@ -554,13 +545,13 @@ class Deployment:
                         service=plan.name,
                         color=plan.new_color,
                         version=self.release.version,
-                        port=inst.port,
+                        port=endpoint.port if endpoint is not None else None,
                         cwd=self.tree,
                         route=route_name(self.env.name, plan.name),
                     ),
                 )
             )
-        self.analysis = AnalysisRunner(self.engine.router, self.engine.now, self._measured)
+        self.analysis = AnalysisRunner(self.ctx.traffic.router, self.ctx.clock.now, self._measured)
         for service, target in targets:
             for check in self.env.rollout.checks():
                 self.analysis.add(self._check_name(service, check.display()), check, target)
@@ -573,7 +564,7 @@ class Deployment:
         if verdict == "fail":
             self._record("measurement", summary, data={"measurement": m.to_json()})
         self.emit({"step": "measurement", "message": f"{summary} [{verdict}]"})
-        self.queue.put_nowait(r.Measured(name, verdict, summary, self.engine.now()))  # type: ignore[arg-type]
+        self.queue.put_nowait(r.Measured(name, verdict, summary, self.ctx.clock.now()))  # type: ignore[arg-type]
 
     # --- status ----------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from conveyor.metrics.prometheus import PrometheusSource
 if TYPE_CHECKING:
     from conveyor.config.models import AnalysisCheck
     from conveyor.core.analysis import Measurement
-    from conveyor.routers.builtin import ProxyClient
+    from conveyor.routers.base import Router
 
 __all__ = [
     "BuiltinSource",
@@ -34,8 +34,8 @@ __all__ = [
 class Sources:
     """Dispatches each check to the source of its metric."""
 
-    def __init__(self, client: ProxyClient) -> None:
-        self.builtin = BuiltinSource(client)
+    def __init__(self, router: Router) -> None:
+        self.builtin = BuiltinSource(router)
         self.by_metric: dict[str, MetricSource] = {
             "error_rate": self.builtin,
             "latency_p99_ms": self.builtin,

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.core.analysis import Measurement, judge
 from conveyor.metrics.base import Target, seconds, short
-from conveyor.routers.base import ProxyUnavailable, RouterError
-from conveyor.routers.builtin import ProxyClient
+from conveyor.routers.base import ColorCounters, ProxyUnavailable, Router, RouterError
 
 if TYPE_CHECKING:
     from conveyor.config.models import AnalysisCheck
@@ -186,25 +185,27 @@ def bucket_quantile(q: float, buckets: Sequence[tuple[float, int]]) -> float:
 
 
 class BuiltinSource:
-    """Measures error_rate and latency_p99_ms from the proxy's stats.
+    """Measures error_rate and latency_p99_ms from the router's per-color counters.
 
-    One stats call serves every check measured at the same `now` (the engine measures all due
-    checks of a tick with the same timestamp), and each route+color has one window whose
-    history is long enough for the longest window asked of it.
+    One counters call per route serves every check measured at the same `now` (the engine
+    measures all due checks of a tick with the same timestamp), and each route+color has one
+    window whose history is long enough for the longest window asked of it.
     """
 
-    def __init__(self, client: ProxyClient) -> None:
-        self.client = client
+    def __init__(self, router: Router) -> None:
+        self.router = router
         self.windows: dict[tuple[str, str], ProxyWindow] = {}
-        self._poll: tuple[float, asyncio.Future[dict[str, Any]]] | None = None
+        self._polls: dict[
+            str, tuple[float, asyncio.Future[Mapping[str, ColorCounters] | None]]
+        ] = {}
 
-    async def _stats(self, now: float) -> dict[str, Any]:
-        poll = self._poll
+    async def _counters(self, route: str, now: float) -> Mapping[str, ColorCounters] | None:
+        poll = self._polls.get(route)
         if poll is None or poll[0] != now:
-            task = asyncio.ensure_future(self.client.stats())
+            task = asyncio.ensure_future(self.router.counters(route))
             # Mark its exception as seen even if every waiter was cancelled (no loop warning).
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
-            poll = self._poll = (now, task)
+            poll = self._polls[route] = (now, task)
         # shield: one caller being cancelled must not cancel the call others wait on.
         return await asyncio.shield(poll[1])
 
@@ -217,13 +218,12 @@ class BuiltinSource:
             window = self.windows[key] = ProxyWindow(check.window)
         window.keep = max(window.keep, check.window)
         try:
-            stats = await self._stats(now)
-        except (ProxyUnavailable, RouterError) as exc:
+            colors = await self._counters(target.route, now)
+        except (ProxyUnavailable, RouterError, OSError) as exc:
             return judge(check, None, None, f"proxy stats unavailable: {short(str(exc))}", now)
-        route = stats.get("routes", {}).get(target.route)
-        if route is None:
+        if colors is None:
             return judge(check, None, None, f"no route {target.route} in the proxy", now)
-        color = route.get("colors", {}).get(target.color)
+        color = colors.get(target.color)
         if color is None:
             return judge(check, None, None, f"no traffic to {target.color} yet", now)
         # A second check of the same tick observes the same snapshot again: observe() keeps one.

@@ -1,10 +1,27 @@
-"""What the engine needs from a router: put a route in place, take it away, read counters."""
+"""What a router is: the traffic split it applies and the protocol the engine drives.
+
+A router puts one public address in front of the colors of a service and moves traffic between
+them: the built-in proxy today, HAProxy's runtime API or a Kubernetes Service selector tomorrow.
+It declares what it can do in `features`, so configuration can refuse a rollout it cannot carry
+out (a canary on a router without weights) before anything starts.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+
+if TYPE_CHECKING:
+    from conveyor.config import ResolvedEnvironment
+
+# What a router may be able to do, beyond sending all traffic to one color.
+WEIGHTS = "weights"  # split traffic between two colors by percentage (canary steps)
+STICKY = "sticky"  # keep a user on one color during a canary (cookie or header)
+INFLIGHT = "inflight"  # count requests in flight per color (drain waits on it)
+COUNTERS = "counters"  # count requests, responses and latency per color (built-in analysis)
+PREVIEW = "preview"  # open a second address to one color before it takes traffic
+FEATURES = frozenset({WEIGHTS, STICKY, INFLIGHT, COUNTERS, PREVIEW})
 
 
 class RouterError(Exception):
@@ -12,11 +29,13 @@ class RouterError(Exception):
 
 
 class ProxyUnavailable(RouterError):
-    """The router process does not answer (not running, or not responding in time)."""
+    """The router does not answer (not running, or not responding in time)."""
 
 
 @dataclass(frozen=True)
 class Backend:
+    """One color behind a route, and its share of the traffic in percent."""
+
     color: str
     host: str
     port: int
@@ -26,18 +45,92 @@ class Backend:
         return {"color": self.color, "host": self.host, "port": self.port, "weight": self.weight}
 
 
+@dataclass(frozen=True)
+class Split:
+    """One route: a listen address and the colors behind it with their weights.
+
+    `sticky` is {"cookie": name} or {"header": name} while two colors share a canary, else None.
+    `options` are the router's own settings for this route (the built-in proxy's limits).
+    """
+
+    route: str  # "<environment>/<service>", or "<environment>/<service>:preview"
+    host: str
+    port: int
+    backends: tuple[Backend, ...]
+    sticky: Mapping[str, str] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.route,
+            "host": self.host,
+            "port": self.port,
+            "backends": [b.to_json() for b in self.backends],
+            "options": dict(self.options),
+            "sticky": dict(self.sticky) if self.sticky is not None else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Split:
+        # "limits" is what conveyor 0.1 called the options in routes.json.
+        options = data.get("options", data.get("limits", {}))
+        sticky = data.get("sticky")
+        return cls(
+            route=str(data["name"]),
+            host=str(data["host"]),
+            port=int(data["port"]),
+            backends=tuple(
+                Backend(str(b["color"]), str(b["host"]), int(b["port"]), int(b.get("weight", 100)))
+                for b in data["backends"]
+            ),
+            sticky=dict(sticky) if sticky else None,
+            options=dict(options or {}),
+        )
+
+
+class ColorCounters(TypedDict):
+    """Cumulative counters of one color since the router started (what `counters` returns)."""
+
+    requests: int
+    responses: dict[str, int]  # by status class: "2xx", "5xx", ...
+    upstream_errors: int  # 502/504 the router answered, plus responses cut off mid-body
+    inflight: int
+    latency_buckets: list[tuple[str, int]]  # (upper bound in seconds or "+Inf", cumulative)
+    latency_sum: float
+
+
 class Router(Protocol):
-    async def ping(self) -> dict[str, Any]: ...
+    """Applies traffic splits. Every call returns in bounded time or raises RouterError."""
 
-    async def set_route(
-        self,
-        name: str,
-        listen: tuple[str, int],
-        backends: Sequence[Backend],
-        limits: Mapping[str, Any] | None = None,
-        sticky: Mapping[str, str] | None = None,
-    ) -> None: ...
+    name: str
+    features: frozenset[str]
 
-    async def remove_route(self, name: str) -> None: ...
+    def options(self, env: ResolvedEnvironment) -> Mapping[str, Any]:
+        """The router's own settings for the routes of `env` (carried by each Split)."""
+        ...
 
-    async def stats(self) -> dict[str, Any]: ...
+    async def ensure(self) -> bool:
+        """Make sure the router runs; True if it had to be (re)started and lost its routes."""
+        ...
+
+    async def apply(self, split: Split) -> None:
+        """Put this route in place, replacing the previous split of the same route at once."""
+        ...
+
+    async def remove(self, route: str) -> None: ...
+
+    async def inflight(self, route: str, color: str) -> int | None:
+        """Requests in flight on that color of that route; None if the router cannot tell."""
+        ...
+
+    async def counters(self, route: str) -> Mapping[str, ColorCounters] | None:
+        """Counters per color of that route; None if it has no such route or does not count."""
+        ...
+
+    async def shutdown(self) -> None:
+        """Stop the router, if it is conveyor's to stop."""
+        ...
+
+
+def route_name(environment: str, service: str) -> str:
+    return f"{environment}/{service}"

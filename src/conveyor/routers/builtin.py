@@ -1,4 +1,4 @@
-"""Client of the built-in proxy's control socket, and starting the proxy process."""
+"""The built-in proxy as a `Router`, the client of its control socket, and starting its process."""
 
 from __future__ import annotations
 
@@ -12,16 +12,84 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from conveyor.routers.base import Backend, ProxyUnavailable, RouterError
+from conveyor.routers.base import (
+    COUNTERS,
+    INFLIGHT,
+    PREVIEW,
+    STICKY,
+    WEIGHTS,
+    Backend,
+    ColorCounters,
+    ProxyUnavailable,
+    RouterError,
+    Split,
+)
+
+if TYPE_CHECKING:
+    from conveyor.config import ResolvedEnvironment
 
 CALL_TIMEOUT = 5.0
 START_TIMEOUT = 10.0
 
 
+class BuiltinRouter:
+    """`Router` for conveyor's own proxy: a process of its own, driven over a unix socket.
+
+    The proxy outlives the agent; `ensure` adopts a running one or starts a new one (which then
+    has no routes: the caller applies them again). `options` of a split are the proxy's limits.
+    """
+
+    name = "builtin"
+    features = frozenset({WEIGHTS, STICKY, INFLIGHT, COUNTERS, PREVIEW})
+
+    def __init__(self, home: Path, control: Path, pidfile: Path, log: Path) -> None:
+        self.home = home
+        self.pidfile = pidfile
+        self.log = log
+        self.client = ProxyClient(control)
+
+    def options(self, env: ResolvedEnvironment) -> Mapping[str, Any]:
+        # The proxy's limits ([proxy] in conveyor.toml, per environment) travel with each route.
+        return env.proxy.model_dump()
+
+    async def ensure(self) -> bool:
+        try:
+            await self.client.ping()
+            return False
+        except ProxyUnavailable:
+            pass
+        # start_proxy waits (bounded) for the new process to answer: keep the loop free.
+        await asyncio.to_thread(start_proxy, self.home, self.client.path, self.pidfile, self.log)
+        return True
+
+    async def apply(self, split: Split) -> None:
+        await self.client.set_route(
+            split.route, (split.host, split.port), split.backends, split.options, split.sticky
+        )
+
+    async def remove(self, route: str) -> None:
+        await self.client.remove_route(route)
+
+    async def colors(self, route: str) -> dict[str, Any] | None:
+        stats = await self.client.stats()
+        found = stats.get("routes", {}).get(route)
+        return None if found is None else dict(found.get("colors", {}))
+
+    async def inflight(self, route: str, color: str) -> int | None:
+        colors = await self.colors(route)
+        return int((colors or {}).get(color, {}).get("inflight", 0))
+
+    async def counters(self, route: str) -> Mapping[str, ColorCounters] | None:
+        return await self.colors(route)  # None: no such route
+
+    async def shutdown(self) -> None:
+        await self.client.shutdown()
+
+
 class ProxyClient:
-    """Async `Router` over the proxy's unix control socket: one short connection per call."""
+    """The proxy's unix control socket: one short connection per call."""
 
     def __init__(self, path: Path, timeout: float = CALL_TIMEOUT) -> None:
         self.path = path

@@ -1,14 +1,16 @@
-"""Runtimes run the processes of a service color; LocalRuntime is the one we ship."""
+"""Runtimes run the workloads of a service color; LocalRuntime is the one we ship."""
 
-from conveyor.runtimes.base import ColorSpec, Instance, Runtime, RuntimeStartError
+from conveyor.runtimes.base import Endpoint, Handle, RunState, Runtime, RuntimeStartError, Workload
 from conveyor.runtimes.local import LocalRuntime, free_port, read_proc_stat, tail
 
 __all__ = [
-    "ColorSpec",
-    "Instance",
+    "Endpoint",
+    "Handle",
     "LocalRuntime",
+    "RunState",
     "Runtime",
     "RuntimeStartError",
+    "Workload",
     "free_port",
     "read_proc_stat",
     "tail",

@@ -1,22 +1,39 @@
-"""What a runtime is: the records it works on and the protocol the engine drives."""
+"""What a runtime is: the workload it is asked to run, the handle it gives back, its protocol.
+
+A runtime runs one color of one service: a local process group today, a container or a cluster
+deployment tomorrow. The engine knows nothing else about it: it hands over a `Workload`, keeps the
+`Handle` (stored as JSON, so a restarted agent can find the workload again), reaches the app
+through the handle's endpoints, and asks the runtime whether it still runs.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 
 class RuntimeStartError(Exception):
-    """The command could not even be spawned (missing cwd, unusable log file, ...)."""
+    """The workload could not even be started (missing directory, unusable log file, ...)."""
 
 
 @dataclass(frozen=True)
-class ColorSpec:
-    """Everything needed to start one color of one service.
+class Endpoint:
+    """Where a color's app answers, as the router and the health checks reach it."""
 
-    `command` already has `{port}` substituted and `env` is the complete environment:
-    the runtime adds nothing to it, so what runs is exactly what the engine decided.
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What to run for one color of one service.
+
+    `artifact` is what the release is made of (a source tree today, an image reference for
+    containers). `command` may hold the `{port}` placeholder and `port` is the port the app
+    should listen on: 0 lets the runtime choose, None means the service takes no traffic (a
+    worker). `env` is the service's whole environment; the runtime adds only `PORT`.
+    `options` are the runtime's own settings from the service's configuration.
     """
 
     app: str
@@ -24,43 +41,87 @@ class ColorSpec:
     service: str
     color: str
     version: str
-    command: str
-    cwd: Path
-    env: dict[str, str]
+    artifact: str
+    command: str | None
     port: int | None
-    log_path: Path
+    env: Mapping[str, str]
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class Instance:
-    """A running (or once running) process, as recorded in the store.
+class Handle:
+    """How to find a started workload again, after an agent restart too.
 
-    `proc_start` is the start time in clock ticks (field 22 of /proc/<pid>/stat). Together
-    with the pid it identifies the process even after the pid has been reused, which is how a
-    restarted agent tells its old processes from strangers.
+    `ref` is the runtime's own identity of it (for local processes: pid, process group and
+    kernel start time, so a stranger that got the pid is never taken for ours).
     """
 
-    pid: int
-    pgid: int
-    port: int | None
-    proc_start: int
+    runtime: str
+    ref: Mapping[str, str | int]
+    endpoints: tuple[Endpoint, ...]
     started_at: float
-    log_path: Path
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        return self.endpoints[0] if self.endpoints else None
+
+    @property
+    def summary(self) -> str:
+        """How people name it: "pid 4711", "container 3f2a…"."""
+        for key in ("pid", "container", "name", "id"):
+            if key in self.ref:
+                return f"{key} {self.ref[key]}"
+        return self.runtime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime,
+            "ref": dict(self.ref),
+            "endpoints": [{"host": e.host, "port": e.port} for e in self.endpoints],
+            "started_at": self.started_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Handle:
+        return cls(
+            runtime=str(data["runtime"]),
+            ref=dict(data.get("ref", {})),
+            endpoints=tuple(
+                Endpoint(str(e["host"]), int(e["port"])) for e in data.get("endpoints", [])
+            ),
+            started_at=float(data.get("started_at", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class RunState:
+    alive: bool
+    detail: str  # "running", "exited with code 3", "killed by SIGKILL", "not running"
 
 
 class Runtime(Protocol):
-    def start(self, spec: ColorSpec) -> Instance:
-        """Start the process in its own session/process group, output appended to log_path."""
+    """Starts, finds again, checks and stops workloads. Every call returns in bounded time."""
+
+    name: str
+
+    async def start(self, w: Workload) -> Handle:
+        """Start the workload; raise RuntimeStartError if it cannot even be started."""
         ...
 
-    def alive(self, inst: Instance) -> bool:
-        """Reaps its own children; verifies proc_start for adopted ones."""
+    async def adopt(self, h: Handle) -> Handle | None:
+        """The handle if that very workload still runs (started by an earlier agent), else None."""
         ...
 
-    async def stop(self, inst: Instance, grace: float) -> None:
-        """SIGTERM to the group, wait up to `grace` seconds, then SIGKILL the group."""
+    async def state(self, h: Handle) -> RunState: ...
+
+    async def stop(self, h: Handle, grace: float) -> None:
+        """Ask it to stop, wait up to `grace` seconds, then force it. Never signals a stranger."""
         ...
 
-    def exit_detail(self, inst: Instance) -> str:
-        """ "exited with code 3" / "killed by SIGKILL" / "running" / "not running"."""
+    def logs(self, h: Handle, follow: bool) -> AsyncIterator[bytes]:
+        """Its output so far, then (with follow) what it writes next, until cancelled."""
+        ...
+
+    def tail(self, h: Handle, lines: int) -> list[str]:
+        """The last lines of its output, for error messages."""
         ...

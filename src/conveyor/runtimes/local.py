@@ -15,12 +15,12 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from conveyor.runtimes.base import ColorSpec, Instance, RuntimeStartError
+from conveyor.runtimes.base import Endpoint, Handle, RunState, RuntimeStartError, Workload
 
 POLL_INTERVAL = 0.05
 # Handles of exited children are kept for exit_detail(); a long-running agent starts
@@ -29,6 +29,8 @@ KEEP_FINISHED = 256
 # After SIGKILL the kernel tears the process down promptly; this only bounds the wait
 # for a process stuck in uninterruptible sleep so stop() always returns.
 KILL_WAIT = 5.0
+# How often `logs(follow=True)` looks for new output.
+FOLLOW_INTERVAL = 0.2
 
 
 @dataclass(frozen=True)
@@ -56,28 +58,71 @@ def _utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass(frozen=True)
+class Proc:
+    """A process of ours: its pid, its group, and its kernel start time (pid reuse guard)."""
+
+    pid: int
+    pgid: int
+    start: int
+
+    @classmethod
+    def of(cls, h: Handle) -> Proc | None:
+        try:
+            return cls(
+                int(h.ref["pid"]), int(h.ref.get("pgid", h.ref["pid"])), int(h.ref["proc_start"])
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
 class LocalRuntime:
-    def __init__(self) -> None:
+    """`Runtime` for local processes; output goes to `<log_dir>/<env>/<service>/<color>.log`."""
+
+    name = "local"
+    host = "127.0.0.1"
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
         # Children spawned by this object, keyed by (pid, proc_start) so a reused pid
         # never matches a stale handle.
         self._children: dict[tuple[int, int], subprocess.Popen[bytes]] = {}
 
-    def start(self, spec: ColorSpec) -> Instance:
+    def log_path(self, environment: str, service: str, color: str) -> Path:
+        return self.log_dir / environment / service / f"{color}.log"
+
+    async def start(self, w: Workload) -> Handle:
+        return self.start_sync(w)
+
+    def start_sync(self, w: Workload) -> Handle:
+        if w.command is None:
+            raise RuntimeStartError(f"{w.service} has no command to run")
+        port = w.port
+        if port is not None and (port == 0 or not _bindable(self.host, port)):
+            # 0: ours to choose. A taken port (a restart whose old port someone took meanwhile)
+            # gets a fresh one: the route follows the handle's endpoint.
+            port = free_port(self.host)
+        command = w.command if port is None else w.command.replace("{port}", str(port))
+        env = dict(w.env)
+        if port is not None:
+            env["PORT"] = str(port)
+        cwd = (Path(w.artifact) / str(w.options.get("workdir", "."))).resolve()
+        log_path = self.log_path(w.environment, w.service, w.color)
         try:
-            spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-            log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as e:
-            raise RuntimeStartError(f"cannot open log {spec.log_path}: {e}") from e
+            raise RuntimeStartError(f"cannot open log {log_path}: {e}") from e
         try:
-            port = "-" if spec.port is None else str(spec.port)
-            header = f"--- {_utc_now()} start {spec.service} {spec.color} {spec.version} port={port} ---\n"
+            shown = "-" if port is None else str(port)
+            header = f"--- {_utc_now()} start {w.service} {w.color} {w.version} port={shown} ---\n"
             os.write(log_fd, header.encode())
             # "exec" makes the shell replace itself with the command, so the pid we record is
             # the app's own while shell syntax ($VARS, quoting) in the command still works.
             proc = subprocess.Popen(
-                ["/bin/sh", "-c", f"exec {spec.command}"],
-                cwd=spec.cwd,
-                env=dict(spec.env),
+                ["/bin/sh", "-c", f"exec {command}"],
+                cwd=cwd,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=log_fd,
@@ -85,7 +130,7 @@ class LocalRuntime:
                 close_fds=True,
             )
         except (OSError, ValueError) as e:  # ValueError: a NUL byte in the command or env
-            raise RuntimeStartError(f"cannot start {spec.command!r} in {spec.cwd}: {e}") from e
+            raise RuntimeStartError(f"cannot start {command!r} in {cwd}: {e}") from e
         finally:
             os.close(log_fd)
         # The process is our unreaped child, so its /proc entry exists even if it already exited.
@@ -94,13 +139,11 @@ class LocalRuntime:
             raise RuntimeStartError(f"process {proc.pid} vanished right after start")
         self._children[(proc.pid, stat.start)] = proc
         self._forget_old_exits()
-        return Instance(
-            pid=proc.pid,
-            pgid=proc.pid,
-            port=spec.port,
-            proc_start=stat.start,
+        return Handle(
+            runtime=self.name,
+            ref={"pid": proc.pid, "pgid": proc.pid, "proc_start": stat.start, "log": str(log_path)},
+            endpoints=(Endpoint(self.host, port),) if port is not None else (),
             started_at=time.time(),
-            log_path=spec.log_path,
         )
 
     def _forget_old_exits(self) -> None:
@@ -109,38 +152,31 @@ class LocalRuntime:
         for key in finished[: max(0, len(finished) - KEEP_FINISHED)]:
             del self._children[key]
 
-    def adopt(
-        self,
-        pid: int,
-        pgid: int,
-        port: int | None,
-        proc_start: int,
-        started_at: float,
-        log_path: Path,
-    ) -> Instance:
-        """The record of a process started by an earlier agent; check it with alive()."""
-        return Instance(
-            pid=pid,
-            pgid=pgid,
-            port=port,
-            proc_start=proc_start,
-            started_at=started_at,
-            log_path=log_path,
-        )
+    async def adopt(self, h: Handle) -> Handle | None:
+        """The handle of a process started by an earlier agent, if that very process runs."""
+        return h if h.runtime == self.name and self.alive(h) else None
 
-    def alive(self, inst: Instance) -> bool:
-        proc = self._children.get((inst.pid, inst.proc_start))
+    async def state(self, h: Handle) -> RunState:
+        alive = self.alive(h)
+        return RunState(alive, "running" if alive else self.exit_detail(h))
+
+    def alive(self, h: Handle) -> bool:
+        p = Proc.of(h)
+        if p is None:
+            return False
+        proc = self._children.get((p.pid, p.start))
         if proc is not None:
             # poll() also reaps the zombie and keeps the exit status for exit_detail().
             return proc.poll() is None
-        stat = read_proc_stat(inst.pid)
-        return stat is not None and stat.start == inst.proc_start and stat.state not in ("Z", "X")
+        stat = read_proc_stat(p.pid)
+        return stat is not None and stat.start == p.start and stat.state not in ("Z", "X")
 
-    def exit_detail(self, inst: Instance) -> str:
-        proc = self._children.get((inst.pid, inst.proc_start))
+    def exit_detail(self, h: Handle) -> str:
+        p = Proc.of(h)
+        proc = self._children.get((p.pid, p.start)) if p is not None else None
         if proc is None:
             # Adopted: not our child, so its exit status went to its real parent.
-            return "running" if self.alive(inst) else "not running"
+            return "running" if self.alive(h) else "not running"
         code = proc.poll()
         if code is None:
             return "running"
@@ -152,48 +188,72 @@ class LocalRuntime:
             return f"killed by {name}"
         return f"exited with code {code}"
 
-    async def stop(self, inst: Instance, grace: float) -> None:
+    async def stop(self, h: Handle, grace: float) -> None:
         # Runs on the agent's event loop: wait by sleeping asynchronously, never block.
-        for pause in self._stop_steps(inst, grace):
+        for pause in self._stop_steps(h, grace):
             await asyncio.sleep(pause)
 
-    def stop_sync(self, inst: Instance, grace: float) -> None:
+    def stop_sync(self, h: Handle, grace: float) -> None:
         """stop() for callers without an event loop."""
-        for pause in self._stop_steps(inst, grace):
+        for pause in self._stop_steps(h, grace):
             time.sleep(pause)
 
-    def _stop_steps(self, inst: Instance, grace: float) -> Iterator[float]:
-        """The stop sequence; yields how long to pause between checks (the caller sleeps)."""
-        if not self._group_is_ours(inst):
+    async def logs(self, h: Handle, follow: bool) -> AsyncIterator[bytes]:
+        path = Path(str(h.ref.get("log", "")))
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below, held across awaits
+        except OSError:
             return
-        if self.alive(inst):
-            self._signal_group(inst, signal.SIGTERM)
+        try:
+            while True:
+                chunk = f.read(65536)
+                if chunk:
+                    yield chunk
+                elif not follow:
+                    return
+                else:
+                    await asyncio.sleep(FOLLOW_INTERVAL)
+        finally:
+            f.close()
+
+    def tail(self, h: Handle, lines: int) -> list[str]:
+        log = h.ref.get("log")
+        return tail(Path(str(log)), lines) if log else []
+
+    def _stop_steps(self, h: Handle, grace: float) -> Iterator[float]:
+        """The stop sequence; yields how long to pause between checks (the caller sleeps)."""
+        p = Proc.of(h)
+        if p is None or not self._group_is_ours(p):
+            return
+        if self.alive(h):
+            self._signal_group(p, signal.SIGTERM)
             deadline = time.monotonic() + grace
-            while self.alive(inst) and time.monotonic() < deadline:
+            while self.alive(h) and time.monotonic() < deadline:
                 yield POLL_INTERVAL
-            if self.alive(inst):
-                self._signal_group(inst, signal.SIGKILL)
+            if self.alive(h):
+                self._signal_group(p, signal.SIGKILL)
                 deadline = time.monotonic() + KILL_WAIT
-                while self.alive(inst) and time.monotonic() < deadline:
+                while self.alive(h) and time.monotonic() < deadline:
                     yield POLL_INTERVAL
         # The leader is gone; whatever it forked into its group and that shrugged off
         # SIGTERM goes now, so a stopped color leaves nothing behind.
-        if self._group_is_ours(inst):
-            self._signal_group(inst, signal.SIGKILL)
+        if self._group_is_ours(p):
+            self._signal_group(p, signal.SIGKILL)
 
-    def _group_is_ours(self, inst: Instance) -> bool:
-        """May we signal inst.pgid without hitting a stranger?"""
-        stat = read_proc_stat(inst.pid)
+    @staticmethod
+    def _group_is_ours(p: Proc) -> bool:
+        """May we signal p.pgid without hitting a stranger?"""
+        stat = read_proc_stat(p.pid)
         if stat is None:
             # The leader is gone. A process group id stays allocated while the group has
             # members, so a group still answering to this id holds only our leftovers.
             return True
-        return stat.start == inst.proc_start
+        return stat.start == p.start
 
     @staticmethod
-    def _signal_group(inst: Instance, sig: signal.Signals) -> None:
+    def _signal_group(p: Proc, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(inst.pgid, sig)
+            os.killpg(p.pgid, sig)
 
 
 def tail(log_path: Path, lines: int = 20) -> list[str]:

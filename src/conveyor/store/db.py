@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ from conveyor.store.models import DeploymentRow, EventRow, InstanceRow, ReleaseR
 KINDS = frozenset({"deploy", "rollback"})
 OUTCOMES = frozenset({"in_progress", "succeeded", "failed", "rolled_back", "aborted"})
 ROLES = frozenset({"starting", "active", "standby"})
+# The event appended to a succeeded deployment that a later one rolled back.
+ROLLED_BACK = "rolled_back"
 
 ALEMBIC_DIR = Path(__file__).resolve().parent / "alembic"
 # Serialises schema upgrades between processes on PostgreSQL (pg_advisory_xact_lock key).
@@ -98,10 +100,8 @@ class InstanceRecord:
     version: str
     digest: str
     role: str
-    pid: int | None
-    pgid: int | None
-    port: int | None
-    proc_start: int | None
+    runtime: str
+    handle: dict[str, Any]  # the runtime's Handle as JSON: how to find the workload again
     started_at: datetime
     standby_until: datetime | None
     deployment_id: int | None
@@ -225,6 +225,30 @@ def _deployment(row: DeploymentRow) -> DeploymentRecord:
     )
 
 
+def _marked(session: Session, rows: list[DeploymentRow]) -> list[DeploymentRecord]:
+    """Records of these deployments, showing as rolled back those a later one rolled back."""
+    records = [_deployment(row) for row in rows]
+    if not records:
+        return records
+    marks = {
+        deployment_id: reason
+        for deployment_id, reason in session.execute(
+            select(EventRow.deployment_id, EventRow.reason)
+            .where(
+                EventRow.deployment_id.in_([r.id for r in records]),
+                EventRow.state == ROLLED_BACK,
+            )
+            .order_by(EventRow.id.asc())
+        )
+    }
+    return [
+        replace(r, outcome="rolled_back", reason=marks[r.id])
+        if r.id in marks and r.outcome == "succeeded"
+        else r
+        for r in records
+    ]
+
+
 def _event(row: EventRow) -> EventRecord:
     return EventRecord(
         deployment_id=row.deployment_id,
@@ -244,10 +268,8 @@ def _instance(row: InstanceRow) -> InstanceRecord:
         version=row.version,
         digest=row.digest,
         role=row.role,
-        pid=row.pid,
-        pgid=row.pgid,
-        port=row.port,
-        proc_start=row.proc_start,
+        runtime=row.runtime,
+        handle=dict(row.handle),
         started_at=row.started_at,
         standby_until=row.standby_until,
         deployment_id=row.deployment_id,
@@ -394,30 +416,28 @@ class Store:
 
     def finish_deployment(
         self, deployment_id: int, outcome: str, reason: str, at: datetime
-    ) -> None:
+    ) -> bool:
+        """Give an unfinished deployment its outcome; False (and no change) if it had one.
+
+        A finished deployment is never rewritten: that it was rolled back later is an event
+        (`ROLLED_BACK`) appended to it, which `get_deployment` and `list_deployments` show.
+        """
         _check_choice("outcome", outcome, OUTCOMES - {"in_progress"})
         with self._write() as session:
             row = session.get(DeploymentRow, deployment_id)
             if row is None:
                 raise UnknownDeployment(deployment_id)
+            if row.outcome != "in_progress":
+                return False
             row.outcome = outcome
             row.reason = reason
             row.finished_at = at
-
-    def set_outcome(self, deployment_id: int, outcome: str, reason: str) -> None:
-        """Change the outcome of a finished deployment, e.g. a success later rolled back."""
-        _check_choice("outcome", outcome, OUTCOMES)
-        with self._write() as session:
-            row = session.get(DeploymentRow, deployment_id)
-            if row is None:
-                raise UnknownDeployment(deployment_id)
-            row.outcome = outcome
-            row.reason = reason
+            return True
 
     def get_deployment(self, deployment_id: int) -> DeploymentRecord | None:
         with self._read() as session:
             row = session.get(DeploymentRow, deployment_id)
-            return _deployment(row) if row is not None else None
+            return _marked(session, [row])[0] if row is not None else None
 
     def list_deployments(
         self, app: str, environment: str, limit: int = 50
@@ -430,7 +450,7 @@ class Store:
                 .order_by(DeploymentRow.id.desc())
                 .limit(limit)
             )
-            return [_deployment(row) for row in rows]
+            return _marked(session, list(rows))
 
     def events(self, deployment_id: int) -> list[EventRecord]:
         """Oldest first."""
@@ -473,10 +493,8 @@ class Store:
             row.version = rec.version
             row.digest = rec.digest
             row.role = rec.role
-            row.pid = rec.pid
-            row.pgid = rec.pgid
-            row.port = rec.port
-            row.proc_start = rec.proc_start
+            row.runtime = rec.runtime
+            row.handle = dict(rec.handle)
             row.started_at = rec.started_at
             row.standby_until = rec.standby_until
             row.deployment_id = rec.deployment_id

@@ -115,10 +115,9 @@ class InstanceRow(Base):
     version: Mapped[str] = mapped_column(String(64))
     digest: Mapped[str] = mapped_column(String(80))
     role: Mapped[str] = mapped_column(String(16))
-    pid: Mapped[int | None] = mapped_column(Integer)
-    pgid: Mapped[int | None] = mapped_column(Integer)
-    port: Mapped[int | None] = mapped_column(Integer)
-    proc_start: Mapped[int | None] = mapped_column(BigInteger)
+    # Which runtime started it, and its handle there (conveyor.runtimes.base.Handle as JSON).
+    runtime: Mapped[str] = mapped_column(String(32))
+    handle: Mapped[dict[str, Any]] = mapped_column(JSON)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     standby_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     deployment_id: Mapped[int | None] = mapped_column(

@@ -1,0 +1,193 @@
+"""The fleet: every color of every service of every environment, as runtime handles and rows.
+
+It starts workloads through the runtime, records them in the store (role, version, handle as
+JSON), finds them again after an agent restart, checks that they live and answer, and stops them.
+Nothing here knows what kind of runtime runs them: addresses come from the handles' endpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from conveyor.config import HealthConfig, ResolvedEnvironment, ServiceConfig
+from conveyor.environ import inherited
+from conveyor.health import probe_http
+from conveyor.runtimes.base import Endpoint, Handle, RunState, Runtime, Workload
+from conveyor.store.db import InstanceRecord, ReleaseRecord, Store
+
+Key = tuple[str, str, str]  # (environment, service, color)
+# Is the app answering on its endpoint? (ok, detail). Injected so tests can run without sockets.
+Probe = Callable[[Endpoint, HealthConfig], Awaitable[tuple[bool, str]]]
+
+
+async def probe_endpoint(endpoint: Endpoint, health: HealthConfig) -> tuple[bool, str]:
+    return await probe_http(endpoint.host, endpoint.port, health.path, health.timeout)
+
+
+def key_of(row: InstanceRecord) -> Key:
+    return (row.environment, row.service, row.color)
+
+
+class Fleet:
+    def __init__(self, runtime: Runtime, store: Store, probe: Probe = probe_endpoint) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.probe_endpoint = probe
+        # Handles this agent started or adopted; the store's rows are the desired state.
+        self.handles: dict[Key, Handle] = {}
+
+    # --- starting -----------------------------------------------------------------------------
+
+    def service_env(
+        self,
+        env: ResolvedEnvironment,
+        name: str,
+        svc: ServiceConfig | None,
+        version: str,
+        color: str,
+    ) -> dict[str, str]:
+        base = inherited()  # see conveyor.environ: never the operator's exports
+        if svc is not None:
+            base.update(svc.env)
+        base.update(
+            {
+                "CONVEYOR_APP": env.app,
+                "CONVEYOR_ENV": env.name,
+                "CONVEYOR_SERVICE": name,
+                "CONVEYOR_VERSION": version,
+                "CONVEYOR_COLOR": color,
+                "PYTHONUNBUFFERED": base.get("PYTHONUNBUFFERED", "1"),
+            }
+        )
+        # Services find the Python conveyor runs on first, so `python3 app.py` works in a venv.
+        base["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", "")])
+        return base
+
+    async def spawn(
+        self,
+        env: ResolvedEnvironment,
+        name: str,
+        color: str,
+        version: str,
+        tree: Path,
+        port: int | None = 0,
+    ) -> Handle:
+        """Start one color; `port` 0 lets the runtime choose, a number asks for that one."""
+        svc = env.services[name]
+        workload = Workload(
+            app=env.app,
+            environment=env.name,
+            service=name,
+            color=color,
+            version=version,
+            artifact=str(tree),
+            command=svc.command,
+            port=port if svc.kind == "web" else None,
+            env=self.service_env(env, name, svc, version, color),
+            options={"workdir": svc.workdir},
+        )
+        handle = await self.runtime.start(workload)
+        self.handles[(env.name, name, color)] = handle
+        return handle
+
+    def record(
+        self,
+        env: str,
+        name: str,
+        color: str,
+        release: ReleaseRecord,
+        handle: Handle,
+        role: str,
+        deployment_id: int | None,
+        standby_until: datetime | None = None,
+    ) -> InstanceRecord:
+        row = InstanceRecord(
+            app=release.app,
+            environment=env,
+            service=name,
+            color=color,
+            version=release.version,
+            digest=release.digest,
+            role=role,
+            runtime=handle.runtime,
+            handle=handle.to_json(),
+            started_at=datetime.fromtimestamp(handle.started_at, UTC),
+            standby_until=standby_until,
+            deployment_id=deployment_id,
+        )
+        self.store.upsert_instance(row)
+        return row
+
+    def update(self, row: InstanceRecord, **changes: Any) -> InstanceRecord:
+        """Change a recorded color (its role, standby time, deployment) and store it."""
+        new = replace(row, **changes)
+        self.store.upsert_instance(new)
+        return new
+
+    # --- finding and checking -------------------------------------------------------------------
+
+    def handle(self, row: InstanceRecord) -> Handle | None:
+        known = self.handles.get(key_of(row))
+        if known is not None:
+            return known
+        return Handle.from_json(row.handle) if row.handle.get("ref") else None
+
+    def endpoint(self, row: InstanceRecord) -> Endpoint | None:
+        handle = self.handle(row)
+        return handle.endpoint if handle is not None else None
+
+    async def adopt(self, row: InstanceRecord) -> Handle | None:
+        """Take over a color an earlier agent started, if that very workload still runs."""
+        handle = self.handle(row)
+        adopted = await self.runtime.adopt(handle) if handle is not None else None
+        if adopted is not None:
+            self.handles[key_of(row)] = adopted
+        return adopted
+
+    async def state(self, handle: Handle) -> RunState:
+        return await self.runtime.state(handle)
+
+    async def alive(self, row: InstanceRecord) -> bool:
+        handle = self.handle(row)
+        return handle is not None and (await self.runtime.state(handle)).alive
+
+    async def probe(self, svc: ServiceConfig, handle: Handle) -> tuple[bool, str]:
+        """One health check: a web service must answer on its endpoint, a worker must run."""
+        endpoint = handle.endpoint
+        if svc.kind == "web" and endpoint is not None:
+            return await self.probe_endpoint(endpoint, svc.health)
+        return True, "running"
+
+    async def healthy(self, svc: ServiceConfig, row: InstanceRecord) -> bool:
+        handle = self.handle(row)
+        if handle is None or not (await self.runtime.state(handle)).alive:
+            return False
+        return (await self.probe(svc, handle))[0]
+
+    # --- stopping ---------------------------------------------------------------------------
+
+    async def stop(self, row: InstanceRecord, grace: float) -> None:
+        """Stop a recorded color and forget it."""
+        handle = self.handles.pop(key_of(row), None) or self.handle(row)
+        if handle is not None:
+            await self.runtime.stop(handle, grace)
+        self.store.delete_instance(row.app, row.environment, row.service, row.color)
+
+    async def stop_started(self, app: str, key: Key, handle: Handle, grace: float) -> None:
+        """Stop a color this agent started (it may not be recorded yet) and forget it."""
+        await self.runtime.stop(handle, grace)
+        if self.handles.get(key) is handle:
+            self.handles.pop(key, None)
+        self.store.delete_instance(app, *key)
+
+    async def halt(self, row: InstanceRecord, grace: float) -> None:
+        """Stop a color but keep its row: the desired state a later `agent start` restores."""
+        handle = self.handles.pop(key_of(row), None) or self.handle(row)
+        if handle is not None:
+            await self.runtime.stop(handle, grace)

@@ -1,0 +1,72 @@
+"""The journal: the one writer of deployments, their events and their outcomes.
+
+Everything that happens to a deployment is appended here and nothing is rewritten: a deployment
+gets its outcome once, and a later rollback of it is a new event on it, not an edit. That is what
+makes the history trustworthy, and what a tamper-evident audit log (the promotion issue) chains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from conveyor.engine.outcome import Emit
+from conveyor.store.db import ROLLED_BACK, Store
+
+
+class Journal:
+    def __init__(self, store: Store, utcnow: Callable[[], datetime]) -> None:
+        self._store = store
+        self._utcnow = utcnow
+
+    def open(
+        self,
+        app: str,
+        environment: str,
+        version: str,
+        kind: str,
+        previous_version: str | None,
+        reason: str = "",
+    ) -> int:
+        """A new deployment, in progress; returns its id."""
+        return self._store.create_deployment(
+            app, environment, version, kind, previous_version, self._utcnow(), reason=reason
+        )
+
+    def record(
+        self,
+        deployment_id: int,
+        state: str,
+        reason: str,
+        data: dict[str, Any] | None = None,
+        emit: Emit | None = None,
+        service: str | None = None,
+    ) -> None:
+        """Append an event; with `emit`, show it to whoever follows the deployment too."""
+        payload: dict[str, Any] = dict(data or {})
+        if service:
+            payload["service"] = service
+        self._store.add_event(deployment_id, state, reason, payload, self._utcnow())
+        if emit is not None:
+            emit({"step": state, "service": service, "message": reason})
+
+    def finish(self, deployment_id: int, outcome: str, reason: str) -> bool:
+        """Give the deployment its outcome; False if it already had one (it keeps that one)."""
+        return self._store.finish_deployment(deployment_id, outcome, reason, self._utcnow())
+
+    def rolled_back(self, deployment_id: int, by: int | None, why: str = "") -> None:
+        """Note on a succeeded deployment that deployment `by` rolled it back."""
+        detail = f"rolled back by deployment #{by}" + (f": {why}" if why else "")
+        self.record(deployment_id, ROLLED_BACK, detail, {"by": by})
+
+    def mark_rolled_back(
+        self, app: str, env: str, version: str | None, by: int | None, why: str = ""
+    ) -> None:
+        """The latest success of `version` in `env` (other than `by`) was rolled back by `by`."""
+        for dep in self._store.list_deployments(app, env, limit=200):
+            if dep.id == by:
+                continue
+            if dep.version == version and dep.outcome == "succeeded":
+                self.rolled_back(dep.id, by, why)
+                return
