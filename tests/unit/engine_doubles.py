@@ -20,7 +20,8 @@ from conveyor.config import HealthConfig, ResolvedEnvironment
 from conveyor.engine.engine import Engine
 from conveyor.paths import Paths
 from conveyor.releases import ReleaseStore
-from conveyor.routers.base import FEATURES, ColorCounters, RouterError, Split
+from conveyor.routers.base import ColorCounters, RouterError, Split
+from conveyor.routers.kinds import FEATURES
 from conveyor.runtimes.base import Endpoint, Handle, RunState, RuntimeStartError, Workload
 from conveyor.store.db import Store
 

@@ -23,6 +23,7 @@ from conveyor.cli.common import (
     when,
 )
 from conveyor.cli.output import emit_json, fail
+from conveyor.engine.status import history_row
 
 # --- status, history, logs --------------------------------------------------------------------
 
@@ -107,35 +108,7 @@ def history(
     store = proj.store()
     try:
         deps = store.list_deployments(cfg.app.name, env, limit=limit)
-        rows = []
-        for d in deps:
-            row = {
-                "id": d.id,
-                "version": d.version,
-                "kind": d.kind,
-                "outcome": d.outcome,
-                "started_at": d.started_at.isoformat(),
-                "finished_at": d.finished_at.isoformat() if d.finished_at else None,
-                "reason": d.reason,
-                "previous_version": d.previous_version,
-            }
-            if json_out:
-                events = store.events(d.id)
-                latest = [e for e in events if e.state == "analysis"]
-                row["measurements"] = latest[-1].data.get("measurements", []) if latest else []
-                plan = next((e for e in events if e.state == "plan"), None)
-                row["strategy"] = plan.data.get("strategy") if plan else None
-                failed = [e for e in events if e.state == "measurement"]
-                row["trigger"] = (
-                    failed[-1].data.get("measurement")
-                    if failed and d.outcome == "rolled_back"
-                    else None
-                )
-                row["events"] = [
-                    {"at": e.at.isoformat(), "state": e.state, "reason": e.reason, **e.data}
-                    for e in events
-                ]
-            rows.append(row)
+        rows = [history_row(store, d, detail=json_out) for d in deps]
     finally:
         store.close()
     if json_out:

@@ -5,16 +5,18 @@ from __future__ import annotations
 import contextlib
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from conveyor.config.capabilities import router_issues
 from conveyor.config.environments import resolve_environment
 from conveyor.config.errors import BARE_KEY, ConfigError, Issue, display_path, dotted_key
 from conveyor.config.models import Config
 from conveyor.config.pydantic_errors import issues_from_validation
+from conveyor.routers.kinds import ROUTER_FEATURES
 
 CONFIG_NAME = "conveyor.toml"
 
@@ -36,7 +38,10 @@ def find_config(start: Path) -> Path:
     )
 
 
-def load_config(path: Path) -> Config:
+def load_config(
+    path: Path, router_features: Mapping[str, frozenset[str]] = ROUTER_FEATURES
+) -> Config:
+    """Read, validate and resolve every environment; `router_features`: what each router can do."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -69,8 +74,12 @@ def load_config(path: Path) -> Config:
     # Resolve every environment now, so that a bad override fails `conveyor deploy` for any
     # environment at once instead of waiting for someone to deploy the broken one.
     issues: list[Issue] = []
+    features = router_features[config.router.kind]
     for name in config.environments:
-        issues.extend(resolve_environment(config, name)[1])
+        env, found = resolve_environment(config, name)
+        issues.extend(found)
+        if env is not None:
+            issues.extend(router_issues(config, env, features))
     if issues:
         raise _located(path, locator, issues)
     return config

@@ -567,6 +567,11 @@ class ProxyConfig(_Model):
     header_timeout: PositiveDuration = 10.0
 
 
+class RouterConfig(_Model):
+    # Which router moves traffic between colors: conveyor's own proxy is the only one today.
+    kind: Literal["builtin"] = "builtin"
+
+
 class AgentConfig(_Model):
     # admin_token_file comes first: the admin_host check below needs to see it.
     admin_token_file: str | None = None
@@ -630,6 +635,7 @@ class Config(_Model):
     services: dict[ServiceName, ServiceConfig]
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     notifications: list[NotificationConfig] = Field(default_factory=list)

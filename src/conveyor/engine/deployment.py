@@ -27,9 +27,9 @@ from conveyor.engine.notify import Notice, Notifier
 from conveyor.engine.outcome import Emit
 from conveyor.engine.traffic import ROUTER_ERRORS
 from conveyor.metrics.base import Target
+from conveyor.ports import free_port
 from conveyor.routers.base import Backend, Split, route_name
 from conveyor.runtimes.base import Endpoint, Handle, RuntimeStartError
-from conveyor.runtimes.local import free_port
 from conveyor.store.db import InstanceRecord, ReleaseRecord
 
 log = logging.getLogger("conveyor.engine")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from conveyor.config.models import HookConfig
-from conveyor.runtimes.local import read_proc_stat
+from conveyor.procs import read_proc_stat
 
 # Lines kept for the result (shown in `conveyor status` and notifications).
 TAIL_LINES = 20

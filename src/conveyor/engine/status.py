@@ -6,11 +6,13 @@ two never disagree on what a deployment's final measurements, strategy or trigge
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from conveyor.config import ResolvedEnvironment
-from conveyor.engine.fleet import Fleet
 from conveyor.store.db import DeploymentRecord, EventRecord, InstanceRecord, Store
+
+if TYPE_CHECKING:  # the CLI imports this module for history: keep it light
+    from conveyor.config import ResolvedEnvironment
+    from conveyor.engine.fleet import Fleet
 
 
 def measurements(events: list[EventRecord]) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 A router puts one public address in front of the colors of a service and moves traffic between
 them: the built-in proxy today, HAProxy's runtime API or a Kubernetes Service selector tomorrow.
-It declares what it can do in `features`, so configuration can refuse a rollout it cannot carry
+It declares what it can do in `features` (the names are in routers/kinds.py), so configuration can refuse a rollout it cannot carry
 out (a canary on a router without weights) before anything starts.
 """
 
@@ -14,14 +14,6 @@ from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 if TYPE_CHECKING:
     from conveyor.config import ResolvedEnvironment
-
-# What a router may be able to do, beyond sending all traffic to one color.
-WEIGHTS = "weights"  # split traffic between two colors by percentage (canary steps)
-STICKY = "sticky"  # keep a user on one color during a canary (cookie or header)
-INFLIGHT = "inflight"  # count requests in flight per color (drain waits on it)
-COUNTERS = "counters"  # count requests, responses and latency per color (built-in analysis)
-PREVIEW = "preview"  # open a second address to one color before it takes traffic
-FEATURES = frozenset({WEIGHTS, STICKY, INFLIGHT, COUNTERS, PREVIEW})
 
 
 class RouterError(Exception):

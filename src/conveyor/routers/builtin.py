@@ -15,17 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conveyor.routers.base import (
-    COUNTERS,
-    INFLIGHT,
-    PREVIEW,
-    STICKY,
-    WEIGHTS,
     Backend,
     ColorCounters,
     ProxyUnavailable,
     RouterError,
     Split,
 )
+from conveyor.routers.kinds import ROUTER_FEATURES
 
 if TYPE_CHECKING:
     from conveyor.config import ResolvedEnvironment
@@ -42,7 +38,7 @@ class BuiltinRouter:
     """
 
     name = "builtin"
-    features = frozenset({WEIGHTS, STICKY, INFLIGHT, COUNTERS, PREVIEW})
+    features = ROUTER_FEATURES["builtin"]
 
     def __init__(self, home: Path, control: Path, pidfile: Path, log: Path) -> None:
         self.home = home

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from conveyor.ports import PRIVATE_PORTS_LOW, _bindable, _ephemeral_low, free_port
+from conveyor.procs import ProcStat, read_proc_stat
 from conveyor.runtimes.base import Endpoint, Handle, RunState, RuntimeStartError, Workload
 
 POLL_INTERVAL = 0.05
@@ -31,27 +31,6 @@ KEEP_FINISHED = 256
 KILL_WAIT = 5.0
 # How often `logs(follow=True)` looks for new output.
 FOLLOW_INTERVAL = 0.2
-
-
-@dataclass(frozen=True)
-class ProcStat:
-    state: str
-    pgrp: int
-    start: int
-
-
-def read_proc_stat(pid: int) -> ProcStat | None:
-    """Parse /proc/<pid>/stat; None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode("utf-8", "replace")
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # Field 2 is "(comm)" and comm may contain spaces and parentheses, so the fixed
-    # fields are only safe to split after the *last* closing parenthesis.
-    rest = raw[raw.rfind(")") + 2 :].split()
-    # rest[0] is field 3 (state); field N is rest[N - 3].
-    return ProcStat(state=rest[0], pgrp=int(rest[2]), start=int(rest[19]))
 
 
 def _utc_now() -> str:
@@ -280,40 +259,12 @@ def tail(log_path: Path, lines: int = 20) -> list[str]:
     return result[-lines:]
 
 
-# Private ports are picked below the kernel's ephemeral range: a port from that range can be
-# taken as the source port of any outgoing connection (the proxy's own upstream connections,
-# for one) between the moment it is picked and the moment the app binds it.
-PRIVATE_PORTS_LOW = 10000
-
-
-def _ephemeral_low() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def _bindable(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody is listening on right now, outside the ephemeral range when there is room."""
-    high = _ephemeral_low() - 1
-    if high - PRIVATE_PORTS_LOW >= 1000:
-        for _ in range(64):
-            port = random.randint(PRIVATE_PORTS_LOW, high)
-            if _bindable(host, port):
-                return port
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        found: int = s.getsockname()[1]
-        return found
+__all__ = [
+    "PRIVATE_PORTS_LOW",
+    "LocalRuntime",
+    "ProcStat",
+    "_ephemeral_low",
+    "free_port",
+    "read_proc_stat",
+    "tail",
+]
