@@ -10,7 +10,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from engine_doubles import Rig, make_rig, run, until
+from engine_doubles import FAST, Rig, make_rig, run, until
 
 from conveyor.engine.engine import Engine
 from conveyor.engine.errors import Refused, UserError
@@ -357,3 +357,63 @@ def test_status_shows_active_standby_and_last_deployment(rig: Rig) -> None:
     assert web["url"] == "http://127.0.0.1:18080"
     assert status["last_deployment"]["version"] == "v2"
     assert status["deploying"] is None
+
+
+# --- redeploying the live version, stop and start, what status says -----------------------------
+
+
+def test_redeploying_the_live_version_is_refused_unless_forced(rig: Rig) -> None:
+    v2_over_v1(rig)
+    with pytest.raises(UserError, match="v2 is already live in dev; use `conveyor deploy v2"):
+        deploy(rig, "v2")
+    assert sorted(rig.roles()) == [
+        ("web", "blue", "v1", "standby"),
+        ("web", "green", "v2", "active"),
+    ]
+    forced: Outcome = run(rig.engine.deploy("dev", "v2", rig.emit, force=True))
+    assert forced.outcome == "succeeded" and forced.data["previous_version"] == "v2"
+
+
+def test_stop_takes_an_environment_down_and_start_brings_its_version_back(rig: Rig) -> None:
+    v2_over_v1(rig)
+    stopped: Outcome = run(rig.engine.stop_env("dev", rig.emit))
+    assert (stopped.outcome, stopped.data["version"]) == ("succeeded", "v2")
+    assert rig.router.splits == {} and rig.roles() == [] and rig.runtime.running() == []
+    with pytest.raises(Refused, match="stopped already"):
+        run(rig.engine.stop_env("dev", rig.emit))
+    # A stop is in the history, but never a version to roll back to or to mark rolled back.
+    assert rig.outcomes()[-1] == ("v2", "stop", "succeeded")
+    started: Outcome = run(rig.engine.start_env("dev", rig.emit))
+    assert started.outcome == "succeeded", started.reason
+    assert rig.outcomes()[-1] == ("v2", "start", "succeeded")
+    assert rig.router.weights() == {"blue": 100} and rig.roles() == [
+        ("web", "blue", "v2", "active")
+    ]
+    with pytest.raises(Refused, match="nothing to start"):
+        run(rig.engine.start_env("dev", rig.emit))
+
+
+def test_start_with_no_history_is_refused(rig: Rig) -> None:
+    with pytest.raises(Refused, match="nothing ever went live in dev"):
+        run(rig.engine.start_env("dev", rig.emit))
+
+
+def test_status_shows_the_live_url_and_notes_an_edited_port(rig: Rig) -> None:
+    rig.release("v1")
+    deploy(rig, "v1")
+    rig.configure("", base=FAST.replace("port = 18080", "port = 18081"))
+    status = run(rig.engine.status("dev"))
+    [web] = status["services"]
+    assert web["url"] == "http://127.0.0.1:18080"
+    assert web["configured_url"] == "http://127.0.0.1:18081"
+    assert status["notes"] == [
+        "web: conveyor.toml now says http://127.0.0.1:18081, but http://127.0.0.1:18080 is "
+        "live; the next deploy applies it"
+    ]
+
+
+def test_services_get_the_path_as_it_is(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/opt/app/.venv/bin:/usr/bin")
+    rig.release("v1")
+    deploy(rig, "v1")
+    assert rig.runtime.w.started[0].env["PATH"] == "/opt/app/.venv/bin:/usr/bin"

@@ -151,7 +151,8 @@ class Agent:
         if op == "ping":
             return {"ok": True, "exit": 0, "data": {"pid": os.getpid(), "version": __version__}}
         if op == "deploy":
-            return _outcome(await self.engine.deploy(req["env"], req["version"], emit))
+            force = bool(req.get("force", False))
+            return _outcome(await self.engine.deploy(req["env"], req["version"], emit, force=force))
         if op == "rollback":
             return _outcome(await self.engine.rollback(req["env"], emit))
         if op == "promote":
@@ -160,6 +161,10 @@ class Agent:
         if op == "abort":
             data = self.engine.abort(req["env"], str(req.get("reason") or "by request"))
             return {"ok": True, "exit": 0, "data": data}
+        if op == "stop_env":
+            return _outcome(await self.engine.stop_env(req["env"], emit))
+        if op == "start_env":
+            return _outcome(await self.engine.start_env(req["env"], emit))
         if op == "status":
             return {"ok": True, "exit": 0, "data": await self.engine.status(req["env"])}
         if op == "stop":
@@ -181,6 +186,8 @@ _FIELDS: dict[str, dict[str, type]] = {
     "promote": {"env": str},
     "abort": {"env": str},
     "status": {"env": str},
+    "stop_env": {"env": str},
+    "start_env": {"env": str},
     "stop": {},
 }
 

@@ -32,6 +32,8 @@ COMMAND_ORDER = (
     "rollback",
     "promote",
     "abort",
+    "stop",
+    "start",
     "agent",
     "demo",
     "completion",

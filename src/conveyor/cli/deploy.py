@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -18,6 +19,10 @@ def deploy(
         typer.Argument(metavar="VERSION", help="A release created with `conveyor release create`."),
     ],
     env: EnvReq,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Redeploy the version that is already live (blue/green)."),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Deploy a release blue/green: start it beside the live one, switch when healthy.
@@ -43,7 +48,8 @@ def deploy(
             )
     finally:
         store.close()
-    result = agent_call(proj, {"op": "deploy", "env": env, "version": version}, json_out)
+    request = {"op": "deploy", "env": env, "version": version, "force": force}
+    result = agent_call(proj, request, json_out)
     finish(result, json_out, "{version} is live in {environment}")
 
 
@@ -59,7 +65,7 @@ def rollback(env: EnvReq, json_out: JsonOpt = False) -> None:
     proj = project()
     proj.checked(env)
     result = agent_call(proj, {"op": "rollback", "env": env}, json_out)
-    finish(result, json_out, "rolled back {environment} to {version}")
+    finish(result, json_out, "rolled back {environment} from {previous_version} to {version}")
 
 
 @app.command()
@@ -98,3 +104,40 @@ def abort(
     proj.checked(env)
     result = agent_call(proj, {"op": "abort", "env": env, "reason": reason}, json_out)
     finish(result, json_out, "aborting deployment #{deployment} ({version})")
+
+
+@app.command()
+def stop(
+    env: EnvReq,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Take an environment down: remove its routes and stop all its services (recorded in the
+    history). `conveyor start` brings it back.
+
+    Example:
+
+        conveyor stop --env staging --yes
+    """
+    proj = project()
+    proj.checked(env)
+    if not yes:
+        if not sys.stdin.isatty():
+            fail(f"this stops every service of {env} and its public ports: pass --yes")
+        typer.confirm(f"Stop every service of {env} and close its public ports?", abort=True)
+    result = agent_call(proj, {"op": "stop_env", "env": env}, json_out)
+    finish(result, json_out, "stopped {environment} ({version})")
+
+
+@app.command()
+def start(env: EnvReq, json_out: JsonOpt = False) -> None:
+    """Bring a stopped environment back on the version it ran, blue/green like any deploy.
+
+    Example:
+
+        conveyor start --env staging
+    """
+    proj = project()
+    proj.checked(env)
+    result = agent_call(proj, {"op": "start_env", "env": env}, json_out)
+    finish(result, json_out, "{version} is live in {environment} again")

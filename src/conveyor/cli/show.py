@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from conveyor.agent.client import AgentUnavailable
@@ -89,6 +90,8 @@ def status(env: EnvOpt = "dev", json_out: JsonOpt = False) -> None:
             standby = f"{sb['version']} ({sb['color']}) until {until}"
         table.add_row(s["name"], active, health, standby, s["url"] or "-")
     console.print(table)
+    for note in data.get("notes", []):
+        console.print(f"[yellow]note:[/] {escape(note)}")
 
 
 @app.command()

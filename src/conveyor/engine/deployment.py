@@ -26,6 +26,7 @@ from conveyor.engine.hooks import HookResult, run_hook
 from conveyor.engine.notify import Notice, Notifier
 from conveyor.engine.outcome import Emit
 from conveyor.engine.traffic import ROUTER_ERRORS
+from conveyor.environ import conveyor_bin
 from conveyor.metrics.base import Target
 from conveyor.ports import free_port
 from conveyor.routers.base import Backend, Split, route_name
@@ -299,6 +300,7 @@ class Deployment:
                 "CONVEYOR_ENV": self.env.name,
                 "CONVEYOR_HOOK": name,
                 "CONVEYOR_DEPLOYMENT": str(self.id),
+                "CONVEYOR_BIN": conveyor_bin(),
             }
         )
         if self.previous_version:

@@ -26,7 +26,7 @@ from conveyor.engine.locks import Locks
 from conveyor.engine.outcome import Emit, Outcome
 from conveyor.engine.project import ProjectConfig
 from conveyor.engine.supervisor import Supervisor
-from conveyor.engine.traffic import Traffic
+from conveyor.engine.traffic import ROUTER_ERRORS, Traffic
 from conveyor.paths import Paths
 from conveyor.routers.base import Router
 from conveyor.routers.builtin import BuiltinRouter
@@ -35,6 +35,9 @@ from conveyor.runtimes.local import LocalRuntime
 from conveyor.store.db import ReleaseRecord, Store
 
 log = logging.getLogger("conveyor.engine")
+
+# What a deployment that starts colors is: a deploy, a rollback by redeploy, a start after a stop.
+Kind = Literal["deploy", "rollback", "start"]
 
 
 class Engine:
@@ -80,9 +83,12 @@ class Engine:
         env_name: str,
         version: str,
         emit: Emit,
-        kind: Literal["deploy", "rollback"] = "deploy",
+        kind: Kind = "deploy",
         reason: str = "",
+        force: bool = False,
     ) -> Outcome:
+        """Make `version` live in `env_name`. Redeploying the live version needs `force` (it
+        restarts it blue/green, and the older standby makes room for the live one)."""
         ctx = self.ctx
         env = ctx.project.environment(env_name)
         release = ctx.store.get_release(env.app, version)
@@ -92,6 +98,12 @@ class Engine:
             raise UserError(
                 f"unknown release {version!r}{hint}; create it with "
                 f"`conveyor release create --version {version}`"
+            )
+        active = [r for r in ctx.store.instances(env.app, env_name) if r.role == "active"]
+        if kind == "deploy" and not force and active and all(r.version == version for r in active):
+            raise UserError(
+                f"{version} is already live in {env_name}; use `conveyor deploy {version} "
+                f"--env {env_name} --force` to restart it blue/green"
             )
         ctx.traffic.check_ports(env, ctx.project.file)
         tree = ctx.tree(release)
@@ -107,7 +119,7 @@ class Engine:
         release: ReleaseRecord,
         tree: Path,
         emit: Emit,
-        kind: Literal["deploy", "rollback"],
+        kind: Kind,
         reason: str,
     ) -> Outcome:
         ctx = self.ctx
@@ -231,6 +243,66 @@ class Engine:
         with ctx.locks.hold(env_name, f"rollback to {found.version}"):
             return await rollback_mod.switch_back(ctx, env, found, emit)
 
+    # --- stop and start an environment -----------------------------------------------------------
+
+    async def stop_env(self, env_name: str, emit: Emit) -> Outcome:
+        """Take an environment down: its routes removed, every color stopped, in the history."""
+        ctx = self.ctx
+        env = ctx.project.environment(env_name)
+        with ctx.locks.hold(env_name, "stop"):
+            rows = ctx.store.instances(env.app, env_name)
+            if not rows:
+                raise Refused(f"nothing runs in {env_name}: it is stopped already")
+            current = rollback_mod.current_version(rows) or rows[0].version
+            journal = ctx.journal
+            dep_id = journal.open(env.app, env_name, current, "stop", current, "by request")
+            emit({"step": "started", "deployment": dep_id, "message": f"stopping {env_name}"})
+            for route in sorted(
+                r for r in ctx.traffic.table.routes if r.startswith(f"{env_name}/")
+            ):
+                try:
+                    await ctx.traffic.remove(route)
+                except ROUTER_ERRORS as exc:
+                    reason = f"removing the route {route} failed: {exc}"
+                    journal.finish(dep_id, "failed", reason)
+                    return Outcome(1, dep_id, "failed", reason)
+                journal.record(dep_id, "unrouted", f"{route} no longer listens", emit=emit)
+            for row in rows:
+                svc = env.services.get(row.service)
+                await ctx.fleet.stop(row, svc.stop_timeout if svc else 10.0)
+                journal.record(
+                    dep_id,
+                    "stopped",
+                    f"stopped {row.service} {row.version} ({row.color}, {row.role})",
+                    emit=emit,
+                    service=row.service,
+                )
+            reason = (
+                f"stopped {env_name} ({current}): `conveyor start --env {env_name}` brings it back"
+            )
+            journal.finish(dep_id, "succeeded", reason)
+            return Outcome(
+                0, dep_id, "succeeded", reason, {"environment": env_name, "version": current}
+            )
+
+    async def start_env(self, env_name: str, emit: Emit) -> Outcome:
+        """Bring a stopped environment back on the version it ran when it was stopped (or the
+        last one that went live), blue/green like any deployment."""
+        ctx = self.ctx
+        env = ctx.project.environment(env_name)
+        rows = ctx.store.instances(env.app, env_name)
+        if rows:
+            running = ", ".join(sorted({r.version for r in rows}))
+            raise Refused(f"{env_name} is running ({running}): nothing to start")
+        version = None
+        for dep in ctx.store.list_deployments(env.app, env_name, limit=200):
+            if dep.outcome == "succeeded":
+                version = dep.version
+                break
+        if version is None:
+            raise Refused(f"nothing ever went live in {env_name}: deploy a release first")
+        return await self.deploy(env_name, version, emit, kind="start", reason="started again")
+
     # --- status ---------------------------------------------------------------------------------
 
     async def status(self, env_name: str) -> dict[str, Any]:
@@ -238,6 +310,7 @@ class Engine:
         env = ctx.project.environment(env_name)
         rows = ctx.store.instances(env.app, env_name)
         dep = self.deployments.get(env_name)
+        services = await status_mod.services(ctx.fleet, ctx.traffic, env, rows)
         return {
             "last_deployment": status_mod.last_finished(ctx.store, env.app, env_name),
             "environment": env_name,
@@ -245,7 +318,8 @@ class Engine:
             "strategy": env.rollout.strategy,
             "deploying": ctx.locks.holder(env_name),
             "deployment": dep.describe() if dep is not None else None,
-            "services": await status_mod.services(ctx.fleet, env, rows),
+            "services": services,
+            "notes": status_mod.config_notes(services),
         }
 
     # --- the supervisor's entry points, for the agent -------------------------------------------

@@ -7,8 +7,6 @@ Nothing here knows what kind of runtime runs them: addresses come from the handl
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -65,8 +63,6 @@ class Fleet:
                 "PYTHONUNBUFFERED": base.get("PYTHONUNBUFFERED", "1"),
             }
         )
-        # Services find the Python conveyor runs on first, so `python3 app.py` works in a venv.
-        base["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", "")])
         return base
 
     async def spawn(

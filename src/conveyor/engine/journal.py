@@ -67,6 +67,6 @@ class Journal:
         for dep in self._store.list_deployments(app, env, limit=200):
             if dep.id == by:
                 continue
-            if dep.version == version and dep.outcome == "succeeded":
+            if dep.version == version and dep.outcome == "succeeded" and dep.kind != "stop":
                 self.rolled_back(dep.id, by, why)
                 return

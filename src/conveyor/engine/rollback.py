@@ -49,7 +49,7 @@ def current_version(rows: list[InstanceRecord]) -> str | None:
 
 def _previous_version(ctx: Context, env: ResolvedEnvironment, current: str | None) -> str | None:
     for dep in ctx.store.list_deployments(env.app, env.name, limit=200):
-        if dep.outcome == "succeeded" and dep.version != current:
+        if dep.outcome == "succeeded" and dep.kind != "stop" and dep.version != current:
             return dep.version
     return None
 

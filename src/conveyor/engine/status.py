@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from conveyor.routers.base import route_name
 from conveyor.store.db import DeploymentRecord, EventRecord, InstanceRecord, Store
 
 if TYPE_CHECKING:  # the CLI imports this module for history: keep it light
     from conveyor.config import ResolvedEnvironment
     from conveyor.engine.fleet import Fleet
+    from conveyor.engine.traffic import Traffic
 
 
 def measurements(events: list[EventRecord]) -> list[dict[str, Any]]:
@@ -73,20 +75,28 @@ def history_row(store: Store, d: DeploymentRecord, detail: bool) -> dict[str, An
 
 
 async def services(
-    fleet: Fleet, env: ResolvedEnvironment, rows: list[InstanceRecord]
+    fleet: Fleet, traffic: Traffic, env: ResolvedEnvironment, rows: list[InstanceRecord]
 ) -> list[dict[str, Any]]:
-    """Each service of `env`: its active and standby colors, health, and public URL."""
+    """Each service of `env`: its active and standby colors, health, and public URL.
+
+    The URL is the one the router serves now; when conveyor.toml says otherwise (edited since
+    the last deploy), `configured_url` says what the next deploy will use.
+    """
     out = []
     for name, svc in env.services.items():
         active = next((x for x in rows if x.service == name and x.role == "active"), None)
         standby = next((x for x in rows if x.service == name and x.role == "standby"), None)
+        configured = f"http://{svc.listen}:{svc.port}" if svc.kind == "web" else None
+        live = traffic.current(route_name(env.name, name)) if svc.kind == "web" else None
         entry: dict[str, Any] = {
             "name": name,
             "kind": svc.kind,
             "active": None,
             "standby": None,
-            "url": f"http://{svc.listen}:{svc.port}" if svc.kind == "web" else None,
+            "url": f"http://{live.host}:{live.port}" if live is not None else configured,
         }
+        if live is not None and entry["url"] != configured:
+            entry["configured_url"] = configured
         if active is not None:
             handle = fleet.handle(active)
             endpoint = handle.endpoint if handle is not None else None
@@ -109,3 +119,13 @@ async def services(
             }
         out.append(entry)
     return out
+
+
+def config_notes(services: list[dict[str, Any]]) -> list[str]:
+    """What the configuration says differently from what runs, in words."""
+    return [
+        f"{s['name']}: conveyor.toml now says {s['configured_url']}, but {s['url']} is live; "
+        "the next deploy applies it"
+        for s in services
+        if s.get("configured_url")
+    ]

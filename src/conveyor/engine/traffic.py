@@ -16,6 +16,7 @@ from typing import Any
 
 from conveyor.config import ResolvedEnvironment
 from conveyor.engine.errors import UserError
+from conveyor.ports import bindable, holder
 from conveyor.routers.base import (
     Backend,
     ColorCounters,
@@ -100,10 +101,26 @@ class Traffic:
         return self.split(env, service, (self.backend(color, endpoint),))
 
     def check_ports(self, env: ResolvedEnvironment, config_file: Path) -> None:
-        """Two environments of one app may run side by side, but not on the same public port."""
+        """Before anything starts: every public port is ours already or free, and two environments
+        of one app never share one. The routers we have listen on this host; the check names
+        whoever holds a port when it can be seen."""
+        ours = {(split.host, split.port) for split in self.table.routes.values()}
         for svc_name, svc in env.services.items():
             if svc.kind != "web":
                 continue
+            assert svc.port is not None
+            wanted = [("port", svc.port)]
+            if svc.preview_port is not None and not env.rollout.auto_promote:
+                wanted.append(("preview_port", svc.preview_port))
+            for key, port in wanted:
+                if (svc.listen, port) in ours or bindable(svc.listen, port):
+                    continue
+                who = holder(port)
+                raise UserError(
+                    f"{config_file}: services.{svc_name}.{key}: port {port} on {svc.listen} is "
+                    f"{f'held by {who}' if who else 'already in use'}; stop it or set "
+                    f"services.{svc_name}.{key} to a free port"
+                )
             for split in self.table.routes.values():
                 other_env, other_svc = split.route.split("/", 1)
                 if other_env == env.name:

@@ -26,7 +26,8 @@ from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from conveyor.store.models import DeploymentRow, EventRow, InstanceRow, ReleaseRow
 
-KINDS = frozenset({"deploy", "rollback"})
+# stop: an environment taken down on request; start: brought back after one.
+KINDS = frozenset({"deploy", "rollback", "stop", "start"})
 OUTCOMES = frozenset({"in_progress", "succeeded", "failed", "rolled_back", "aborted"})
 ROLES = frozenset({"starting", "active", "standby"})
 # The event appended to a succeeded deployment that a later one rolled back.
