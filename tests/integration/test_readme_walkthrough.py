@@ -162,7 +162,7 @@ def test_the_readme_walkthrough_on_a_flask_app(flask_venv: Path) -> None:
                 assert re.search(r"\bv2\s+deploy\s+succeeded", out), out
                 assert re.search(r"\bv1\s+deploy\s+succeeded", out), out
             elif words[0] == "rollback":
-                assert "rolled back dev to v1" in out
+                assert "rolled back dev from v2 to v1" in out
                 wait_for(lambda: get(port) == "hello from v1\n", what="v1 to serve again")
         assert seen == [
             "init",
