@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from conveyor.agent import runs
 from conveyor.paths import Paths
 
 Progress = Callable[[dict[str, Any]], None]
@@ -25,6 +26,8 @@ class AgentClient:
     def __init__(self, project_dir: Path, paths: Paths) -> None:
         self.project_dir = project_dir
         self.paths = paths
+        # The new agent's ping answer when this client had to start it (see ensure()).
+        self.started: dict[str, Any] | None = None
 
     def request(
         self, req: dict[str, Any], on_progress: Progress | None = None, timeout: float | None = None
@@ -56,7 +59,11 @@ class AgentClient:
         return dict(result.get("data") or {})
 
     def ensure(self, timeout: float = 30.0) -> dict[str, Any]:
-        """Return the running agent's ping answer, starting the agent first if needed."""
+        """Return the running agent's ping answer, starting the agent first if needed.
+
+        The agent answers only once its recovery is over, so what the caller asks next sees the
+        state recovery left. When this call started it, `self.started` holds the answer.
+        """
         info = self.ping()
         if info is not None:
             return info
@@ -65,8 +72,9 @@ class AgentClient:
         while time.monotonic() < deadline:
             info = self.ping()
             if info is not None:
+                self.started = info
                 return info
-            time.sleep(0.05)
+            time.sleep(0.02)
         raise AgentUnavailable(
             f"the agent did not answer within {timeout:g}s; see {self.paths.agent_log}"
         )
@@ -99,7 +107,5 @@ class AgentClient:
         raise AgentUnavailable(f"the agent did not stop within {timeout:g}s")
 
     def info(self) -> dict[str, Any] | None:
-        try:
-            return dict(json.loads((self.paths.home / "agent.json").read_text()))
-        except (OSError, ValueError):
-            return None
+        """The agent's record (agent.json): the running agent's, or the last one's."""
+        return runs.read(self.paths.home)

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from conveyor import __version__
+from conveyor.agent import runs
 from conveyor.agent.metrics import AdminServer
 from conveyor.engine.engine import Engine
 from conveyor.engine.errors import EngineError
 from conveyor.engine.outcome import Outcome
+from conveyor.engine.status import history_row
 from conveyor.paths import Paths
-from conveyor.store.db import Store, database_url
+from conveyor.store.db import DeploymentRecord, Store, database_url
 
 log = logging.getLogger("conveyor.agent")
 
@@ -42,13 +44,24 @@ class Agent:
         self._stop = asyncio.Event()
         self._keep_running = True
         self.admin: AdminServer | None = None
+        # What this agent found when it started: how the previous run ended, the deployments it
+        # left in progress and how each ended, the recovery's notes. Commands show it.
+        self.recovery: dict[str, Any] = {"previous": None, "interrupted": [], "notes": []}
 
     async def run(self) -> None:
         # Read the admin settings first: a missing token file must stop us before we touch anything.
         admin_host, admin_port, token = self._admin_settings()
+        previous = runs.how_it_ended(runs.read(self.paths.home))
+        in_progress = self._in_progress()
+        # Recovery ends before the socket serves: no command sees a deployment that nobody drives.
         notes = await self.engine.recover()
         for note in notes:
             log.info("%s", note)
+        self.recovery = {
+            "previous": previous,
+            "interrupted": [self._ended(dep) for dep in in_progress],
+            "notes": notes,
+        }
         sock = self.paths.agent_socket
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
@@ -75,8 +88,7 @@ class Agent:
         await self.engine.shutdown(self._keep_running)
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            (self.paths.home / "agent.json").unlink()
+        runs.write(self.paths.home, {**self._info(), "stopped_at": time.time()})
         self.store.close()
         log.info("agent stopped (services %s)", "left running" if self._keep_running else "stopped")
 
@@ -96,20 +108,58 @@ class Agent:
                 raise SystemExit(f"agent.admin_token_file {path} is empty")
         return cfg.agent.admin_host, cfg.agent.admin_port, token
 
-    def _write_info(self) -> None:
-        assert self.admin is not None
-        info = {
+    def _info(self) -> dict[str, Any]:
+        admin = self.admin
+        return {
             "pid": os.getpid(),
             "version": __version__,
             "started_at": self.started_at,
-            "admin": f"http://{self.admin.host}:{self.admin.port}",
+            "admin": f"http://{admin.host}:{admin.port}" if admin else None,
             "project": str(self.project_dir),
+            **self.recovery,
         }
-        (self.paths.home / "agent.json").write_text(json.dumps(info))
+
+    def _write_info(self) -> None:
+        runs.write(self.paths.home, self._info())
+
+    def _in_progress(self) -> list[DeploymentRecord]:
+        """The deployments the previous agent left unfinished (read before recovery ends them)."""
+        try:
+            cfg = self.engine.ctx.project.load()
+        except EngineError:
+            return []
+        found = (self.store.in_progress(cfg.app.name, env) for env in sorted(cfg.environments))
+        return [dep for dep in found if dep is not None]
+
+    def _ended(self, dep: DeploymentRecord) -> dict[str, Any]:
+        """How an interrupted deployment ended after recovery, and which version now serves."""
+        after = self.store.get_deployment(dep.id)
+        active = sorted(
+            {
+                r.version
+                for r in self.store.instances(dep.app, dep.environment)
+                if r.role == "active"
+            }
+        )
+        if not active:
+            result = "ended with nothing running"
+        elif len(active) == 1:
+            result = f"ended on {active[0]} (all traffic on {active[0]})"
+        else:
+            result = f"ended on {', '.join(active)}"
+        return {
+            "deployment": dep.id,
+            "environment": dep.environment,
+            "version": dep.version,
+            "outcome": after.outcome if after else dep.outcome,
+            "active": active,
+            "result": result,
+        }
 
     async def _supervise(self) -> None:
         while True:
             await asyncio.sleep(SUPERVISE_EVERY)
+            runs.touch(self.paths.home)
             try:
                 for note in await self.engine.supervise_once():
                     log.info("%s", note)
@@ -149,7 +199,7 @@ class Agent:
     async def _handle(self, req: dict[str, Any], emit: Any) -> dict[str, Any]:
         op = req["op"]
         if op == "ping":
-            return {"ok": True, "exit": 0, "data": {"pid": os.getpid(), "version": __version__}}
+            return {"ok": True, "exit": 0, "data": self._info()}
         if op == "deploy":
             force = bool(req.get("force", False))
             return _outcome(await self.engine.deploy(req["env"], req["version"], emit, force=force))
@@ -167,11 +217,22 @@ class Agent:
             return _outcome(await self.engine.start_env(req["env"], emit))
         if op == "status":
             return {"ok": True, "exit": 0, "data": await self.engine.status(req["env"])}
+        if op == "history":
+            return {"ok": True, "exit": 0, "data": self._history(req)}
         if op == "stop":
             self._keep_running = bool(req.get("keep_running", False))
             self._stop.set()
             return {"ok": True, "exit": 0, "data": {"keep_running": self._keep_running}}
         return {"ok": False, "exit": 2, "error": f"unknown operation {op!r}"}
+
+    def _history(self, req: dict[str, Any]) -> dict[str, Any]:
+        # Answered here, from the store the agent holds open: the CLI then needs no database
+        # library at all, and reads the state recovery left.
+        env = self.engine.ctx.project.environment(req["env"])
+        limit = max(0, int(req["limit"]))
+        detail = bool(req.get("detail", False))
+        deps = self.store.list_deployments(env.app, env.name, limit=limit)
+        return {"deployments": [history_row(self.store, d, detail=detail) for d in deps]}
 
 
 class BadRequest(Exception):
@@ -186,6 +247,7 @@ _FIELDS: dict[str, dict[str, type]] = {
     "promote": {"env": str},
     "abort": {"env": str},
     "status": {"env": str},
+    "history": {"env": str, "limit": int},
     "stop_env": {"env": str},
     "start_env": {"env": str},
     "stop": {},
@@ -223,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="conveyor-agent")
     parser.add_argument("--project", type=Path, required=True)
+    parser.add_argument(
+        "--wait-for-lock",
+        action="store_true",
+        help="when another agent runs for the project, wait for it to end instead of exiting "
+        "(systemd: a unit restarted while a command-started agent runs takes over after it)",
+    )
     args = parser.parse_args(argv)
     project = args.project.resolve()
     paths = Paths.for_project(project)
@@ -235,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     # One agent per project: a second one would fight the first over processes and routes.
     lock = open(paths.home / "agent.lock", "w")  # noqa: SIM115 - held for the process lifetime
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(lock, fcntl.LOCK_EX | (0 if args.wait_for_lock else fcntl.LOCK_NB))
     except BlockingIOError:
         print("another conveyor agent is already running for this project", file=sys.stderr)
         return 1

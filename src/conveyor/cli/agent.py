@@ -1,15 +1,18 @@
-"""`conveyor agent start|stop|status`."""
+"""`conveyor agent start|stop|status|install`."""
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from conveyor.agent.client import AgentUnavailable
-from conveyor.cli.common import JsonOpt, agent_app, console, project
-from conveyor.cli.output import emit_json, fail
+from conveyor.agent import runs
+from conveyor.cli.common import JsonOpt, agent_app, project, ready_agent
+from conveyor.cli.output import console, emit_json, fail
 
 # --- agent ------------------------------------------------------------------------------------
 
@@ -23,11 +26,8 @@ def agent_start() -> None:
         conveyor agent start
     """
     proj = project()
-    proj.config()
-    try:
-        info = proj.agent().ensure()
-    except AgentUnavailable as exc:
-        fail(str(exc), 1)
+    client = ready_agent(proj, None)
+    info = client.started or client.ping() or {}
     console.print(f"agent running, pid {info.get('pid')}")
 
 
@@ -54,6 +54,8 @@ def agent_stop(
                 "this stops every service of the project and its proxy: pass --yes (or --keep-running)"
             )
         typer.confirm("Stop every service of this project and the proxy?", abort=True)
+    from conveyor.agent.client import AgentUnavailable
+
     try:
         stopped = proj.agent().stop(keep_running)
     except AgentUnavailable as exc:
@@ -69,7 +71,8 @@ def agent_stop(
 
 @agent_app.command("status")
 def agent_status(json_out: JsonOpt = False) -> None:
-    """Show whether the agent runs, its pid and its admin (metrics) address.
+    """Show whether the agent runs, since when, its pid and admin (metrics) address, and how
+    its last run ended: a clean stop, or not seen to stop (a crash). Exit 1 when it is not running.
 
     Example:
 
@@ -78,14 +81,87 @@ def agent_status(json_out: JsonOpt = False) -> None:
     proj = project()
     client = proj.agent()
     ping = client.ping()
-    info = client.info() if ping else None
-    data: dict[str, Any] = {"running": ping is not None, **(info or {})}
+    if ping is not None:
+        last_run = ping.get("previous")
+        data: dict[str, Any] = {"running": True, **ping, "last_run": last_run}
+    else:
+        # Nobody answers: the record on disk is of the last run, whichever way it ended.
+        last_run = runs.how_it_ended(client.info())
+        data = {"running": False, "last_run": last_run}
     if json_out:
         emit_json(data)
     elif ping is None:
-        console.print("agent not running")
+        console.print(f"agent not running; last run: {_ended(last_run)}", markup=False)
     else:
+        since = data.get("started_at") or 0.0
         console.print(
-            f"agent running, pid {data.get('pid')}, metrics at {data.get('admin')}/metrics"
+            f"agent running since {runs.clock(since)} ({_ago(time.time() - since)}), "
+            f"pid {data.get('pid')}, metrics at {data.get('admin')}/metrics",
+            markup=False,
+            soft_wrap=True,
         )
+        console.print(f"previous run: {_ended(last_run)}", markup=False)
     raise typer.Exit(0 if ping is not None else 1)
+
+
+def _ended(run: dict[str, Any] | None) -> str:
+    if run is None:
+        return "none recorded"
+    if run.get("ended") == "stopped":
+        return f"a clean stop at {runs.clock(run.get('at'))}"
+    return f"not seen to stop (a crash), last seen {runs.clock(run.get('at'))}"
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+@agent_app.command("install")
+def agent_install(
+    user_unit: Annotated[
+        bool,
+        typer.Option("--user", help="A user unit (systemctl --user), no root needed."),
+    ] = False,
+    print_only: Annotated[
+        bool, typer.Option("--print", help="Print the unit instead of writing it.")
+    ] = False,
+) -> None:
+    """Write a systemd unit that keeps this project's agent running on a server: restarted
+    whenever it ends, as the current user, in the project directory. Stopping or restarting
+    the unit leaves the apps serving (like `agent stop --keep-running`).
+
+    Example:
+
+        conveyor agent install --user && systemctl --user enable --now conveyor-shop.service
+    """
+    import getpass
+
+    from conveyor.agent import systemd
+
+    proj = project()
+    cfg = proj.config()
+    app = cfg.app.name
+    text = systemd.unit_text(
+        app=app,
+        project_dir=proj.dir,
+        python=sys.executable,
+        user=None if user_unit else getpass.getuser(),
+        path_env=os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        conveyor_home=os.environ.get("CONVEYOR_HOME"),
+    )
+    if print_only:
+        sys.stdout.write(text)
+        return
+    target = systemd.unit_path(app, user_unit, Path.home())
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    except OSError as exc:
+        hint = "" if user_unit else " (a system unit needs root: sudo, or --user)"
+        fail(f"cannot write {target}: {exc.strerror or exc}{hint}", 1)
+    console.print(f"wrote {target}", markup=False)
+    console.print(f"next: {systemd.next_steps(app, user_unit)}", markup=False)

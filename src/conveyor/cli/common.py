@@ -1,4 +1,9 @@
-"""What every command shares: the typer apps, the project lookup, talking to the agent."""
+"""What every command shares: the typer apps, the project lookup, talking to the agent.
+
+Commands answer at once: this module and the command modules import only typer and the
+standard library when they load. The configuration (pydantic), the database (SQLAlchemy) and
+rich are imported by the commands that use them, when they use them.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,28 @@ import os
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from conveyor import __version__
 from conveyor.agent.client import AgentClient, AgentUnavailable
-from conveyor.cli.output import Progress, clean, emit_json, fail, json_mode, set_json_mode
-from conveyor.config import Config, ConfigError, ResolvedEnvironment, find_config, load_config
+from conveyor.cli.output import (
+    Progress,
+    agent_started,
+    clean,
+    console,
+    emit_json,
+    fail,
+    json_mode,
+    set_json_mode,
+)
 from conveyor.paths import Paths
-from conveyor.store.db import Store, database_url
+
+if TYPE_CHECKING:
+    from conveyor.config import Config, ResolvedEnvironment
+    from conveyor.store.db import Store
 
 # `conveyor --help` lists commands in the order a user needs them, not alphabetically.
 COMMAND_ORDER = (
@@ -77,8 +91,6 @@ agent_app = typer.Typer(
 app.add_typer(release_app, name="release")
 app.add_typer(agent_app, name="agent")
 
-console = Console(highlight=False)
-
 
 def _json_option(value: bool) -> bool:
     set_json_mode(value)
@@ -106,6 +118,8 @@ class Project:
         self.paths = Paths.for_project(self.dir)
 
     def config(self) -> Config:
+        from conveyor.config import ConfigError, load_config
+
         try:
             return load_config(self.config_path)
         except ConfigError as exc:
@@ -113,6 +127,8 @@ class Project:
 
     def environment(self, cfg: Config, env: str) -> ResolvedEnvironment:
         """Environment `env` resolved; an unknown one is a usage error (exit 2)."""
+        from conveyor.config import ConfigError
+
         try:
             return cfg.environment(env)
         except ConfigError as exc:
@@ -125,6 +141,8 @@ class Project:
         return cfg
 
     def store(self) -> Store:
+        from conveyor.store.db import Store, database_url
+
         self.paths.ensure()
         return Store.open(database_url(self.paths.home))
 
@@ -132,12 +150,56 @@ class Project:
         return AgentClient(self.dir, self.paths)
 
 
+CONFIG_NAME = "conveyor.toml"
+
+
 def project() -> Project:
     start = Path(os.environ.get("CONVEYOR_PROJECT", ".")).resolve()
+    directory = start if start.is_dir() else start.parent
+    # The nearest conveyor.toml, found without importing the configuration package (pydantic);
+    # when there is none, conveyor.config says so in its words.
+    for candidate in (directory, *directory.parents):
+        if (candidate / CONFIG_NAME).is_file():
+            return Project(candidate / CONFIG_NAME)
+    from conveyor.config import ConfigError, find_config
+
     try:
         return Project(find_config(start))
     except ConfigError as exc:
         fail(str(exc))  # it says to run `conveyor init`
+
+
+def ready_agent(proj: Project, env: str | None, json_object: bool = True) -> AgentClient:
+    """The project's agent, started when it does not run; its recovery is over when this returns.
+
+    A running agent checks `env` itself; before starting one, the configuration is checked
+    here, so an unknown --env (exit 2) starts nothing. When this had to start the agent, the
+    command says so (`json_object`: in the `agent` field of its JSON object with --json).
+    """
+    client = proj.agent()
+    try:
+        if client.ping() is None:
+            if env is None:
+                proj.config()
+            else:
+                proj.checked(env)
+            client.ensure()
+    except AgentUnavailable as exc:
+        fail(f"cannot reach the conveyor agent: {exc}; see {proj.paths.agent_log}", 1)
+    if client.started is not None:
+        agent_started(started_facts(client.started), json_object)
+    return client
+
+
+def started_facts(ping: dict[str, Any]) -> dict[str, Any]:
+    """What the `agent` field says: the new agent, how its predecessor ended, what it resolved."""
+    return {
+        "started": True,
+        "pid": ping.get("pid"),
+        "previous": ping.get("previous"),
+        "interrupted": ping.get("interrupted", []),
+        "notes": ping.get("notes", []),
+    }
 
 
 def _version_callback(value: bool) -> None:
@@ -185,10 +247,9 @@ def when(at: datetime | None) -> str:
 
 
 def agent_call(proj: Project, request: dict[str, Any], json_out: bool) -> dict[str, Any]:
-    client = proj.agent()
+    client = ready_agent(proj, str(request["env"]))
     with Progress(json_out) as progress:
         try:
-            client.ensure()
             result = client.request(request, on_progress=progress)
         except AgentUnavailable as exc:
             fail(f"cannot reach the conveyor agent: {exc}; see {proj.paths.agent_log}", 1)
@@ -210,6 +271,8 @@ def detached(deployment: int | None, env: str) -> NoReturn:
     if json_mode():
         emit_json({"error": message, "exit": 130, "deployment": deployment})
     else:
+        from rich.text import Text
+
         console.print(Text(message), soft_wrap=True)
     raise typer.Exit(130)
 

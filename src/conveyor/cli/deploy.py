@@ -9,7 +9,6 @@ import typer
 
 from conveyor.cli.common import Command, EnvReq, JsonOpt, agent_call, app, finish, project
 from conveyor.cli.output import fail
-from conveyor.releases import ReleaseError, validate_version
 
 
 @app.command(cls=Command)
@@ -33,6 +32,8 @@ def deploy(
 
         conveyor deploy v2 --env dev
     """
+    from conveyor.releases import ReleaseError, validate_version
+
     proj = project()
     cfg = proj.checked(env)
     try:

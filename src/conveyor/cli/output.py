@@ -11,14 +11,36 @@ import json
 import re
 import sys
 import time
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.status import Status
-from rich.text import Text
 
-stderr = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.status import Status
+
+
+class LazyConsole:
+    """A rich Console made on first use: rich costs more to import than a quick command takes
+    (`--version`, `status --json` never print through it)."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        self.get().print(*objects, **options)
+
+
+stderr = LazyConsole(stderr=True, highlight=False)
+console = LazyConsole(highlight=False)
 
 # Set by every `--json` option (and by main for usage errors): failures come out as JSON too.
 _json_mode = False
@@ -53,13 +75,35 @@ def fail(message: str, code: int = 2) -> NoReturn:
     if _json_mode:
         emit_json({"error": clean(message), "exit": code})
     else:
+        from rich.text import Text
+
         # A Text, not markup: the message quotes user input and app output ("[...]" included).
         line = Text.assemble(("error:", "bold red"), " ", clean(message))
         stderr.print(line, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
+# What a command found when it had to start the agent (conveyor.agent.runs): with --json it goes
+# into the `agent` field of the object the command prints.
+_agent_started: dict[str, Any] | None = None
+
+
+def agent_started(facts: dict[str, Any], json_object: bool) -> None:
+    """Say that this command had to start the agent: one line on stderr, or with --json (when
+    the command prints one object) an `agent` field in it."""
+    global _agent_started
+    if _json_mode and json_object:
+        _agent_started = facts
+        return
+    from conveyor.agent.runs import started_text
+
+    sys.stderr.write(clean(started_text(facts)) + "\n")
+    sys.stderr.flush()
+
+
 def emit_json(data: Any) -> None:
+    if _agent_started is not None and isinstance(data, dict):
+        data = {**data, "agent": _agent_started}
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
@@ -72,6 +116,8 @@ class Progress:
     """Receives the agent's progress events for one long-running command."""
 
     def __init__(self, json_mode: bool) -> None:
+        from rich.console import Console
+
         self.json_mode = json_mode
         self.console = Console(highlight=False)
         self.tty = self.console.is_terminal and not json_mode
@@ -120,6 +166,8 @@ class Progress:
 
     def _print(self, elapsed: float, message: str) -> None:
         if self.tty:
+            from rich.text import Text
+
             assert self._status is not None
             self.console.print(Text.assemble((f"{elapsed:6.2f}s", "dim"), " ", message))
             self._status.update(message)

@@ -9,21 +9,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from conveyor.cli.common import (
     JsonOpt,
     app,
-    console,
     project,
     release_app,
     release_json,
     size_text,
     when,
 )
-from conveyor.cli.output import emit_json, fail, stderr
-from conveyor.releases import ReleaseError, ReleaseStore
+from conveyor.cli.output import console, emit_json, fail, stderr
 
 # --- init -------------------------------------------------------------------------------------
 
@@ -120,6 +116,8 @@ def release_create(
 
         conveyor release create --version v2
     """
+    from conveyor.releases import ReleaseError, ReleaseStore
+
     proj = project()
     cfg = proj.config()
     store = proj.store()
@@ -164,6 +162,8 @@ def release_create(
             markup=False,
             soft_wrap=True,
         )
+    from rich.text import Text
+
     for warning in warnings:
         stderr.print(Text.assemble(("warning:", "bold yellow"), " ", warning), soft_wrap=True)
 
@@ -186,6 +186,8 @@ def releases(json_out: JsonOpt = False) -> None:
     if json_out:
         emit_json([release_json(r) for r in recs])
         return
+    from rich.table import Table
+
     table = Table("version", "digest", "commit", "created", box=None)
     for r in recs:
         table.add_row(r.version, r.digest[:19], (r.commit or "")[:12], when(r.created_at))

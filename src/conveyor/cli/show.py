@@ -6,25 +6,23 @@ import json
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from conveyor.agent.client import AgentUnavailable
 from conveyor.cli.common import (
     Command,
     EnvOpt,
     JsonOpt,
+    Project,
     app,
-    console,
     json_option,
     project,
+    ready_agent,
     when,
 )
-from conveyor.cli.output import emit_json, fail
-from conveyor.engine.status import history_row
+from conveyor.cli.output import console, emit_json, fail
 
 # --- status, history, logs --------------------------------------------------------------------
 
@@ -38,19 +36,13 @@ def status(env: EnvOpt = "dev", json_out: JsonOpt = False) -> None:
         conveyor status --env dev --json
     """
     proj = project()
-    proj.checked(env)
-    client = proj.agent()
-    try:
-        client.ensure()
-        result = client.request({"op": "status", "env": env}, timeout=30)
-    except AgentUnavailable as exc:
-        fail(f"cannot reach the conveyor agent: {exc}", 1)
-    if not result.get("ok"):
-        fail(str(result.get("error")), int(result.get("exit", 1)))
-    data = result["data"]
+    data = _ask(proj, {"op": "status", "env": env})
     if json_out:
         emit_json(data)
         return
+    from rich.markup import escape
+    from rich.table import Table
+
     console.print(
         f"[bold]{data['app']}[/] / {env}"
         + (f"  (deploying: {data['deploying']})" if data.get("deploying") else "")
@@ -107,31 +99,44 @@ def history(
         conveyor history --env dev --json
     """
     proj = project()
-    cfg = proj.checked(env)
-    store = proj.store()
-    try:
-        deps = store.list_deployments(cfg.app.name, env, limit=limit)
-        rows = [history_row(store, d, detail=json_out) for d in deps]
-    finally:
-        store.close()
+    # The agent reads the history: it holds the database open, and it has settled whatever the
+    # previous agent left in progress before it answers.
+    request = {"op": "history", "env": env, "limit": limit, "detail": json_out}
+    rows = _ask(proj, request, json_object=False)["deployments"]
     if json_out:
         emit_json(rows)
         return
+    from rich.table import Table
+
     table = Table("id", "version", "kind", "outcome", "started", "took", "reason", box=None)
     colors = {"succeeded": "green", "failed": "red", "rolled_back": "yellow", "aborted": "yellow"}
-    for d in deps:
-        took = f"{(d.finished_at - d.started_at).total_seconds():.1f}s" if d.finished_at else "-"
-        color = colors.get(d.outcome, "cyan")
+    for d in rows:
+        started = datetime.fromisoformat(d["started_at"])
+        finished = datetime.fromisoformat(d["finished_at"]) if d["finished_at"] else None
+        took = f"{(finished - started).total_seconds():.1f}s" if finished else "-"
+        color = colors.get(d["outcome"], "cyan")
         table.add_row(
-            str(d.id),
-            d.version,
-            d.kind,
-            f"[{color}]{d.outcome}[/]",
-            when(d.started_at),
+            str(d["id"]),
+            d["version"],
+            d["kind"],
+            f"[{color}]{d['outcome']}[/]",
+            when(started),
             took,
-            d.reason.splitlines()[0] if d.reason else "",
+            d["reason"].splitlines()[0] if d["reason"] else "",
         )
     console.print(table)
+
+
+def _ask(proj: Project, request: dict[str, Any], json_object: bool = True) -> dict[str, Any]:
+    """One question to the agent (started if needed); its data, or the command fails as it says."""
+    client = ready_agent(proj, str(request["env"]), json_object)
+    try:
+        result = client.request(request, timeout=30)
+    except AgentUnavailable as exc:
+        fail(f"cannot reach the conveyor agent: {exc}; see {proj.paths.agent_log}", 1)
+    if not result.get("ok"):
+        fail(str(result.get("error")), int(result.get("exit", 1)))
+    return dict(result["data"])
 
 
 COLORS = ("blue", "green")
@@ -169,6 +174,7 @@ def logs(
         fail(f"unknown service {service!r} (known: {', '.join(envcfg.services)})")
     if color is not None and color not in COLORS:
         fail(f"--color must be blue or green (got {color!r})")
+    ready_agent(proj, env, json_object=False)
     explicit = color is not None
     if color is None:
         store = proj.store()

@@ -9,6 +9,7 @@ CLI processes read the same database concurrently.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -16,11 +17,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, delete, event, select, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, StatementError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+    ProgrammingError,
+    StatementError,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
@@ -182,8 +188,53 @@ def _make_engine(url: URL) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+# In each migration script: `revision: str = "0002"`, `down_revision: str | None = "0001"`.
+_REVISION = re.compile(r"^revision\b[^=\n]*=\s*[\"']([^\"']+)[\"']", re.M)
+_DOWN_REVISION = re.compile(r"^down_revision\b[^=\n]*=\s*(?:[\"']([^\"']+)[\"']|(None))\s*$", re.M)
+
+
+def schema_heads(versions: Path = ALEMBIC_DIR / "versions") -> frozenset[str] | None:
+    """The head revisions, read from the migration scripts without importing Alembic.
+
+    None when a script does not read plainly (a merge, a computed value): then Alembic decides.
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in versions.glob("*.py"):
+        source = script.read_text(encoding="utf-8")
+        revision = _REVISION.search(source)
+        down = _DOWN_REVISION.search(source)
+        if revision is None or down is None:
+            return None
+        revisions.add(revision.group(1))
+        if down.group(1):
+            parents.add(down.group(1))
+    heads = frozenset(revisions - parents)
+    return heads or None
+
+
+def _at_head(engine: Engine) -> bool:
+    """Whether the stored revision is the scripts' head: a plain query, so that opening a
+    database that is up to date (nearly always) never imports Alembic."""
+    heads = schema_heads()
+    if heads is None:
+        return False
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT version_num FROM conveyor_alembic_version")).all()
+    except (OperationalError, ProgrammingError):  # no such table yet: a new database
+        return False
+    return frozenset(str(row[0]) for row in stored) == heads
+
+
 def _upgrade(engine: Engine) -> None:
     """Bring the schema to Alembic "head", one process at a time."""
+    if _at_head(engine):
+        return
+    # Alembic (and Mako under it) costs a good part of a second to import: only here.
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
     config = AlembicConfig()
     config.set_main_option("script_location", str(ALEMBIC_DIR))
     with engine.connect() as conn:

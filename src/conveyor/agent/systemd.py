@@ -1,0 +1,98 @@
+"""A systemd unit that keeps the project's agent running on a server, with no command run.
+
+systemd restarts the agent whenever it ends (`Restart=always`). Stopping or restarting the unit
+must never stop the apps: the agent takes SIGTERM as `conveyor agent stop --keep-running` does
+(services and the proxy keep serving, the next agent adopts them), and `KillMode=process` keeps
+systemd from killing the rest of the unit's cgroup, where the services and the proxy it started
+live (their own sessions do not take them out of it).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+
+def unit_name(app: str) -> str:
+    """conveyor-<app>.service, with anything systemd would not take in a name made a dash."""
+    return f"conveyor-{re.sub(r'[^A-Za-z0-9_.-]', '-', app)}.service"
+
+
+def unit_path(app: str, user_unit: bool, home: Path) -> Path:
+    """Where the unit goes: the user's units (`systemctl --user`) or the system's."""
+    if user_unit:
+        return home / ".config" / "systemd" / "user" / unit_name(app)
+    return Path("/etc/systemd/system") / unit_name(app)
+
+
+def _quote(value: str) -> str:
+    """One word of a systemd command line or assignment: double quotes when needed, with the
+    characters systemd treats specially escaped ("%" is a specifier, "$" a variable)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    escaped = escaped.replace("$", "$$")
+    return f'"{escaped}"' if re.search(r'[\s"\\;$%\']', value) else escaped
+
+
+def unit_text(
+    app: str,
+    project_dir: Path,
+    python: str,
+    user: str | None,
+    path_env: str,
+    conveyor_home: str | None,
+) -> str:
+    """The unit for `app`'s agent. `user`: the account it runs as (system units only; a user
+    unit runs as its owner). `path_env`: PATH for the agent and the services it starts, as the
+    installing shell had it, so they find the same programs as when started from a command.
+    `conveyor_home`: $CONVEYOR_HOME when it was set."""
+    start = " ".join(
+        _quote(word)
+        for word in (
+            python,
+            "-m",
+            "conveyor.agent",
+            "--project",
+            str(project_dir),
+            "--wait-for-lock",
+        )
+    )
+    env = [f"Environment={_quote('PATH=' + path_env)}"]
+    if conveyor_home:
+        env.append(f"Environment={_quote('CONVEYOR_HOME=' + conveyor_home)}")
+    lines = [
+        "# Written by `conveyor agent install`; `conveyor agent install --print` shows it again.",
+        "[Unit]",
+        f"Description=conveyor agent for {app} ({project_dir})".replace("%", "%%"),
+        "After=network.target",
+        # Never give up restarting (the default gives up after 5 starts in 10 s).
+        "StartLimitIntervalSec=0",
+        "",
+        "[Service]",
+        "Type=simple",
+        f"WorkingDirectory={_quote(str(project_dir))}",
+        *([f"User={user}"] if user else []),
+        f"ExecStart={start}",
+        *env,
+        # Secrets (CONVEYOR_DATABASE_URL with a password, ...) go in this optional file, not here.
+        f"EnvironmentFile=-{_quote(str(project_dir / '.conveyor' / 'agent.env'))}",
+        "Restart=always",
+        "RestartSec=1",
+        # SIGTERM: the agent stops as with --keep-running; only the agent's own process is
+        # signalled, so the services and the proxy in this cgroup keep serving.
+        "KillSignal=SIGTERM",
+        "KillMode=process",
+        "TimeoutStopSec=90",
+        "",
+        "[Install]",
+        f"WantedBy={'multi-user.target' if user else 'default.target'}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def next_steps(app: str, user_unit: bool) -> str:
+    """The commands that load and start the unit once it is written."""
+    systemctl = "systemctl --user" if user_unit else "sudo systemctl"
+    name = shlex.quote(unit_name(app))
+    return f"{systemctl} daemon-reload && {systemctl} enable --now {name}"
