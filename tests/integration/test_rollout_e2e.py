@@ -159,7 +159,7 @@ def test_inconclusive_analysis_follows_on_inconclusive(project: Project) -> None
     project.release("v3")
     thread, box = background_deploy(project, "v3")
     dep = wait_for(
-        lambda: (d := deployment(project)) and "inconclusive" in d["waiting"] and d,
+        lambda: (d := deployment(project)) and "waiting for traffic" in d["waiting"] and d,
         what="waiting on inconclusive analysis",
     )
     assert dep["phase"] == "baking"

@@ -555,7 +555,10 @@ def test_rollout_example_loads(tmp_path: Path) -> None:
 def test_rollout_defaults() -> None:
     rollout = RolloutConfig()
     assert (rollout.strategy, rollout.bake, rollout.auto_promote) == ("bluegreen", 60.0, True)
-    assert (rollout.on_inconclusive, rollout.steps, rollout.analysis) == ("wait", [], [])
+    assert (rollout.on_inconclusive, rollout.steps, rollout.analysis) == (None, [], [])
+    # Unset, inconclusive analysis passes a blue/green bake ("live, unverified") and a canary waits.
+    assert rollout.inconclusive_policy() == "pass"
+    assert (rollout.progress_deadline, rollout.on_deadline) == (600.0, "abort")
     assert rollout.sticky == StickyConfig(cookie="conveyor_canary", header=None)
     assert rollout.checks() == [
         AnalysisCheck(

@@ -66,7 +66,12 @@ def test_template_commented_examples_are_valid(tmp_path: Path) -> None:
     # The first [[rollout.analysis]] is the default check; the others are examples.
     assert config.rollout.analysis[0] == DEFAULT_ANALYSIS[0]
     assert [c.metric for c in config.rollout.analysis] == list(METRICS)
-    assert config.rollout.model_copy(update={"analysis": []}) == RolloutConfig()
+    # on_inconclusive is unset by default (it follows the strategy); the comment shows its value.
+    assert config.rollout.on_inconclusive == RolloutConfig().inconclusive_policy()
+    assert (
+        config.rollout.model_copy(update={"analysis": [], "on_inconclusive": None})
+        == RolloutConfig()
+    )
     assert config.services["web"].preview_port == 8081
     assert config.proxy == ProxyConfig()
     assert config.agent == AgentConfig(admin_token_file="admin.token")

@@ -417,3 +417,75 @@ def test_services_get_the_path_as_it_is(rig: Rig, monkeypatch: pytest.MonkeyPatc
     rig.release("v1")
     deploy(rig, "v1")
     assert rig.runtime.w.started[0].env["PATH"] == "/opt/app/.venv/bin:/usr/bin"
+
+
+# --- unattended: a deploy with no traffic ends, and the analysis goes on through the standby ----
+
+ANALYSIS = """
+[[rollout.analysis]]
+metric = "error_rate"
+max = 0.01
+interval = "20ms"
+window = "10s"
+min_requests = 10
+failure_limit = 2
+"""
+
+
+def test_bluegreen_without_traffic_ends_live_unverified_by_default(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, base=FAST.replace('on_inconclusive = "pass"\n', "") + ANALYSIS)
+    rig.release("v1")
+    rig.release("v2")
+    deploy(rig, "v1")
+    out = deploy(rig, "v2")  # nobody sends a request: every measurement is inconclusive
+    assert (out.exit_code, out.outcome) == (0, "succeeded")
+    assert out.reason.startswith("live, unverified: error_rate: ")
+    assert rig.router.weights() == {"green": 100}
+
+
+def test_failing_analysis_during_the_standby_window_switches_back(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, base=FAST + ANALYSIS)
+    v2_over_v1(rig)
+    assert rig.router.weights() == {"green": 100}
+
+    async def scenario() -> list[str]:
+        notes: list[str] = []
+
+        def back() -> bool:
+            return rig.router.weights() == {"blue": 100}
+
+        async def users() -> None:  # failing traffic on the new version, as users would see it
+            while not back():
+                rig.router.serve("green", ok=50, errors=50)
+                await asyncio.sleep(0.01)
+
+        traffic = asyncio.create_task(users())
+        while not back():
+            notes.extend(await rig.engine.supervise_once())
+            await asyncio.sleep(0.02)
+        await traffic
+        return notes
+
+    notes = run(asyncio.wait_for(scenario(), 30))
+    assert any("analysis failed during the standby window: error_rate" in n for n in notes), notes
+    assert rig.outcomes()[-1][1:] == ("rollback", "succeeded")
+    rolled_back = rig.store.list_deployments("shop", "dev")[1]
+    assert (rolled_back.version, rolled_back.outcome) == ("v2", "rolled_back")
+    # The failed measurements are in the rolled-back deployment's history.
+    events = rig.store.events(rolled_back.id)
+    assert any(e.state == "measurement" and "standby window" in e.reason for e in events)
+    assert rig.engine.supervisor.standby_watch.watching() == set()
+
+
+def test_the_standby_window_analysis_stops_with_the_standby(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, base=FAST + ANALYSIS)
+    v2_over_v1(rig)
+
+    async def scenario() -> None:
+        await rig.engine.supervise_once()
+        assert rig.engine.supervisor.standby_watch.watching() == {"dev"}
+        rig.runtime.crash("v1")  # the standby is gone: nothing to switch back to
+        await rig.engine.supervise_once()
+        assert rig.engine.supervisor.standby_watch.watching() == set()
+
+    run(scenario())

@@ -23,6 +23,8 @@ def options() -> st.SearchStrategy[r.Options]:
         on_inconclusive=st.sampled_from(["pass", "fail", "wait"]),
         smoke=st.booleans(),
         checks=st.just((CHECK,)),
+        progress_deadline=st.sampled_from([600.0, 4.0]),
+        on_deadline=st.sampled_from(["abort", "promote"]),
     )
 
 
@@ -196,7 +198,10 @@ def test_inconclusive_bake_follows_the_policy() -> None:
         assert state.phase is phase, policy
     opts = r.Options(bake=2.0, on_inconclusive="wait", checks=(CHECK,))
     state, _ = drive(opts, [*base, inconclusive, r.Tick(3.4)])
-    assert "waiting for data: error_rate (error_rate: 3 requests < 50)" in state.waiting
+    assert state.waiting == (
+        "waiting for traffic: error_rate: 3 requests < 50; send traffic, or run "
+        "`conveyor promote` to accept"
+    )
     state, _ = r.step(state, r.Measured("error_rate", "pass", "error_rate 0%", 4))
     assert state.phase is r.Phase.SUCCEEDED
 

@@ -248,14 +248,17 @@ def test_the_end_of_the_bake_without_a_conclusive_measurement_follows_on_inconcl
     for verdict in verdicts:
         state, _ = r.step(state, measured("error_rate", verdict))
     state, _ = r.step(state, r.Tick(1.2 + 100.0))
-    if "pass" in verdicts or policy == "pass":
+    if "pass" in verdicts:
         assert state.phase is r.Phase.SUCCEEDED
+    elif policy == "pass":
+        assert state.phase is r.Phase.SUCCEEDED
+        assert state.reason.startswith("live, unverified: error_rate")
     elif policy == "fail":
         assert state.phase is r.Phase.ROLLING_BACK
         assert state.reason.startswith("analysis inconclusive: error_rate (")
     else:
         assert state.phase is r.Phase.BAKING
-        assert state.waiting.startswith("analysis inconclusive, waiting for data: error_rate")
+        assert state.waiting.startswith("waiting for traffic: error_rate")
         state, _ = r.step(state, measured("error_rate", "pass", 103.0))
         assert state.phase is r.Phase.SUCCEEDED
 

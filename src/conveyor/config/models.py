@@ -423,10 +423,21 @@ class RolloutConfig(_Model):
     strategy: Literal["bluegreen", "canary"] = "bluegreen"
     bake: Duration = 60.0
     auto_promote: bool = True
-    on_inconclusive: Literal["pass", "fail", "wait"] = "wait"
+    # Unset: "pass" for bluegreen (waiting protects nobody once all traffic moved: the deploy
+    # ends "live, unverified"), "wait" for canary (waiting keeps most users on the old version).
+    on_inconclusive: Literal["pass", "fail", "wait"] | None = None
+    # How long any wait (for data, a manual gate or step) may last; then on_deadline decides.
+    progress_deadline: PositiveDuration = 600.0
+    on_deadline: Literal["abort", "promote"] = "abort"
     steps: list[CanaryStep] = Field(default_factory=list, validate_default=True)
     sticky: StickyConfig = Field(default_factory=StickyConfig)
     analysis: list[AnalysisCheck] = Field(default_factory=list)
+
+    def inconclusive_policy(self) -> Literal["pass", "fail", "wait"]:
+        """on_inconclusive as set, or the strategy's default."""
+        if self.on_inconclusive is not None:
+            return self.on_inconclusive
+        return "pass" if self.strategy == "bluegreen" else "wait"
 
     @field_validator("auto_promote")
     @classmethod

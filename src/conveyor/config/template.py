@@ -260,8 +260,13 @@ path = {health_path}
 # meanwhile it can be tried on the service's preview_port.
 # auto_promote = true
 # When a measurement is inconclusive (too little traffic, Prometheus unreachable): count it as
-# "pass", as "fail", or "wait" for a conclusive one.
-# on_inconclusive = "wait"
+# "pass", as "fail", or "wait" for a conclusive one. Unset: "pass" for bluegreen (the deploy
+# ends "live, unverified" and the analysis goes on through the standby window), "wait" for canary.
+# on_inconclusive = "pass"
+# No wait (for data, a manual gate or step) lasts longer than this; then the deployment is
+# aborted (traffic back on the old version), or goes on with on_deadline = "promote".
+# progress_deadline = "10m"
+# on_deadline = "abort"
 
 # [rollout.sticky]
 # canary: clients keep seeing the same version, by a cookie conveyor sets...

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal
 
+from conveyor.core.durations import format_duration
+
 COLORS = ("blue", "green")
 
 
@@ -87,6 +89,11 @@ class Options:
     on_inconclusive: Literal["pass", "fail", "wait"] = "wait"
     smoke: bool = False
     checks: tuple[CheckPlan, ...] = ()
+    # Every wait (for data, a manual gate or step) ends: after this long the deployment is
+    # aborted (traffic back on the old version) or, with on_deadline = "promote", goes on.
+    progress_deadline: float = 600.0
+    on_deadline: Literal["abort", "promote"] = "abort"
+    promote_hint: str = "conveyor promote"  # the command that ends a wait, for the sentence
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,7 @@ class Rollout:
     waiting: str = (
         ""  # why the rollout is waiting (manual pause, inconclusive analysis), for status
     )
+    waiting_since: float = 0.0  # when the current wait began (progress_deadline counts from it)
     analyzing: bool = False
     reason: str = ""
 
@@ -366,6 +374,12 @@ def step(state: Rollout, event: Event) -> Result:
         return state, []
     if isinstance(event, Abort):
         return _abort(state, event)
+    if (
+        state.waiting
+        and isinstance(event, Tick)
+        and event.now - state.waiting_since >= state.options.progress_deadline
+    ):
+        return _deadline(state, event.now)
     phase = state.phase
     if phase is Phase.STARTING:
         return _starting(state, event)
@@ -449,11 +463,10 @@ def _starting(state: Rollout, event: Event) -> Result:
 
 def _after_smoke(state: Rollout, now: float, actions: list[Action]) -> Result:
     if state.options.strategy == "bluegreen" and not state.options.auto_promote and state.has_old:
-        state = replace(
-            state,
-            phase=Phase.AWAITING_PROMOTION,
-            phase_started_at=now,
-            waiting="manual promotion: run `conveyor promote`",
+        state = _wait(
+            replace(state, phase=Phase.AWAITING_PROMOTION, phase_started_at=now),
+            f"manual promotion: run `{state.options.promote_hint}`",
+            now,
         )
         actions += [
             Preview(True),
@@ -530,8 +543,8 @@ def _in_step(state: Rollout, event: Event) -> Result:
         pause = state.options.steps[state.step_index].pause
         if pause == "manual":
             if not state.waiting:
-                waiting = "manual pause: run `conveyor promote` to continue"
-                return replace(state, waiting=waiting), [Record("paused", waiting)]
+                waiting = f"manual pause: run `{state.options.promote_hint}` to continue"
+                return _wait(state, waiting, event.now), [Record("paused", waiting)]
             return state, []
         if pause is not None and event.now - state.phase_started_at < pause:
             return state, []
@@ -592,8 +605,12 @@ def _gate(state: Rollout, now: float, proceed: Callable[[Rollout, float], Result
     if not unknown:
         return proceed(state, now)
     names = ", ".join(f"{c.plan.name} ({c.last or 'no measurement'})" for c in unknown)
+    seen = ", ".join(c.last or f"{c.plan.name}: no measurement" for c in unknown)
     policy = state.options.on_inconclusive
     if policy == "pass":
+        if state.phase is Phase.BAKING:
+            # Live, but nothing showed it works: say so plainly, in the history and the webhook.
+            return _succeed(state, f"live, unverified: {seen}")
         state, actions = proceed(state, now)
         return state, [
             Record("inconclusive", f"analysis inconclusive, passed by policy: {names}"),
@@ -601,10 +618,14 @@ def _gate(state: Rollout, now: float, proceed: Callable[[Rollout, float], Result
         ]
     if policy == "fail":
         return _rollback(state, f"analysis inconclusive: {names}")
-    waiting = f"analysis inconclusive, waiting for data: {names}"
-    if state.waiting != waiting:
-        return replace(state, waiting=waiting), [Record("waiting", waiting)]
-    return state, []
+    waiting = (
+        f"waiting for traffic: {seen}; send traffic, or run `{state.options.promote_hint}` "
+        "to accept"
+    )
+    if not state.waiting:
+        # Said once; the sentence (its counts) is kept up to date for status.
+        return _wait(state, waiting, now), [Record("waiting", waiting)]
+    return replace(state, waiting=waiting), []
 
 
 def tally(check: CheckState, event: Measured) -> CheckState:
@@ -634,12 +655,32 @@ def _measured(state: Rollout, event: Measured) -> Result:
             state,
             f"analysis failed: {failed.last} ({failed.failures} failed measurements in a row)",
         )
-    if state.waiting.startswith("analysis inconclusive") and all(
-        c.conclusive for c in state.checks
-    ):
+    if state.waiting.startswith("waiting for traffic") and all(c.conclusive for c in state.checks):
         state = replace(state, waiting="")
         return step(state, Tick(event.now))
     return state, []
+
+
+def _wait(state: Rollout, why: str, now: float) -> Rollout:
+    """Begin waiting (the deadline counts from here)."""
+    return replace(state, waiting=why, waiting_since=now)
+
+
+def _deadline(state: Rollout, now: float) -> Result:
+    """A wait outlived progress_deadline: abort (traffic back), or go on as if promoted."""
+    opts = state.options
+    waited = state.waiting.split("; ")[0]  # what it waited for, without the way on
+    why = f"progress deadline ({format_duration(opts.progress_deadline)}) passed while {waited}"
+    if opts.on_deadline == "promote":
+        record = Record("deadline", f"{why}: going on (on_deadline = promote)")
+        if state.phase is Phase.BAKING:
+            return _succeed(state, f"live, unverified: {why}")
+        state, actions = step(replace(state, waiting=""), Promote(False, now))
+        return state, [record, *actions]
+    reason = f"aborted: {why}"
+    if state.phase in TRAFFIC:
+        return _rollback(state, reason, outcome="aborted")
+    return _finish_bad(state, Phase.ABORTED, reason)
 
 
 def _trouble(state: Rollout, event: Event) -> Result | None:

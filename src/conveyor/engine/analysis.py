@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from conveyor.config import AnalysisCheck
+from conveyor.config import AnalysisCheck, ResolvedEnvironment
 from conveyor.core.analysis import Measurement, Verdict
 from conveyor.metrics import Sources, Target
 from conveyor.routers.base import Router
@@ -58,3 +58,16 @@ class AnalysisRunner:
                 log.exception("measuring %s failed", name)
                 m = Measurement(name, Verdict.INCONCLUSIVE, None, f"measurement failed: {exc}", now)
             self._on_measure(name, m)
+
+
+def check_name(env: ResolvedEnvironment, service: str, check: AnalysisCheck) -> str:
+    """A check's name in measurements and history: prefixed by the service when there are several."""
+    webs = [n for n, s in env.services.items() if s.kind == "web"]
+    return check.display() if len(webs) == 1 else f"{service}: {check.display()}"
+
+
+def add_checks(runner: AnalysisRunner, env: ResolvedEnvironment, targets: list[Target]) -> None:
+    """Every check of `env`'s rollout, for each target (one per analysed web service)."""
+    for target in targets:
+        for check in env.rollout.checks():
+            runner.add(check_name(env, target.service, check), check, target)

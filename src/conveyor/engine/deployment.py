@@ -20,7 +20,7 @@ from conveyor.config import ResolvedEnvironment, ServiceConfig
 from conveyor.core import rollout as r
 from conveyor.core.analysis import Measurement, Verdict
 from conveyor.core.durations import format_duration
-from conveyor.engine.analysis import AnalysisRunner
+from conveyor.engine.analysis import AnalysisRunner, add_checks, check_name
 from conveyor.engine.context import Context
 from conveyor.engine.hooks import HookResult, run_hook
 from conveyor.engine.notify import Notice, Notifier
@@ -57,6 +57,7 @@ class Deployment:
     switch_ms: dict[str, float] = field(default_factory=dict)
     failed_logs: dict[str, list[str]] = field(default_factory=dict)
     measurements: dict[str, Measurement] = field(default_factory=dict)
+    verdicts: dict[str, str] = field(default_factory=dict)  # the latest verdict shown, per check
     previews: dict[str, str] = field(default_factory=dict)
     analysis: AnalysisRunner | None = None
     notifier: Notifier | None = None
@@ -147,15 +148,16 @@ class Deployment:
         checks: list[r.CheckPlan] = []
         for svc in self._analysed_services(plans):
             for check in ro.checks():
-                checks.append(
-                    r.CheckPlan(self._check_name(svc, check.display()), check.failure_limit)
-                )
+                checks.append(r.CheckPlan(check_name(self.env, svc, check), check.failure_limit))
         return r.Options(
             strategy=ro.strategy,
             steps=tuple(r.Step(s.weight, s.pause) for s in ro.steps),
             bake=ro.bake,
             auto_promote=ro.auto_promote,
-            on_inconclusive=ro.on_inconclusive,
+            on_inconclusive=ro.inconclusive_policy(),
+            progress_deadline=ro.progress_deadline,
+            on_deadline=ro.on_deadline,
+            promote_hint=f"conveyor promote --env {self.env.name}",
             smoke=self.env.hooks.smoke is not None,
             checks=tuple(checks),
         )
@@ -181,10 +183,6 @@ class Deployment:
     def _analysed_services(self, plans: tuple[r.ServicePlan, ...]) -> list[str]:
         # Only web services that replace an old color can be compared and rolled back.
         return [p.name for p in plans if p.kind == "web" and p.old_color is not None]
-
-    def _check_name(self, service: str, check: str) -> str:
-        webs = [n for n, s in self.env.services.items() if s.kind == "web"]
-        return check if len(webs) == 1 else f"{service}: {check}"
 
     async def _perform(self, actions: list[r.Action]) -> None:
         for action in actions:
@@ -554,9 +552,7 @@ class Deployment:
                 )
             )
         self.analysis = AnalysisRunner(self.ctx.traffic.router, self.ctx.clock.now, self._measured)
-        for service, target in targets:
-            for check in self.env.rollout.checks():
-                self.analysis.add(self._check_name(service, check.display()), check, target)
+        add_checks(self.analysis, self.env, [t for _, t in targets])
         self.analysis.start()
 
     def _measured(self, name: str, m: Measurement) -> None:
@@ -565,7 +561,11 @@ class Deployment:
         summary = f"{name}: {m.detail}" if m.detail else name
         if verdict == "fail":
             self._record("measurement", summary, data={"measurement": m.to_json()})
-        self.emit({"step": "measurement", "message": f"{summary} [{verdict}]"})
+        # Shown when a check's verdict changes and at every failure, not once a second: status
+        # has the latest of each, and a wait is said once with the way on.
+        if verdict == "fail" or self.verdicts.get(name) != verdict:
+            self.emit({"step": "measurement", "message": f"{summary} [{verdict}]"})
+        self.verdicts[name] = verdict
         self.queue.put_nowait(r.Measured(name, verdict, summary, self.ctx.clock.now()))  # type: ignore[arg-type]
 
     # --- status ----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from conveyor.engine.errors import EngineError, UserError
 from conveyor.engine.fleet import Key, key_of
 from conveyor.engine.outcome import Emit, Outcome
 from conveyor.engine.traffic import ROUTER_ERRORS
+from conveyor.engine.watch import StandbyWatch
 from conveyor.releases import ReleaseError
 from conveyor.runtimes.base import RuntimeStartError
 from conveyor.store.db import DeploymentRecord, InstanceRecord
@@ -46,6 +47,7 @@ class Supervisor:
         self.rollback = rollback
         self.restarts: dict[Key, tuple[int, float]] = {}  # exits in a row, time of last restart
         self.watch: dict[Key, int] = {}  # failed health checks in a row during the standby window
+        self.standby_watch = StandbyWatch(ctx)  # analysis during the standby window
 
     async def ensure_router(self) -> bool:
         """Adopt the running router, or start one and give it the route table. True if started."""
@@ -221,11 +223,13 @@ class Supervisor:
     async def watch_standby_window(self, cfg: Config) -> list[str]:
         """While the previous version is on standby, a failing new version is switched back.
 
-        The bake is over, but a release that crashes or fails `unhealthy_threshold` health checks
-        in a row while its predecessor still runs is rolled back automatically, not restarted.
+        The bake is over, but a release that crashes, fails `unhealthy_threshold` health checks
+        in a row, or fails its analysis (measured all through the window, engine/watch.py) while
+        its predecessor still runs is rolled back automatically, not restarted.
         """
         ctx = self.ctx
         notes: list[str] = []
+        rolled: set[str] = set()
         rows = ctx.store.instances(cfg.app.name)
         standby = {
             (r.environment, r.service)
@@ -256,18 +260,59 @@ class Supervisor:
                     f"in a row during the standby window (last: {detail})"
                 )
             self.watch.pop(key, None)
-            log.warning("automatic rollback of %s: %s", row.environment, why)
-            try:
-                outcome = await self.rollback(row.environment, _quiet, f"automatic rollback: {why}")
-                notes.append(f"{row.environment}: {outcome.reason} ({why})")
-            except EngineError as exc:
-                notes.append(f"{row.environment}: automatic rollback failed: {exc}")
+            rolled.add(row.environment)
+            notes.append(await self._switch_back(row.environment, why))
+        notes.extend(await self._standby_analysis(cfg, rows, standby, rolled))
         return notes
+
+    async def _standby_analysis(
+        self,
+        cfg: Config,
+        rows: list[InstanceRecord],
+        standby: set[tuple[str, str]],
+        rolled: set[str],
+    ) -> list[str]:
+        ctx = self.ctx
+        by_env: dict[str, list[InstanceRecord]] = {}
+        for row in rows:
+            svc = _service_config(cfg, row)
+            if (
+                row.role == "active"
+                and (row.environment, row.service) in standby
+                and svc is not None
+                and svc.kind == "web"
+                and row.environment not in rolled
+                and ctx.locks.holder(row.environment) is None  # a deployment measures its own
+            ):
+                by_env.setdefault(row.environment, []).append(row)
+        notes: list[str] = []
+        for env_name, active in sorted(by_env.items()):
+            try:
+                env = cfg.environment(env_name)
+                why = await self.standby_watch.keep(env, active)
+            except (ConfigError, EngineError) as exc:
+                log.error("cannot measure %s during the standby window: %s", env_name, exc)
+                continue
+            if why is not None:
+                await self.standby_watch.drop(env_name)
+                del by_env[env_name]
+                notes.append(await self._switch_back(env_name, why))
+        await self.standby_watch.drop_all_but(set(by_env))
+        return notes
+
+    async def _switch_back(self, env_name: str, why: str) -> str:
+        log.warning("automatic rollback of %s: %s", env_name, why)
+        try:
+            outcome = await self.rollback(env_name, _quiet, f"automatic rollback: {why}")
+            return f"{env_name}: {outcome.reason} ({why})"
+        except EngineError as exc:
+            return f"{env_name}: automatic rollback failed: {exc}"
 
     # --- when the agent stops -------------------------------------------------------------------
 
     async def shutdown(self, keep_running: bool) -> None:
         """Stop services and the router, unless they keep serving through an agent upgrade."""
+        await self.standby_watch.drop_all_but(set())
         if keep_running:
             return
         ctx = self.ctx
