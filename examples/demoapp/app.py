@@ -9,7 +9,8 @@ Standard library only. Run it as `python3 app.py --port 8080`. The release's `de
   DEMO_HEALTHY       "false": /healthz answers 503 forever
   DEMO_START_DELAY   seconds to wait before listening (a slow boot)
   DEMO_CRASH_AFTER   exit with code 3 after this many seconds
-  DEMO_UNHEALTHY_AFTER  /healthz answers 503 once this many seconds have passed since start
+  DEMO_HEALTH_SCRIPT a file: while it exists, /healthz answers the statuses it lists, one per
+                     check, in turn ("503": unhealthy; "503 503 200": two failures, a pass, again)
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Settings:
     healthy: bool
     start_delay: float
     crash_after: float | None
-    unhealthy_after: float | None = None
+    health_script: str = ""
 
 
 def load_settings() -> Settings:
@@ -78,7 +79,6 @@ def load_settings() -> Settings:
     if not 0 <= rate <= 1:
         sys.exit("DEMO_ERROR_RATE must be a number between 0 and 1")
     crash = setting("DEMO_CRASH_AFTER", "crash_after", "")
-    unhealthy = setting("DEMO_UNHEALTHY_AFTER", "unhealthy_after", "")
     return Settings(
         version=setting("DEMO_VERSION", "version", "dev"),
         error_rate=rate,
@@ -86,7 +86,7 @@ def load_settings() -> Settings:
         healthy=setting("DEMO_HEALTHY", "healthy", "true").lower() not in ("false", "0", "no"),
         start_delay=float(setting("DEMO_START_DELAY", "start_delay", "0")),
         crash_after=float(crash) if crash else None,
-        unhealthy_after=float(unhealthy) if unhealthy else None,
+        health_script=setting("DEMO_HEALTH_SCRIPT", "health_script", ""),
     )
 
 
@@ -153,6 +153,8 @@ class App:
         self.lock = threading.Lock()
         self.idle = threading.Condition(self.lock)
         self.root_requests = 0
+        self.scripted = 0  # health checks answered from the health script
+        self.health_answers: dict[int, int] = {}  # status -> count, for /version
 
     def next_root_fails(self) -> bool:
         """Request n fails when floor(n * rate) steps up: exactly rate * 100 in every 100."""
@@ -161,6 +163,27 @@ class App:
             n = self.root_requests
         rate = self.settings.error_rate
         return math.floor(n * rate) > math.floor((n - 1) * rate)
+
+    def health_status(self) -> int:
+        """What the next health check gets: the health script's next status while it exists.
+
+        A test flips it from outside at the moment it wants (a deployment reached its bake, say),
+        instead of racing a timer started with the process.
+        """
+        if not self.settings.healthy:
+            return 503
+        script = self.settings.health_script
+        try:
+            with open(script, encoding="utf-8") as f:
+                statuses = [int(word) for word in f.read().split()]
+        except (OSError, ValueError):
+            statuses = []  # no script (or not yet written in full): healthy
+        if not statuses:
+            return 200
+        with self.lock:
+            index = self.scripted
+            self.scripted += 1
+        return statuses[index % len(statuses)]
 
     @contextmanager
     def in_flight(self) -> Iterator[None]:
@@ -238,19 +261,18 @@ class Handler(BaseHTTPRequestHandler):
         return self.send(200, f"hello from {self.app.settings.version}\n".encode())
 
     def healthz(self, query: str) -> int:
-        settings = self.app.settings
-        if not settings.healthy or (
-            settings.unhealthy_after is not None
-            and time.time() - self.app.started_at >= settings.unhealthy_after
-        ):
-            return self.send(503, b"unhealthy\n")
-        return self.send(200, b"ok")
+        status = self.app.health_status()
+        answers = self.app.health_answers
+        with self.app.lock:
+            answers[status] = answers.get(status, 0) + 1
+        return self.send(status, b"ok" if status == 200 else b"unhealthy\n")
 
     def version(self, query: str) -> int:
         body = {
             "version": self.app.settings.version,
             "pid": os.getpid(),
             "started_at": self.app.started_at,
+            "health": {str(k): v for k, v in sorted(self.app.health_answers.items())},
         }
         return self.send(200, json.dumps(body).encode() + b"\n", "application/json")
 
