@@ -72,6 +72,11 @@ class LoadGenerator:
         with self._lock:
             return self.result.requests, self.result.failed
 
+    def versions(self) -> Counter[str]:
+        """Responses so far by the version header's value (a copy)."""
+        with self._lock:
+            return Counter(self.result.versions)
+
     async def _main(self) -> None:
         t0 = time.monotonic()
         deadline = t0 + self.max_seconds

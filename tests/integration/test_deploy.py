@@ -43,10 +43,12 @@ def test_first_deploy_then_blue_green_under_load_then_rollback_to_standby(
     assert code == 0, out
     assert out["version"] == "v1"
     wait_for(lambda: project.serving() == "v1", what="v1 serving again")
-    time.sleep(0.2)  # some traffic on v1 after the rollback, for the assertion on versions below
+    # The load itself moves back to v1: count only what it got after the rollback.
+    after_rollback = load.versions()["v1"]
+    wait_for(lambda: load.versions()["v1"] > after_rollback + 50, what="load served by v1")
     result = load.stop()
     assert result.failed == 0, (result.statuses, result.error_samples)
-    assert result.versions["v1"] > 0 and result.versions["v2"] > 0
+    assert result.versions["v2"] > 0
 
     code, hist = project.json("history", "--env", "dev")
     assert [(d["version"], d["kind"], d["outcome"]) for d in hist] == [

@@ -89,7 +89,8 @@ def test_timeout_when_the_server_never_answers() -> None:
         result = asyncio.run(probe_http("127.0.0.1", port, "/healthz", 0.3))
         elapsed = time.monotonic() - started
         assert result == (False, "timed out after 0.3s")
-        assert 0.3 <= elapsed < 2
+        # Bounded, not fast: without the timeout the probe would wait forever.
+        assert 0.3 <= elapsed < 30
         # TCP-level the port is fine.
         assert asyncio.run(probe_tcp("127.0.0.1", port, 1.0)) == (True, "connected")
 

@@ -209,7 +209,7 @@ def test_sigkill_after_grace_when_sigterm_is_ignored(runtime: LocalRuntime, work
     asyncio.run(runtime.stop(inst, grace=0.5))
     elapsed = time.monotonic() - started
     assert elapsed >= 0.5
-    assert elapsed < 5
+    assert elapsed < 30  # bounded: the process ignores SIGTERM and sleeps 1000s
     assert not runtime.alive(inst)
     assert runtime.exit_detail(inst) == "killed by SIGKILL"
 

@@ -261,7 +261,7 @@ def test_http_refused_and_timeout_fail(home: Path) -> None:
         started = time.monotonic()
         m = measure(src, slow, target(None, home), 0)
     assert (m.verdict, m.detail) == (Verdict.FAIL, "timed out after 300ms")
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30  # bounded (the listener never answers), not fast
 
 
 def test_http_port_placeholder_without_a_port_is_inconclusive(home: Path) -> None:
@@ -291,6 +291,19 @@ def test_command_exit_status_cwd_and_placeholders(home: Path) -> None:
     bad = AnalysisCheck(metric="command", command="echo nope >&2; exit 3")
     m = measure(src, bad, tgt, 0)
     assert (m.verdict, m.detail) == (Verdict.FAIL, "exit code 3: nope")
+
+
+def test_command_gets_the_basics_of_the_environment_not_the_operators_exports(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPERATOR_TOKEN", "do-not-leak")  # as if the agent's starter exported it
+    monkeypatch.setenv("LC_TIME", "C")
+    check = AnalysisCheck(
+        metric="command",
+        command='test -z "$OPERATOR_TOKEN" && test -n "$PATH" && test "$LC_TIME" = C',
+    )
+    m = measure(CommandSource(), check, target(4100, home), 0)
+    assert (m.verdict, m.detail) == (Verdict.PASS, "exit code 0")
 
 
 def test_command_json_field(home: Path) -> None:

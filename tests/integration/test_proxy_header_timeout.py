@@ -73,8 +73,9 @@ def test_trickled_head_times_out_despite_activity() -> None:
                 await asyncio.sleep(TIMEOUT / 10)  # pacing the client, not waiting on an outcome
             data = await asyncio.wait_for(answer, 5.0)
             assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
-            # Closed within the timeout and two sweeps, long before the head could be complete.
-            assert loop.time() - started < TIMEOUT + 1.0
+            # Closed long before the trickled head could be complete (1000 bytes at one per
+            # TIMEOUT / 10: 30s). How soon after TIMEOUT is for a loaded machine to say.
+            assert loop.time() - started < 10.0
             assert up.connections == 0
             w.close()
 
