@@ -209,7 +209,7 @@ def test_inconclusive_analysis_follows_on_inconclusive(project: Project) -> None
     assert any(m["verdict"] == "inconclusive" for m in dep["measurements"])
     promote = project.cli("promote", "--env", "dev")
     assert promote.returncode == 0, promote.stderr
-    thread.join(60)
+    thread.join(240)
     assert box["res"][0] == 0 and box["res"][1]["outcome"] == "succeeded"
     assert project.serving() == "v3"
 
@@ -267,7 +267,7 @@ def test_canary_splits_by_weight_sticks_and_promotes(project: Project) -> None:
             assert resp.getheader("X-Demo-Version") == version
 
     assert project.cli("promote", "--env", "dev").returncode == 0
-    thread.join(60)
+    thread.join(240)
     assert box["res"][0] == 0, box
     assert fresh_requests(project.port, 50) == {"v2": 50}
 
@@ -284,7 +284,7 @@ def test_canary_abort_sends_everything_back_to_stable(project: Project) -> None:
     )
     proc = project.cli("abort", "--env", "dev", "--reason", "checkout looks off")
     assert proc.returncode == 0, proc.stderr
-    thread.join(60)
+    thread.join(240)
     code, out = box["res"]
     assert code == 1 and out["outcome"] == "aborted"
     assert "checkout looks off" in out["reason"]
@@ -471,7 +471,7 @@ def test_manual_gate_serves_the_new_version_on_a_preview_port_until_promoted(
     assert project.get(port=preview)[2] == "v2"
     assert project.serving() == "v1"
     assert project.cli("promote", "--env", "dev").returncode == 0
-    thread.join(60)
+    thread.join(240)
     assert box["res"][0] == 0, box
     assert project.serving() == "v2"
     with pytest.raises(OSError):
@@ -583,7 +583,7 @@ def test_a_deployment_interrupted_by_an_agent_crash_ends_on_the_old_version(
     new_pid = project.db(f"SELECT {PID} FROM instances WHERE version = 'v2'")[0][0]
     new = proc(new_pid)
     os.kill(project.pid("agent") or 0, signal.SIGKILL)
-    thread.join(60)
+    thread.join(240)
     assert project.cli("agent", "start").returncode == 0
     wait_for(lambda: not alive(new), what="the interrupted version to stop")
     assert fresh_requests(project.port, 20) == {"v1": 20}
