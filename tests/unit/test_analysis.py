@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from conveyor.config.models import AnalysisCheck
-from conveyor.core.analysis import Measurement, Verdict, format_value, judge
+from conveyor.core.analysis import Measurement, Verdict, compare, format_value, judge
 from conveyor.metrics.base import MissingPlaceholder, Target, json_field, substitute
 from conveyor.metrics.prometheus import query_url, read_result
 
@@ -44,6 +44,7 @@ def test_judge_min_and_both_bounds() -> None:
     assert judge(check, 0.4, None, "", 0).verdict is Verdict.FAIL
     assert judge(check, 3, None, "", 0).verdict is Verdict.FAIL
     assert judge(check, 1, None, "", 0).detail == "0.5 ≤ 1 ≤ 2"
+    assert judge(check, 1, None, "", 0).verdict is Verdict.PASS
 
 
 def test_judge_no_value_or_nan_is_inconclusive() -> None:
@@ -70,6 +71,60 @@ def test_format_value_per_metric() -> None:
     assert format_value("latency_p99_ms", 2.5) == "2.5"
     assert format_value("prometheus", 0.1) == "0.1"
     assert format_value("prometheus", math.inf) == "inf"
+
+
+@pytest.mark.parametrize(
+    ("metric", "value", "text"),
+    [
+        ("prometheus", math.nan, "NaN"),
+        ("prometheus", -math.inf, "-inf"),
+        ("prometheus", 0.0123, "0.0123"),  # three significant digits below 1
+        ("prometheus", 812.4, "812.4"),  # two decimals at most above it
+        ("prometheus", 2.001, "2"),
+        ("prometheus", 1.5e-10, "1.5e-10"),  # an exponent keeps its zeros
+        ("prometheus", 1e15, "1000000000000000"),
+        ("latency_p99_ms", 10.4, "10"),  # whole milliseconds from 10ms up
+        ("latency_p99_ms", 9.75, "9.75"),
+    ],
+)
+def test_format_value_edges(metric: str, value: float, text: str) -> None:
+    assert format_value(metric, value) == text
+
+
+LATENCY_BAND = AnalysisCheck(metric="latency_p99_ms", min=10.4, max=500)
+
+
+@pytest.mark.parametrize(
+    ("check", "value", "expected"),
+    [
+        (LATENCY_BAND, 100.0, (True, "10 ≤ 100 ≤ 500")),
+        (LATENCY_BAND, 10.4, (True, "10 ≤ 10 ≤ 500")),  # equal to a bound passes
+        (LATENCY_BAND, 9.5, (False, "9.5 < 10")),
+        (AnalysisCheck(metric="latency_p99_ms", min=12.4), 20.0, (True, "20 ≥ 12")),
+        (AnalysisCheck(metric="latency_p99_ms", min=12.4), 2.0, (False, "2 < 12")),
+        (AnalysisCheck(metric="http", url="http://127.0.0.1:1/"), 5.0, (True, "5")),
+    ],
+)
+def test_compare(check: AnalysisCheck, value: float, expected: tuple[bool, str]) -> None:
+    assert compare(check, value) == expected
+
+
+def test_judge_keeps_the_name_value_and_time_when_inconclusive() -> None:
+    assert judge(ERRORS, None, 0, "proxy down", 4.5) == Measurement(
+        "error_rate", Verdict.INCONCLUSIVE, None, "proxy down", 4.5
+    )
+    assert judge(ERRORS, 0.5, 3, "", 4.5) == Measurement(
+        "error_rate", Verdict.INCONCLUSIVE, 0.5, "not enough requests: 3 < 50", 4.5
+    )
+    one = AnalysisCheck(metric="error_rate", max=0.01, min_requests=1)
+    assert judge(one, 0.5, None, "", 0) == Measurement(
+        "error_rate", Verdict.INCONCLUSIVE, 0.5, "not enough requests: 0 < 1", 0
+    )
+
+
+def test_measurement_from_json_without_value_or_detail() -> None:
+    data = {"check": "http", "verdict": "fail", "value": None, "at": 2}
+    assert Measurement.from_json(data) == Measurement("http", Verdict.FAIL, None, "", 2.0)
 
 
 def test_measurement_json_round_trip() -> None:

@@ -105,3 +105,37 @@ def test_format_then_parse_round_trips_whole_seconds(seconds: int) -> None:
 @given(st.integers(min_value=0, max_value=10**6).map(lambda ms: ms / 1000))
 def test_format_then_parse_round_trips_milliseconds(seconds: float) -> None:
     assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (1, "1s"),  # not "1000ms": milliseconds are for less than a second
+        (60.5, "1m0.5s"),
+        (59.5, "59.5s"),
+        (0.0005, "0.5ms"),
+    ],
+)
+def test_format_at_the_edges_of_each_form(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (float("nan"), "invalid duration nan (must be a finite number of seconds)"),
+        ("9" * 400 + "h", f"invalid duration '{'9' * 400}h' (must be a finite number of seconds)"),
+        (-2, "negative duration -2 (durations must be >= 0)"),
+    ],
+)
+def test_parse_errors_name_the_value(value: object, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_duration(value)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("seconds", [-1.0, float("nan"), float("inf")])
+def test_format_refuses_what_is_not_a_duration(seconds: float) -> None:
+    with pytest.raises(ValueError, match=rf"^cannot format duration {seconds!r}$"):
+        format_duration(seconds)

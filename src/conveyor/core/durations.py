@@ -50,7 +50,7 @@ def parse_duration(value: object) -> float:
         position = match.end()
     if position == 0 and _is_number(text):
         raise ValueError(f"duration {value!r} has no unit ({ACCEPTED})")
-    if position != len(text) or position == 0:
+    if position != len(text):  # (text is not empty: position 0 is short of it)
         raise ValueError(f"invalid duration {value!r} ({ACCEPTED})")
     return _checked(total, value)
 
@@ -89,12 +89,9 @@ def format_duration(seconds: float) -> str:
         raise ValueError(f"cannot format duration {seconds!r}")
     if seconds == 0:
         return "0s"
-    candidates = _candidates(float(seconds))
-    for candidate in candidates:
-        if parse_duration(candidate) == seconds:
-            return candidate
-    # The last candidate is the shortest decimal that reads back as this float, in seconds.
-    return candidates[-1]
+    *compact, plain = _candidates(float(seconds))
+    # `plain` is the shortest decimal that reads back as this float, in seconds: always exact.
+    return next((c for c in compact if parse_duration(c) == seconds), plain)
 
 
 def _candidates(seconds: float) -> list[str]:

@@ -499,7 +499,9 @@ def _enter_step(state: Rollout, index: int, now: float, actions: list[Action]) -
         routes = tuple(
             (s.plan.name, s.plan.new_color) for s in state.services if s.plan.kind == "web"
         )
-        state = replace(state, phase=Phase.SWITCHING, step_index=index, phase_started_at=now)
+        state = replace(
+            state, phase=Phase.SWITCHING, step_index=index, phase_started_at=now, waiting=""
+        )
         actions += [
             Record("step", f"step {index + 1}/{len(state.options.steps)}: 100% of traffic"),
             SwitchTraffic(routes),
