@@ -100,6 +100,7 @@ LATENCY_BAND = AnalysisCheck(metric="latency_p99_ms", min=10.4, max=500)
         (LATENCY_BAND, 100.0, (True, "10 ≤ 100 ≤ 500")),
         (LATENCY_BAND, 10.4, (True, "10 ≤ 10 ≤ 500")),  # equal to a bound passes
         (LATENCY_BAND, 9.5, (False, "9.5 < 10")),
+        (AnalysisCheck(metric="latency_p99_ms", min=1, max=20.4), 5.0, (True, "1 ≤ 5 ≤ 20")),
         (AnalysisCheck(metric="latency_p99_ms", min=12.4), 20.0, (True, "20 ≥ 12")),
         (AnalysisCheck(metric="latency_p99_ms", min=12.4), 2.0, (False, "2 < 12")),
         (AnalysisCheck(metric="http", url="http://127.0.0.1:1/"), 5.0, (True, "5")),

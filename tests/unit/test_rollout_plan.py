@@ -89,10 +89,19 @@ def test_begin_refuses_what_cannot_be_rolled_out() -> None:
 def test_a_rollout_knows_its_services_and_whether_there_is_an_old_version() -> None:
     state, _ = r.begin(PLANS, 0.0)
     assert state.service("api").plan is PLANS[1]
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="nope"):
         state.service("nope")
     assert state.has_old
     only_new, _ = r.begin((PLANS[1],), 0.0)
     assert not only_new.has_old
     workers, _ = r.begin((PLANS[2],), 0.0)
     assert not workers.has_old  # an old worker is replaced, never switched back to
+
+
+def test_times_count_from_the_start_of_the_rollout() -> None:
+    state, _ = r.begin(PLANS[:1], 100.0)
+    assert (state.started_at, state.phase_started_at) == (100.0, 100.0)
+    state, actions = r.step(state, r.Tick(109.9))  # start_timeout is 10s
+    assert state.phase is r.Phase.STARTING and actions == []
+    state, _ = r.step(state, r.Tick(110.0))
+    assert state.phase is r.Phase.FAILED

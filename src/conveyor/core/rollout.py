@@ -681,7 +681,7 @@ def _deadline(state: Rollout, now: float) -> Result:
         return state, [record, *actions]
     reason = f"aborted: {why}"
     if state.phase in TRAFFIC:
-        return _rollback(state, reason, outcome="aborted")
+        return _rollback(state, reason, aborting=True)
     return _finish_bad(state, Phase.ABORTED, reason)
 
 
@@ -704,7 +704,7 @@ def _trouble(state: Rollout, event: Event) -> Result | None:
     return None
 
 
-def _rollback(state: Rollout, reason: str, outcome: str = "rolled_back") -> Result:
+def _rollback(state: Rollout, reason: str, aborting: bool = False) -> Result:
     routes = tuple(
         (s.plan.name, s.plan.old_color)
         for s in state.services
@@ -716,7 +716,7 @@ def _rollback(state: Rollout, reason: str, outcome: str = "rolled_back") -> Resu
             state, Phase.FAILED, f"{reason}; no previous version to roll back to", stop=False
         )
     state = replace(state, phase=Phase.ROLLING_BACK, reason=reason, waiting="", analyzing=False)
-    kind = "aborting" if outcome == "aborted" else "rolling_back"
+    kind = "aborting" if aborting else "rolling_back"
     actions: list[Action] = [Analyze(False), Record(kind, reason), SwitchBack(routes)]
     return state, actions
 
@@ -729,7 +729,7 @@ def _rolled_back(state: Rollout) -> Result:
 def _abort(state: Rollout, event: Abort) -> Result:
     reason = f"aborted: {event.reason}"
     if state.phase in TRAFFIC:
-        return _rollback(state, reason, outcome="aborted")
+        return _rollback(state, reason, aborting=True)
     if state.phase is Phase.ROLLING_BACK:
         return state, []
     return _finish_bad(state, Phase.ABORTED, reason)
