@@ -13,8 +13,10 @@ import pytest
 from test_proxy_support import (
     Request,
     backend,
+    connect,
     proxy_with_route,
     raw_exchange,
+    read_response,
     reply,
     run,
     upstreams,
@@ -188,3 +190,39 @@ async def _never_called(req: object, reader: object, writer: object) -> bool:
 
 async def _ok(req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     reply(writer, 200, b"ok")
+
+
+def test_a_refused_client_that_keeps_sending_still_reads_the_answer() -> None:
+    # The client is still uploading when the proxy refuses its request. Closing the socket with
+    # the upload unread would make the kernel reset the connection, and the reset can destroy
+    # the 400 before the client reads it. The proxy half-closes and lingers instead.
+    async def scenario() -> None:
+        async with (
+            upstreams(("blue", _never_called)) as (up,),
+            proxy_with_route([backend(up)], LIMITS) as (_, port),
+        ):
+            for _ in range(5):
+                reader, writer = await connect(port)
+                head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3x\r\n\r\n"
+                writer.write(head)
+
+                async def upload(writer: asyncio.StreamWriter = writer) -> None:
+                    chunk = b"x" * 65536
+                    for _ in range(64):  # 4 MiB after the refusal, as a slow client would
+                        writer.write(chunk)
+                        try:
+                            await writer.drain()
+                        except ConnectionError:
+                            return
+                        await asyncio.sleep(0)
+
+                sending = asyncio.ensure_future(upload())
+                resp = await read_response(reader)
+                assert resp.status == 400
+                assert resp.header("Connection") == "close"
+                assert await reader.read() == b""  # end of stream, not a reset
+                await sending
+                writer.close()
+            assert up.connections == 0
+
+    run(scenario())

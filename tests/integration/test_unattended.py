@@ -26,12 +26,13 @@ def test_bluegreen_with_no_traffic_ends_unverified_then_the_standby_window_catch
     project.release("v1")
     project.release("v2", error_rate=0.2)
     assert project.deploy("v1")[0] == 0
-    code, out = project.deploy("v2")  # nobody sends a request
-    assert code == 0, out
-    assert out["outcome"] == "succeeded"
-    assert out["reason"].startswith("live, unverified: error_rate: ")
-    code, hist = project.json("history", "--env", "dev")
-    assert hist[0]["reason"] == out["reason"]
+    proc = project.cli("deploy", "v2", "--env", "dev")  # nobody sends a request
+    assert proc.returncode == 0, proc.stderr
+    assert "v2 is live in dev" in proc.stdout
+    assert "warning: live, unverified: error_rate: " in " ".join(proc.stdout.split())
+    _, hist = project.json("history", "--env", "dev")
+    assert (hist[0]["version"], hist[0]["outcome"]) == ("v2", "succeeded")
+    assert hist[0]["reason"].startswith("live, unverified: error_rate: ")
     assert project.serving() == "v2"
 
     # Users arrive: the analysis, still running while v1 waits on standby, switches back.
@@ -40,7 +41,7 @@ def test_bluegreen_with_no_traffic_ends_unverified_then_the_standby_window_catch
         wait_for(lambda: project.serving() == "v1", timeout=60, what="the switch back")
     finally:
         gen.stop()
-    code, hist = project.json("history", "--env", "dev")
+    _, hist = project.json("history", "--env", "dev")
     assert [(d["version"], d["kind"], d["outcome"]) for d in hist[:2]] == [
         ("v1", "rollback", "succeeded"),
         ("v2", "deploy", "rolled_back"),

@@ -289,6 +289,15 @@ def finish(result: dict[str, Any], json_out: bool, done: str) -> None:
         switch = data.get("switch_ms") or {}
         took = ", ".join(f"{k} switched in {v:g} ms" for k, v in switch.items())
         console.print(f"[green]✓[/] {done.format(**data)}" + (f" ({took})" if took else ""))
+        reason = str(data.get("reason") or "")
+        if reason.startswith("live, unverified"):
+            # Succeeded, but nothing showed that it works (no traffic during the bake).
+            from rich.markup import escape
+
+            console.print(
+                f"[yellow]warning:[/] {escape(clean(reason))} — it is measured while the previous "
+                "version waits on standby, and switched back if it fails"
+            )
     else:
         fail(error or "failed", code)
     raise typer.Exit(code)

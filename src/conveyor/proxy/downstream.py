@@ -47,6 +47,8 @@ _SPECIAL = frozenset(
 # Connection tokens with a meaning of their own; any other token names a hop-by-hop header.
 _CONNECTION_OPTIONS = frozenset((b"close", b"keep-alive", b"upgrade"))
 _CHUNK_END = b"0\r\n\r\n"
+# How long a refused client may go on sending before its connection is closed regardless.
+LINGER = 2.0
 
 
 class Reject(Exception):
@@ -330,7 +332,23 @@ class ClientProtocol(asyncio.Protocol):
         self.receiving = None
         if not responded:
             self.transport.write(canned(status, False))
-        self.transport.close()
+        self.linger()
+
+    def linger(self) -> None:
+        """Close after a refusal without destroying the answer (nginx's lingering close).
+
+        The client may still be sending the request we refused. Closing with its bytes unread
+        makes the kernel reset the connection, and a reset can reach the client before it has
+        read the answer. So: half-close (the client reads the answer, then end of stream), drop
+        whatever still arrives (data_received ignores a rejected client), and close when the
+        client does, or after LINGER seconds at the most.
+        """
+        transport = self.transport
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.state.loop.call_later(LINGER, transport.close)
+        else:
+            transport.close()
 
     @property
     def receiving_head(self) -> bool:
