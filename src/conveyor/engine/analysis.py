@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
+from conveyor.aio import cancel_and_wait
 from conveyor.config import AnalysisCheck, ResolvedEnvironment
 from conveyor.core.analysis import Measurement, Verdict
 from conveyor.metrics import Sources, Target
@@ -34,11 +34,7 @@ class AnalysisRunner:
             self._tasks.append(asyncio.create_task(self._loop(name, check, target)))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
 
     async def _loop(self, name: str, check: AnalysisCheck, target: Target) -> None:

@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from conveyor.aio import cancel_and_wait
 from conveyor.config import ResolvedEnvironment, ServiceConfig
 from conveyor.core import rollout as r
 from conveyor.core.analysis import Measurement, Verdict
@@ -128,16 +129,13 @@ class Deployment:
         return r.Rollout(r.Phase.FAILED, (), 0.0, reason=reason)
 
     async def _cleanup(self) -> None:
-        for task in self.probers:
-            task.cancel()
-        await asyncio.gather(*self.probers, return_exceptions=True)
+        await cancel_and_wait(self.probers)
         if self.analysis is not None:
             await self.analysis.stop()
         # A smoke test still running when the rollout ended (aborted, crashed) is moot: cancelling
         # it kills its process group. Informational hooks finish (each within its timeout).
         if self.smoke_task is not None:
-            self.smoke_task.cancel()
-            await asyncio.gather(self.smoke_task, return_exceptions=True)
+            await cancel_and_wait([self.smoke_task])
         if self.hook_tasks:
             await asyncio.gather(*self.hook_tasks, return_exceptions=True)
         if self.notifier is not None:
