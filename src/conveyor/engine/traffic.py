@@ -12,7 +12,6 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from conveyor.config import ResolvedEnvironment
 from conveyor.engine.errors import UserError
@@ -195,10 +194,3 @@ class Traffic:
             if found:
                 out[route] = found
         return out
-
-    def __repr__(self) -> str:  # pragma: no cover - debugging aid
-        return f"Traffic({self.router.name}, {len(self.table.routes)} routes)"
-
-
-def describe(split: Split) -> dict[str, Any]:
-    return split.to_json()
