@@ -17,6 +17,7 @@ from conveyor.config.models import (
     ServiceConfig,
 )
 from conveyor.config.pydantic_errors import issues_from_validation
+from conveyor.core.gates import check_order
 
 # Hosts that bind every address, so they collide with any other host on the same port.
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
@@ -73,6 +74,7 @@ def resolve_environment(
         except ValidationError as err:
             issues.extend(issues_from_validation(err, HooksConfig, (*prefix, "hooks")))
 
+    issues.extend(_order_issues(config, name))
     if issues:
         return None, issues
     issues.extend(_listen_conflicts(name, services, overrides))
@@ -86,8 +88,33 @@ def resolve_environment(
         proxy=config.proxy,
         hooks=hooks,
         notifications=config.notifications,
+        gates=overrides.gates(config.app.timezone),
     )
     return env, []
+
+
+def _order_issues(config: Config, name: str) -> list[Issue]:
+    """`after` names another environment, and following `after` never comes back here."""
+    after = config.environments[name].after
+    if after is None:
+        return []
+    path = ("environments", name, "after")
+    if after == name:
+        return [Issue(path, f"environment {name!r} cannot come after itself")]
+    if after not in config.environments:
+        hint = did_you_mean(after, config.environments)
+        known = f"did you mean {hint!r}?" if hint else "known: " + ", ".join(config.environments)
+        return [Issue(path, f"unknown environment {after!r} ({known})")]
+    chain = [(env, cfg.after) for env, cfg in config.environments.items()]
+    if name in check_order(chain):
+        return [
+            Issue(
+                path,
+                f"environments come after each other in a loop through {after!r}: no release "
+                "could ever be deployed to any of them",
+            )
+        ]
+    return []
 
 
 def _listen_conflicts(

@@ -34,6 +34,7 @@ from conveyor.config.errors import (
     toml_type,
 )
 from conveyor.core.durations import parse_duration
+from conveyor.core.gates import parse_freeze
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
 IMPLICIT_ENVIRONMENT = "dev"
@@ -96,8 +97,28 @@ class _Model(BaseModel):
 # --- conveyor.toml -----------------------------------------------------------------------------
 
 
+def _check_timezone(value: str) -> str:
+    # zoneinfo reads the system's time zone database: imported only when a zone is named.
+    if value == "UTC":
+        return value
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {value!r} (use an IANA name such as 'UTC' or 'Europe/Paris')"
+        ) from None
+    return value
+
+
+TimeZone = Annotated[str, AfterValidator(_check_timezone)]
+
+
 class AppConfig(_Model):
     name: Annotated[str, AfterValidator(_check_name("app"))]
+    # Where freeze windows are read (an environment may set its own).
+    timezone: TimeZone = "UTC"
 
 
 class HealthConfig(_Model):
@@ -618,12 +639,129 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+# --- promotion: gates, checks, access ----------------------------------------------------------
+
+
+def _freeze_window(value: object) -> object:
+    parse_freeze(value)  # ValueError saying what is accepted
+    return value
+
+
+def _user_names(kind: str) -> Any:
+    def check(value: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for index, name in enumerate(value):
+            if not name.strip() or name != name.strip():
+                raise LocatedValueError(
+                    f"invalid user name {name!r} in {kind} (no blanks around it)", str(index)
+                )
+            if name in seen:
+                raise LocatedValueError(f"{name!r} is listed twice in {kind}", str(index))
+            seen.add(name)
+        return value
+
+    return check
+
+
+FreezeText = Annotated[str, BeforeValidator(_freeze_window)]
+CheckName = Annotated[str, AfterValidator(_check_name("check"))]
+
+
+class CheckConfig(_Model):
+    """[checks.NAME]: how `conveyor check run NAME` runs the check (in the release's files)."""
+
+    command: str | None = None
+    timeout: PositiveDuration = 1800.0
+
+    @field_validator("command")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("command must not be empty (leave it out for checks CI records)")
+        return value
+
+
+class AccessConfig(_Model):
+    # Who may deploy through a freeze window (`deploy --override-freeze --reason ...`).
+    admins: Annotated[list[str], AfterValidator(_user_names("admins"))] = Field(
+        default_factory=list
+    )
+
+
+class GatesConfig(_Model):
+    """What must hold before a release may go to an environment (resolved, see docs/promotion.md)."""
+
+    after: str | None = None
+    checks: list[str] = Field(default_factory=list)
+    soak: float = 0.0
+    approvals: int = 0
+    approvers: list[str] = Field(default_factory=list)
+    freeze: list[str] = Field(default_factory=list)
+    timezone: str = "UTC"
+    require_tag: bool = False
+
+
 class EnvironmentConfig(_Model):
     # Partial overrides, validated once merged into the base (see resolve_environment), so that
     # errors can point at the override's own key.
     services: dict[str, dict[str, Any]] = Field(default_factory=dict)
     rollout: dict[str, Any] = Field(default_factory=dict)
     hooks: dict[str, Any] = Field(default_factory=dict)
+    # Gates (docs/promotion.md). `after` and loops between environments are checked by
+    # resolve_environment, which knows the other environments.
+    after: EnvironmentName | None = None
+    checks: list[CheckName] = Field(default_factory=list)
+    soak: Duration = 0.0
+    approvals: Annotated[int, AfterValidator(_non_negative)] | None = None
+    approvers: Annotated[list[str], AfterValidator(_user_names("approvers"))] = Field(
+        default_factory=list
+    )
+    freeze: list[FreezeText] = Field(default_factory=list)
+    timezone: TimeZone | None = None
+    require_tag: bool = False
+
+    @field_validator("checks")
+    @classmethod
+    def _distinct_checks(cls, value: list[str]) -> list[str]:
+        for index, name in enumerate(value):
+            if name in value[:index]:
+                raise LocatedValueError(f"check {name!r} is listed twice", str(index))
+        return value
+
+    @model_validator(mode="after")
+    def _gates_fit(self) -> EnvironmentConfig:
+        if self.soak > 0 and self.after is None:
+            raise LocatedValueError(
+                'soak is measured in the environment named by after: set after = "staging" '
+                "(or the environment to soak in)",
+                "soak",
+            )
+        if self.approvals and self.approvers and self.approvals > len(self.approvers):
+            raise LocatedValueError(
+                f"approvals = {self.approvals} but only {len(self.approvers)} approvers are "
+                "listed: nobody could ever deploy",
+                "approvals",
+            )
+        if self.approvals == 0 and self.approvers:
+            raise LocatedValueError(
+                "approvers are listed but approvals = 0: remove approvals (1 by default) or "
+                "the approvers",
+                "approvals",
+            )
+        return self
+
+    def gates(self, app_timezone: str) -> GatesConfig:
+        approvals = self.approvals if self.approvals is not None else (1 if self.approvers else 0)
+        return GatesConfig(
+            after=self.after,
+            checks=list(self.checks),
+            soak=self.soak,
+            approvals=approvals,
+            approvers=list(self.approvers),
+            freeze=list(self.freeze),
+            timezone=self.timezone or app_timezone,
+            require_tag=self.require_tag,
+        )
 
 
 class ResolvedEnvironment(_Model):
@@ -636,6 +774,7 @@ class ResolvedEnvironment(_Model):
     proxy: ProxyConfig
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     notifications: list[NotificationConfig] = Field(default_factory=list)
+    gates: GatesConfig = Field(default_factory=GatesConfig)
 
     def web_services(self) -> dict[str, ServiceConfig]:
         return {name: svc for name, svc in self.services.items() if svc.kind == "web"}
@@ -650,6 +789,8 @@ class Config(_Model):
     agent: AgentConfig = Field(default_factory=AgentConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     notifications: list[NotificationConfig] = Field(default_factory=list)
+    checks: dict[CheckName, CheckConfig] = Field(default_factory=dict)
+    access: AccessConfig = Field(default_factory=AccessConfig)
     environments: dict[EnvironmentName, EnvironmentConfig] = Field(
         default_factory=dict, validate_default=True
     )
