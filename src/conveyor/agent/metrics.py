@@ -16,6 +16,10 @@ from conveyor.routers.base import ProxyUnavailable, RouterError
 if TYPE_CHECKING:
     from conveyor.engine.engine import Engine
 
+# The proxy's retry reasons (conveyor.proxy.model.RETRY_REASONS; the agent does not import the
+# proxy): each is a series from the start, so that rate() sees the first retry.
+RETRY_REASONS = ("refused", "reset")
+
 
 def _labels(**kv: str) -> str:
     inner = ",".join(f'{k}="{_escape(v)}"' for k, v in kv.items())
@@ -53,13 +57,25 @@ def render(stats: dict[str, Any], versions: dict[tuple[str, str], str]) -> str:
         for klass, n in sorted(c.get("responses", {}).items()):
             out.append(f"conveyor_proxy_responses_total{_labels(**labels, code=klass)} {n}")
     out += [
-        "# HELP conveyor_proxy_upstream_errors_total Requests answered 502/504 by the proxy.",
+        "# HELP conveyor_proxy_upstream_errors_total Requests answered 502/504 by the proxy, cut "
+        "off mid-response, or failed unanswered and retried on the standby color.",
         "# TYPE conveyor_proxy_upstream_errors_total counter",
     ]
     for labels, c in series:
         out.append(
             f"conveyor_proxy_upstream_errors_total{_labels(**labels)} {c.get('upstream_errors', 0)}"
         )
+    out += [
+        "# HELP conveyor_proxy_retries_total Requests this color failed without a byte of answer "
+        "that the standby color took instead, by reason (refused: the connect failed; reset: "
+        "the connection was reset or closed).",
+        "# TYPE conveyor_proxy_retries_total counter",
+    ]
+    for labels, c in series:
+        retries = c.get("retries") or {}
+        for reason in RETRY_REASONS:
+            n = retries.get(reason, 0)
+            out.append(f"conveyor_proxy_retries_total{_labels(**labels, reason=reason)} {n}")
     out += [
         "# HELP conveyor_proxy_inflight Requests in flight.",
         "# TYPE conveyor_proxy_inflight gauge",

@@ -413,7 +413,10 @@ class Deployment:
         try:
             for name, color in action.routes:
                 started = time.perf_counter()
-                await self.ctx.traffic.push(self._route(name, (self._backend(name, color),)))
+                old = self.old.get(name)  # becomes the standby: the route's fallback
+                standby = self._backend(name, old.color) if old is not None else None
+                route = self._route(name, (self._backend(name, color),))
+                await self.ctx.traffic.push(route, standby=standby)
                 self.switch_ms[name] = round((time.perf_counter() - started) * 1000, 2)
                 done.append(name)
         except ROUTER_ERRORS as exc:

@@ -145,6 +145,7 @@ class Engine:
             leftover = live.get((name, new_color))
             if leftover is not None:
                 # The slot we need holds an older standby: it is replaced by this release.
+                await ctx.traffic.standby_gone(env.name, name, new_color)
                 await ctx.fleet.stop(leftover, svc.stop_timeout)
                 emit(
                     {

@@ -138,6 +138,7 @@ class Supervisor:
         if handle is not None:
             return [f"adopted {what}, {handle.summary}"]
         if row.role == "standby" and row.standby_until and row.standby_until <= ctx.clock.utcnow():
+            await ctx.traffic.standby_gone(row.environment, row.service, row.color)
             ctx.store.delete_instance(row.app, row.environment, row.service, row.color)
             return [f"dropped {what}: its standby time is over"]
         try:
@@ -177,6 +178,8 @@ class Supervisor:
         endpoint = handle.endpoint
         if row.role == "active" and endpoint is not None and svc.kind == "web":
             await ctx.traffic.push(ctx.traffic.single(env, row.service, row.color, endpoint))
+        elif row.role == "standby" and endpoint is not None and svc.kind == "web":
+            await ctx.traffic.standby_moved(env.name, row.service, row.color, endpoint)
 
     # --- every SUPERVISE_EVERY seconds ------------------------------------------------------------
 
@@ -201,6 +204,7 @@ class Supervisor:
             what = f"{row.environment}/{row.service} {row.version} ({row.color})"
             if row.role == "standby" and row.standby_until is not None and row.standby_until <= now:
                 svc = _service_config(cfg, row)
+                await ctx.traffic.standby_gone(row.environment, row.service, row.color)
                 await ctx.fleet.stop(row, svc.stop_timeout if svc else 10.0)
                 notes.append(f"stopped standby {what}: its standby time is over")
             elif row.role == "active" and not await ctx.fleet.alive(row):
@@ -216,6 +220,7 @@ class Supervisor:
                 except RESTART_ERRORS as exc:
                     notes.append(f"could not restart {what}: {exc}")
             elif row.role == "standby" and not await ctx.fleet.alive(row):
+                await ctx.traffic.standby_gone(row.environment, row.service, row.color)
                 ctx.store.delete_instance(row.app, row.environment, row.service, row.color)
                 notes.append(f"standby {what} exited: a rollback will redeploy instead")
         return notes

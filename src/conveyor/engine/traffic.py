@@ -3,14 +3,23 @@
 The route table is persisted beside the database (routes.json): the router keeps serving its last
 table when the agent dies, and this file is what a restarted agent pushes into a router that lost
 its routes, so traffic comes back on the same colors and versions.
+
+While a standby color runs, it is its route's fallback (`Split.fallback`, for routers with the
+FALLBACK feature): the router may retry there a request the live color failed without answering,
+so a release that dies costs no request while the switch back is on its way. The deployment
+names the standby when it switches (`push(..., standby=)`); whoever stops or loses a standby says
+so (`standby_gone`); every other push keeps the route's fallback, unless its color takes traffic
+again (a switch back), which ends its standby.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from conveyor.config import ResolvedEnvironment
@@ -25,7 +34,10 @@ from conveyor.routers.base import (
     Split,
     route_name,
 )
+from conveyor.routers.kinds import FALLBACK
 from conveyor.runtimes.base import Endpoint
+
+log = logging.getLogger("conveyor.traffic")
 
 # What a failed router call raises.
 ROUTER_ERRORS = (RouterError, ProxyUnavailable, OSError)
@@ -134,9 +146,51 @@ class Traffic:
 
     # --- acting ---------------------------------------------------------------------------------
 
-    async def push(self, split: Split) -> None:
+    async def push(self, split: Split, standby: Backend | None = None) -> None:
+        """Put `split` in place. Its fallback: `standby` when given, else the route's current one.
+
+        A fallback whose color is among the split's backends with weight > 0 is dropped: that
+        color takes traffic now (switched back), it is nobody's standby any more.
+        """
+        if standby is not None:
+            spare: tuple[Backend, ...] = (standby,)
+        else:
+            current = self.table.routes.get(split.route)
+            spare = current.fallback if current is not None else ()
+        live = {b.color for b in split.backends if b.weight > 0}
+        spare = tuple(b for b in spare if b.color not in live)
+        if FALLBACK not in self.router.features:
+            spare = ()
+        if spare != split.fallback:
+            split = replace(split, fallback=spare)
         await self.router.apply(split)
         self.table.put(split)
+
+    async def standby_gone(self, environment: str, service: str, color: str) -> None:
+        """That standby color is stopping or has stopped: its route no longer falls back on it.
+
+        Called before stopping it, so that no retry goes to a process on its way out (or to
+        whatever takes its port next). A router that cannot be told is logged, not raised: the
+        table is right for the next push and for a restarted router.
+        """
+        route = route_name(environment, service)
+        current = self.table.routes.get(route)
+        if current is None or all(b.color != color for b in current.fallback):
+            return
+        split = replace(current, fallback=tuple(b for b in current.fallback if b.color != color))
+        self.table.put(split)
+        try:
+            await self.router.apply(split)
+        except ROUTER_ERRORS as exc:
+            log.error("could not remove the fallback %s of %s: %s", color, route, exc)
+
+    async def standby_moved(
+        self, environment: str, service: str, color: str, endpoint: Endpoint
+    ) -> None:
+        """That standby color was started again (agent restart), maybe at another address."""
+        current = self.table.routes.get(route_name(environment, service))
+        if current is not None and any(b.color == color for b in current.fallback):
+            await self.push(current, standby=self.backend(color, endpoint))
 
     async def remove(self, route: str) -> None:
         await self.router.remove(route)

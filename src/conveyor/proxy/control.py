@@ -91,6 +91,7 @@ class ControlServer:
                     request.get("backends"),
                     request.get("limits"),
                     request.get("sticky"),
+                    request.get("fallback"),
                 )
                 return {"ok": True}, False
             if op == "remove_route":

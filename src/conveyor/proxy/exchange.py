@@ -4,6 +4,11 @@ The client side (`downstream.ClientProtocol`) parses the request and hands the b
 to an `Exchange`; the upstream side (`upstream.UpstreamProtocol`) parses the response and writes
 it to the client. The exchange owns what joins them: backend choice, connection pooling, the
 retry policy, the response-head timeout and the counters.
+
+Retries, all before a single response byte reached the proxy (docs/proxy.md, "Retries"):
+- a refused connect: the route's other live backends, then its fallback (once), then back-off;
+- a pooled connection that turns out closed: the request again on a fresh connection (idempotent);
+- a fresh connection reset or closed: the fallback, once, for a whole idempotent request.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from conveyor.proxy.flow import PAUSE_PENDING
-from conveyor.proxy.model import COOKIE, Backend, ColorStats
+from conveyor.proxy.model import COOKIE, IDEMPOTENT, REFUSED, RESET, Backend, ColorStats, Route
 from conveyor.proxy.responses import canned
 from conveyor.proxy.upstream import UpstreamProtocol
 
@@ -25,14 +30,15 @@ if TYPE_CHECKING:
 # Above this many buffered request bytes (no upstream connection yet), stop reading the client.
 PENDING_HIGH = 256 * 1024
 # A request sent on a reused connection is kept (up to this size) until the first response byte,
-# so that it can be replayed on a fresh connection if the pooled one was already dead.
+# so that it can be replayed on a fresh connection if the pooled one was already dead; on a route
+# with a fallback, on any connection, so that it can be sent there if the backend dies with it.
 REPLAY_CAP = 256 * 1024
-IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"))
 FIRST_BACKOFF = 0.025
 
 
 class Exchange:
     __slots__ = (
+        "can_retry",
         "client",
         "deadline",
         "finished",
@@ -44,6 +50,8 @@ class Exchange:
         "replay_size",
         "request_done",
         "responded",
+        "retried",
+        "reused",
         "set_cookie",
         "started",
         "state",
@@ -83,6 +91,11 @@ class Exchange:
         # Set-Cookie line for the response head: only on a split cookie-sticky route when the
         # request had no cookie naming a live colour.
         self.set_cookie: bytes | None = None
+        # The route had a fallback at dispatch: keep what is sent (idempotent methods) in case
+        # the backend dies before answering. `retried`: the one retry on the fallback is spent.
+        self.can_retry = False
+        self.retried = False
+        self.reused = False
 
     # -- request bytes -------------------------------------------------------------------------
 
@@ -120,6 +133,8 @@ class Exchange:
         if route is None:
             self.local_response(503)
             return
+        if route.spare:
+            self.can_retry = True
         backend: Backend | None
         if route.mode:
             # A split sticky route. Nothing has been flushed yet: pending[0] is the head.
@@ -153,8 +168,9 @@ class Exchange:
 
     def attach(self, conn: UpstreamProtocol, reused: bool) -> None:
         self.upstream = conn
+        self.reused = reused
         conn.start(self)
-        self.replay = [] if reused and self.method in IDEMPOTENT else None
+        self.replay = [] if (reused or self.can_retry) and self.method in IDEMPOTENT else None
         self.replay_size = 0
         if self.client.write_paused:
             conn.pause_reading()
@@ -166,9 +182,10 @@ class Exchange:
         """Connect to a backend, retrying refused/unreachable ones (the app may be restarting).
 
         The request is still entirely in `pending` (the client is paused when that grows), so a
-        failed connect can always be retried: first on the route's other live backends, then after
-        a growing back-off, re-reading the route table each time because a swap to a healthy
-        colour may have happened meanwhile.
+        failed connect can always be retried: first on the route's other live backends, then on
+        its fallback (once per request), then after a growing back-off, re-reading the route
+        table each time because a swap to a healthy colour may have happened meanwhile.
+        `first` is already bound (counted) when given.
         """
         state = self.state
         limits = self.client.limits
@@ -184,10 +201,15 @@ class Exchange:
                     return
                 # Availability beats stickiness: any live backend not tried yet.
                 backend = route.pick(tried)
+                if backend is not None:
+                    self.bind(backend)
+                    self.follow_cookie(route, backend)
+                elif not tried:
+                    self.local_response(503)
+                    return
+                else:
+                    backend = self.to_fallback(route, REFUSED, tried)
                 if backend is None:
-                    if not tried:
-                        self.local_response(503)
-                        return
                     if backoffs_left <= 0:
                         self.local_response(502)
                         return
@@ -196,13 +218,6 @@ class Exchange:
                     delay *= 2
                     tried.clear()
                     continue
-                self.bind(backend)
-                if self.set_cookie is not None:
-                    # The response may come from another colour than first picked: the cookie
-                    # names the one that answers (or none, if the route is no longer split). A
-                    # request that came with a valid cookie keeps it: its colour may be back
-                    # for the next request.
-                    self.set_cookie = route.set_cookie.get(backend.color)
             host, port = backend.host, backend.port
             try:
                 _, conn = await asyncio.wait_for(
@@ -220,6 +235,37 @@ class Exchange:
                 return
             self.attach(conn, reused=False)
             return
+
+    def follow_cookie(self, route: Route, backend: Backend) -> None:
+        if self.set_cookie is not None:
+            # The response may come from another colour than first picked: the cookie names the
+            # one that answers (or none, if the route is no longer split, or it is the
+            # fallback). A request that came with a valid cookie keeps it: its colour may be
+            # back for the next request.
+            self.set_cookie = route.set_cookie.get(backend.color)
+
+    def to_fallback(
+        self, route: Route | None, reason: int, failed: set[tuple[str, int]]
+    ) -> Backend | None:
+        """Bind the request to the route's fallback for its one retry; None when it may not.
+
+        The failure stays counted against the colour that failed (a retry and an upstream error:
+        the analysis must still see it), the request moves to the fallback's counters.
+        """
+        if self.retried or route is None:
+            return None
+        backend = route.retry_target(reason, self.method, self.request_done, failed)
+        if backend is None:
+            return None
+        self.retried = True
+        self.can_retry = False
+        stats = self.stats
+        if stats is not None:
+            stats.retries[reason] += 1
+            stats.upstream_errors += 1
+        self.bind(backend)
+        self.follow_cookie(route, backend)
+        return backend
 
     # -- outcomes ------------------------------------------------------------------------------
 
@@ -263,7 +309,20 @@ class Exchange:
         up = self.upstream
         replay = self.replay
         if not got_bytes and replay is not None and not self.responded:
-            # A pooled connection the backend had already closed: replay on a fresh one.
+            first = None
+            if not self.reused:
+                # A fresh connection, closed or reset without a byte of answer: the backend
+                # failed (died?) with the request. Its one retry goes to the fallback, if any.
+                route = self.state.routes.get(self.client.name)
+                failed = {up.key} if up is not None else set()
+                first = self.to_fallback(route, RESET, failed)
+                if first is None:
+                    self.local_response(502)
+                    return
+            # Else a pooled connection the backend had already closed (an idle keep-alive
+            # connection it timed out): the request again on a fresh one, re-picked from the
+            # route. Not the retry: a dead backend refuses the fresh connect, and that refusal
+            # sends the request on to the fallback.
             self.upstream = None
             if up is not None:
                 up.exchange = None
@@ -271,7 +330,7 @@ class Exchange:
             self.replay = None
             self.pending[0:0] = replay
             self.pending_size += self.replay_size
-            self.state.loop.create_task(self.open(first=None))
+            self.state.loop.create_task(self.open(first=first))
             return
         self.local_response(502)
 

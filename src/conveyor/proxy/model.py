@@ -4,6 +4,9 @@ Everything a request reads at dispatch time is immutable (`Route`, `Backend`, `L
 route swap is a single dict assignment and a request never sees half of an update. Counters are
 the exception: they are plain mutable ints in one small object per (route name, colour), shared by
 every `Backend` of that colour across swaps so that counts survive them.
+
+A route may carry a `fallback`: the standby colour, which takes no traffic but may take a request
+once when the colour it went to failed before answering a single byte (`retry_target`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import random
 import re
 import zlib
 from bisect import bisect_left, bisect_right
+from collections.abc import Container
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -52,6 +56,13 @@ _UNUSABLE_HEADERS = frozenset(
         "cookie",
     )
 )
+# Methods whose request may be sent twice: the standards say so (RFC 9110, 9.2.2), and the
+# proxy relies on it when it replays a request the backend may have received.
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"))
+# Why a request went to the fallback (index into ColorStats.retries).
+REFUSED = 0  # the connect failed: nothing reached the backend
+RESET = 1  # the connection was reset or closed before a single response byte
+RETRY_REASONS = ("refused", "reset")
 # Route.mode: how a request to a split route chooses its colour.
 RANDOM = 0  # weighted random (also: every route that is not split, whatever its sticky setting)
 COOKIE = 1
@@ -109,7 +120,15 @@ class Limits:
 class ColorStats:
     """Counters of one colour of one route. Plain ints: updated on every request."""
 
-    __slots__ = ("buckets", "inflight", "latency_sum", "requests", "responses", "upstream_errors")
+    __slots__ = (
+        "buckets",
+        "inflight",
+        "latency_sum",
+        "requests",
+        "responses",
+        "retries",
+        "upstream_errors",
+    )
 
     def __init__(self) -> None:
         self.requests = 0
@@ -120,6 +139,8 @@ class ColorStats:
         # Non-cumulative internally (one increment per observation); made cumulative on output.
         self.buckets = [0] * (len(LATENCY_BOUNDS) + 1)
         self.latency_sum = 0.0
+        # Requests this colour failed and the fallback took, by reason (REFUSED, RESET).
+        self.retries = [0, 0]
 
     def observe(self, status: int, seconds: float) -> None:
         cls = status // 100 - 1
@@ -142,6 +163,7 @@ class ColorStats:
             "inflight": self.inflight,
             "latency_buckets": cumulative,
             "latency_sum": self.latency_sum,
+            "retries": dict(zip(RETRY_REASONS, self.retries, strict=True)),
         }
 
 
@@ -199,6 +221,8 @@ class Route:
     backends: tuple[Backend, ...]
     limits: Limits
     sticky: Sticky | None = None
+    # The standby colour(s): no traffic, but the one retry of a request that failed unanswered.
+    fallback: tuple[Backend, ...] = ()
     # Derived once at construction so that picking a backend is a bisect, not a loop, and a route
     # that is not split pays one integer test for stickiness.
     live: tuple[Backend, ...] = field(init=False, compare=False)
@@ -211,6 +235,8 @@ class Route:
     # cumulative weights times 100 (bucket * total < cum * 100 <=> bucket < 100 * cum / total).
     needle: bytes = field(init=False, compare=False)
     hundredfold: tuple[int, ...] = field(init=False, compare=False)
+    # The fallback backends with weight > 0; empty means no request is ever retried elsewhere.
+    spare: tuple[Backend, ...] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         live = tuple(b for b in self.backends if b.weight > 0)
@@ -243,6 +269,7 @@ class Route:
         object.__setattr__(self, "set_cookie", set_cookie)
         object.__setattr__(self, "needle", needle)
         object.__setattr__(self, "hundredfold", tuple(c * 100 for c in cum))
+        object.__setattr__(self, "spare", tuple(b for b in self.fallback if b.weight > 0))
 
     def pick(self, exclude: set[tuple[str, int]] | None = None) -> Backend | None:
         """A backend with weight > 0, weighted at random, skipping the `exclude`d addresses."""
@@ -258,6 +285,23 @@ class Route:
         if not rest:
             return None
         return random.choices(rest, weights=[b.weight for b in rest])[0]
+
+    def retry_target(
+        self, reason: int, method: bytes, whole: bool, failed: Container[tuple[str, int]]
+    ) -> Backend | None:
+        """Where a request that got no byte of a response goes for its one retry, if anywhere.
+
+        REFUSED: any request (nothing reached the app, and the proxy still holds all of it).
+        RESET: only an idempotent method whose request the proxy holds `whole` (received to its
+        end and buffered): the app may have acted on it, so only a request that may be sent
+        twice is. The fallback is picked by weight among those not at a `failed` address.
+        """
+        if reason == RESET and (not whole or method not in IDEMPOTENT):
+            return None
+        spare = [b for b in self.spare if b.key not in failed]
+        if len(spare) < 2:
+            return spare[0] if spare else None
+        return random.choices(spare, weights=[b.weight for b in spare])[0]
 
     def pick_by_cookie(self, head: bytes) -> tuple[Backend, bytes | None]:
         """Cookie mode: the colour the request's cookie names if live, else a weighted pick.
@@ -290,6 +334,7 @@ class Route:
             "backends": [b.to_json() for b in self.backends],
             "limits": self.limits.to_json(),
             "sticky": self.sticky.to_json() if self.sticky is not None else None,
+            "fallback": [b.to_json() for b in self.fallback],
         }
 
 
@@ -348,33 +393,42 @@ def parse_listen(obj: object) -> tuple[str, int]:
 
 
 def parse_backends(
-    obj: object, stats_of: dict[str, ColorStats], sticky: Sticky | None = None
+    obj: object,
+    stats_of: dict[str, ColorStats],
+    sticky: Sticky | None = None,
+    key: str = "backends",
 ) -> tuple[Backend, ...]:
     """Backends from JSON; each colour gets the (persistent) counters found in `stats_of`.
 
-    With a sticky cookie, a colour is also a cookie value, so it must be cookie-octets.
+    With a sticky cookie, a colour is also a cookie value, so it must be cookie-octets. `key`
+    names the list in error messages.
     """
     if not isinstance(obj, list):
-        raise ConfigurationError("backends must be a list")
+        raise ConfigurationError(f"{key} must be a list")
     out: list[Backend] = []
     for i, b in enumerate(obj):
         if not isinstance(b, dict):
-            raise ConfigurationError(f"backends[{i}] must be an object")
+            raise ConfigurationError(f"{key}[{i}] must be an object")
         color, host, port, weight = b.get("color"), b.get("host"), b.get("port"), b.get("weight")
         if not isinstance(color, str) or not color:
-            raise ConfigurationError(f"backends[{i}].color must be a non-empty string")
+            raise ConfigurationError(f"{key}[{i}].color must be a non-empty string")
         if not isinstance(host, str) or not host:
-            raise ConfigurationError(f"backends[{i}].host must be a non-empty string")
+            raise ConfigurationError(f"{key}[{i}].host must be a non-empty string")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ConfigurationError(f"backends[{i}].port must be a TCP port")
+            raise ConfigurationError(f"{key}[{i}].port must be a TCP port")
         if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
-            raise ConfigurationError(f"backends[{i}].weight must be an integer >= 0")
+            raise ConfigurationError(f"{key}[{i}].weight must be an integer >= 0")
         if sticky is not None and sticky.cookie is not None and not _COOKIE_VALUE.fullmatch(color):
             raise ConfigurationError(
-                f"backends[{i}].color {color!r} cannot be a cookie value (sticky.cookie is set)"
+                f"{key}[{i}].color {color!r} cannot be a cookie value (sticky.cookie is set)"
             )
         stats = stats_of.get(color)
         if stats is None:
             stats = stats_of[color] = ColorStats()
         out.append(Backend(color, host, port, weight, stats))
     return tuple(out)
+
+
+def parse_fallback(obj: object, stats_of: dict[str, ColorStats]) -> tuple[Backend, ...]:
+    """The route's fallback backends (null or missing: none), counted like any colour."""
+    return () if obj is None else parse_backends(obj, stats_of, key="fallback")

@@ -15,6 +15,7 @@ from conveyor.proxy.model import (
     Limits,
     Route,
     parse_backends,
+    parse_fallback,
     parse_listen,
     parse_sticky,
 )
@@ -85,7 +86,13 @@ class Proxy:
         self._sweeper = state.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     async def set_route(
-        self, name: str, listen: object, backends: object, limits: object, sticky: object = None
+        self,
+        name: str,
+        listen: object,
+        backends: object,
+        limits: object,
+        sticky: object = None,
+        fallback: object = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigurationError("name must be a non-empty string")
@@ -95,7 +102,14 @@ class Proxy:
         state = self.state
         async with self._lock:
             stats_of = self.stats.get(name, {})
-            route = Route(name, address, parse_backends(backends, stats_of, stick), lim, stick)
+            route = Route(
+                name,
+                address,
+                parse_backends(backends, stats_of, stick),
+                lim,
+                stick,
+                parse_fallback(fallback, stats_of),
+            )
             old = state.routes.get(name)
             new_server: asyncio.Server | None = None
             if old is None or old.listen != address:
@@ -136,7 +150,8 @@ class Proxy:
             self.state.pool.prune(self._live_addresses())
 
     def _live_addresses(self) -> set[tuple[str, int]]:
-        return {(b.host, b.port) for r in self.state.routes.values() for b in r.backends}
+        # The fallback's too: connections opened by retries serve it again after a switch back.
+        return {b.key for r in self.state.routes.values() for b in (*r.backends, *r.fallback)}
 
     def routes_json(self) -> dict[str, Any]:
         return {name: route.to_json() for name, route in self.state.routes.items()}

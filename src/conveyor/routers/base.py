@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
 
 if TYPE_CHECKING:
     from conveyor.config import ResolvedEnvironment
@@ -43,6 +43,8 @@ class Split:
 
     `sticky` is {"cookie": name} or {"header": name} while two colors share a canary, else None.
     `options` are the router's own settings for this route (the built-in proxy's limits).
+    `fallback` is the standby color while one runs: it takes no traffic, but a request the live
+    color failed without answering may be retried on it (routers with the FALLBACK feature).
     """
 
     route: str  # "<environment>/<service>", or "<environment>/<service>:preview"
@@ -51,6 +53,7 @@ class Split:
     backends: tuple[Backend, ...]
     sticky: Mapping[str, str] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    fallback: tuple[Backend, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,6 +63,7 @@ class Split:
             "backends": [b.to_json() for b in self.backends],
             "options": dict(self.options),
             "sticky": dict(self.sticky) if self.sticky is not None else None,
+            "fallback": [b.to_json() for b in self.fallback],
         }
 
     @classmethod
@@ -71,13 +75,18 @@ class Split:
             route=str(data["name"]),
             host=str(data["host"]),
             port=int(data["port"]),
-            backends=tuple(
-                Backend(str(b["color"]), str(b["host"]), int(b["port"]), int(b.get("weight", 100)))
-                for b in data["backends"]
-            ),
+            backends=_backends(data["backends"]),
             sticky=dict(sticky) if sticky else None,
             options=dict(options or {}),
+            fallback=_backends(data.get("fallback") or ()),  # absent in older routes.json
         )
+
+
+def _backends(items: Any) -> tuple[Backend, ...]:
+    return tuple(
+        Backend(str(b["color"]), str(b["host"]), int(b["port"]), int(b.get("weight", 100)))
+        for b in items
+    )
 
 
 class ColorCounters(TypedDict):
@@ -85,10 +94,14 @@ class ColorCounters(TypedDict):
 
     requests: int
     responses: dict[str, int]  # by status class: "2xx", "5xx", ...
-    upstream_errors: int  # 502/504 the router answered, plus responses cut off mid-body
+    # 502/504 the router answered, responses cut off mid-body, and requests this color failed
+    # that were retried on the fallback
+    upstream_errors: int
     inflight: int
     latency_buckets: list[tuple[str, int]]  # (upper bound in seconds or "+Inf", cumulative)
     latency_sum: float
+    # Requests this color failed that the fallback took, by reason: "refused", "reset".
+    retries: NotRequired[dict[str, int]]
 
 
 class Router(Protocol):

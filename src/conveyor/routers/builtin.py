@@ -62,7 +62,12 @@ class BuiltinRouter:
 
     async def apply(self, split: Split) -> None:
         await self.client.set_route(
-            split.route, (split.host, split.port), split.backends, split.options, split.sticky
+            split.route,
+            (split.host, split.port),
+            split.backends,
+            split.options,
+            split.sticky,
+            split.fallback,
         )
 
     async def remove(self, route: str) -> None:
@@ -124,6 +129,7 @@ class ProxyClient:
         backends: Sequence[Backend],
         limits: Mapping[str, Any] | None = None,
         sticky: Mapping[str, str] | None = None,
+        fallback: Sequence[Backend] = (),
     ) -> None:
         request: dict[str, Any] = {
             "op": "set_route",
@@ -136,6 +142,10 @@ class ProxyClient:
         if sticky is not None:
             # {"cookie": name} or {"header": name}; omitted means no stickiness.
             request["sticky"] = dict(sticky)
+        if fallback:
+            # The standby color: no traffic, but the one retry of a request that failed
+            # unanswered (docs/proxy.md, "Retries"). Omitted means none.
+            request["fallback"] = [b.to_json() for b in fallback]
         await self.call(request)
 
     async def remove_route(self, name: str) -> None:

@@ -8,7 +8,11 @@ STICKY = "sticky"  # keep a user on one color during a canary (cookie or header)
 INFLIGHT = "inflight"  # count requests in flight per color (drain waits on it)
 COUNTERS = "counters"  # count requests, responses and latency per color (built-in analysis)
 PREVIEW = "preview"  # open a second address to one color before it takes traffic
-FEATURES = frozenset({WEIGHTS, STICKY, INFLIGHT, COUNTERS, PREVIEW})
+# retry a request the live color failed unanswered on the standby color (Split.fallback); nothing
+# in the configuration asks for it, so nothing is refused without it: a router that lacks it is
+# given no fallback, and its users see those failures (HAProxy's `retry-on` could do it later)
+FALLBACK = "fallback"
+FEATURES = frozenset({WEIGHTS, STICKY, INFLIGHT, COUNTERS, PREVIEW, FALLBACK})
 
 ROUTER_FEATURES: dict[str, frozenset[str]] = {
     "builtin": FEATURES,
