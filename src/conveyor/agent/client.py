@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -16,6 +17,8 @@ from conveyor.agent import runs
 from conveyor.paths import Paths
 
 Progress = Callable[[dict[str, Any]], None]
+# How the agent's last line in agent.log starts when it cannot start at all (a broken database).
+START_ERROR = "conveyor agent cannot start: "
 
 
 class AgentUnavailable(Exception):
@@ -67,19 +70,44 @@ class AgentClient:
         info = self.ping()
         if info is not None:
             return info
-        self.start()
+        proc = self.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = self.ping()
             if info is not None:
                 self.started = info
                 return info
+            if proc.poll() is not None and not self._lock_held():
+                # It ended without serving and no other agent holds the project (one that won
+                # a race to start would): it says why in its last line.
+                raise AgentUnavailable(self._start_error())
             time.sleep(0.02)
         raise AgentUnavailable(
             f"the agent did not answer within {timeout:g}s; see {self.paths.agent_log}"
         )
 
-    def start(self) -> int:
+    def _lock_held(self) -> bool:
+        """Whether an agent holds the project's lock (it runs, or is starting)."""
+        try:
+            with open(self.paths.home / "agent.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False  # closing the file released it
+
+    def _start_error(self) -> str:
+        try:
+            lines = self.paths.agent_log.read_text(errors="replace").splitlines()[-20:]
+        except OSError:
+            lines = []
+        for line in reversed(lines):
+            if line.startswith(START_ERROR):
+                return line[len(START_ERROR) :]
+        return f"the agent exited at start; see {self.paths.agent_log}"
+
+    def start(self) -> subprocess.Popen[bytes]:
         self.paths.ensure()
         with open(self.paths.agent_log, "ab") as log:
             proc = subprocess.Popen(
@@ -91,7 +119,7 @@ class AgentClient:
                 start_new_session=True,  # the agent outlives this CLI call
                 env=os.environ.copy(),
             )
-        return proc.pid
+        return proc
 
     def stop(self, keep_running: bool, timeout: float = 60.0) -> bool:
         """Ask the agent to stop and wait until it is gone. False if it was not running."""

@@ -21,13 +21,14 @@ from typing import Any
 
 from conveyor import __version__
 from conveyor.agent import runs
+from conveyor.agent.client import START_ERROR
 from conveyor.agent.metrics import AdminServer
 from conveyor.engine.engine import Engine
 from conveyor.engine.errors import EngineError
 from conveyor.engine.outcome import Outcome
 from conveyor.engine.status import history_row
 from conveyor.paths import Paths
-from conveyor.store.db import DeploymentRecord, Store, database_url
+from conveyor.store.db import LOST_HINT, DeploymentRecord, Store, StoreError, database_url
 
 log = logging.getLogger("conveyor.agent")
 
@@ -47,6 +48,9 @@ class Agent:
         # What this agent found when it started: how the previous run ended, the deployments it
         # left in progress and how each ended, the recovery's notes. Commands show it.
         self.recovery: dict[str, Any] = {"previous": None, "interrupted": [], "notes": []}
+        # Set once the state database is found deleted or replaced: from then on the agent
+        # acts on nothing (traffic stays as it is) and says so in every answer.
+        self.store_lost: str | None = None
 
     async def run(self) -> None:
         # Read the admin settings first: a missing token file must stop us before we touch anything.
@@ -85,7 +89,11 @@ class Agent:
         supervisor.cancel()
         server.close()
         await self.admin.stop()
-        await self.engine.shutdown(self._keep_running)
+        try:
+            await self.engine.shutdown(self._keep_running)
+        except StoreError:
+            # Nothing recorded to stop by: `conveyor agent stop` stops them by their markers.
+            log.exception("cannot stop the services recorded in the state database")
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
         runs.write(self.paths.home, {**self._info(), "stopped_at": time.time()})
@@ -117,6 +125,7 @@ class Agent:
             "admin": f"http://{admin.host}:{admin.port}" if admin else None,
             "project": str(self.project_dir),
             **self.recovery,
+            "store_lost": self.store_lost,
         }
 
     def _write_info(self) -> None:
@@ -156,10 +165,26 @@ class Agent:
             "result": result,
         }
 
+    def _store_lost(self) -> bool:
+        """Whether the state database was deleted or replaced; the first time, say so."""
+        if self.store_lost is None:
+            problem = self.store.lost()
+            if problem is None:
+                return False
+            self.store_lost = (
+                f"{problem}: the agent stopped acting on every environment at "
+                f"{runs.clock(time.time())} and keeps their traffic as it is; {LOST_HINT}"
+            )
+            log.error("%s", self.store_lost)
+            self._write_info()
+        return True
+
     async def _supervise(self) -> None:
         while True:
             await asyncio.sleep(SUPERVISE_EVERY)
             runs.touch(self.paths.home)
+            if self._store_lost():
+                continue  # restarting or rolling back on a state it no longer has: never
             try:
                 for note in await self.engine.supervise_once():
                     log.info("%s", note)
@@ -183,6 +208,11 @@ class Agent:
             result = {"ok": False, "exit": 2, "error": f"bad request: {exc}"}
         except EngineError as exc:
             result = {"ok": False, "exit": exc.exit_code, "error": str(exc)}
+        except StoreError as exc:
+            # The database, not the request: one line for the user, the traceback for agent.log.
+            log.exception("request failed on the state database")
+            self._store_lost()
+            result = {"ok": False, "exit": 1, "error": self.store_lost or str(exc)}
         except Exception as exc:
             # A bug, not the caller's mistake (whatever its type): exit 1, traceback in agent.log.
             log.exception("request failed")
@@ -200,6 +230,8 @@ class Agent:
         op = req["op"]
         if op == "ping":
             return {"ok": True, "exit": 0, "data": self._info()}
+        if op != "stop" and self._store_lost():
+            return {"ok": False, "exit": 1, "error": self.store_lost}
         if op == "deploy":
             force = bool(req.get("force", False))
             return _outcome(await self.engine.deploy(req["env"], req["version"], emit, force=force))
@@ -314,7 +346,14 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
-    agent = Agent(project, paths)
+    try:
+        agent = Agent(project, paths)
+    except StoreError as exc:
+        # One line that the command which started us shows (AgentClient.ensure reads it).
+        print(f"{START_ERROR}{exc}", file=sys.stderr, flush=True)
+        with contextlib.suppress(FileNotFoundError):
+            paths.agent_pidfile.unlink()
+        return 1
     asyncio.run(agent.run())
     with contextlib.suppress(FileNotFoundError):
         paths.agent_pidfile.unlink()

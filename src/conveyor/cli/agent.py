@@ -101,6 +101,8 @@ def agent_status(json_out: JsonOpt = False) -> None:
             soft_wrap=True,
         )
         console.print(f"previous run: {_ended(last_run)}", markup=False)
+        if data.get("store_lost"):
+            console.print(f"warning: {data['store_lost']}", markup=False, soft_wrap=True)
     raise typer.Exit(0 if ping is not None else 1)
 
 

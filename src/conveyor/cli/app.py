@@ -65,6 +65,17 @@ def completion(
 
 
 def run() -> None:
+    try:
+        _run()
+    except Exception as exc:
+        from conveyor.cli.store_errors import is_store_error, report
+
+        if not is_store_error(exc):
+            raise
+        sys.exit(report(exc))
+
+
+def _run() -> None:
     if "_CONVEYOR_COMPLETE" in os.environ:
         # The scripts above call conveyor back with _CONVEYOR_COMPLETE set: typer answers then,
         # with the completion classes this registers (private to typer, as above).
@@ -84,7 +95,7 @@ def run() -> None:
     except Exception as exc:
         usage = getattr(exc, "exit_code", None)
         if not isinstance(usage, int) or not hasattr(exc, "format_message"):
-            raise
+            raise  # a store error too: run() prints it as JSON
         emit_json({"error": exc.format_message(), "exit": usage})
         code = usage
     sys.exit(code if isinstance(code, int) else 0)

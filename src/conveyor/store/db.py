@@ -8,6 +8,7 @@ CLI processes read the same database concurrently.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -49,7 +50,12 @@ _BEGIN_OPTION = "conveyor_sqlite_begin"
 
 
 class StoreError(Exception):
-    """A user-facing state store error."""
+    """A user-facing state store error: one line that names the database and says what to do."""
+
+
+class StoreLost(StoreError):
+    """The SQLite file this store opened was deleted or replaced under it (another inode now,
+    or none): what it reads and writes would no longer be the state it opened."""
 
 
 class DuplicateRelease(StoreError):
@@ -138,6 +144,58 @@ def redacted_url(url: str) -> str:
         # An unparsable URL may still contain a secret: show only its scheme.
         scheme = url.split(":", 1)[0] if ":" in url else "?"
         return f"{scheme}://<unparsable url>"
+
+
+# What to do once the file was deleted or replaced under a running agent.
+LOST_HINT = (
+    "stop the agent (`conveyor agent stop --keep-running`), restore a backup if you have one "
+    "(see `conveyor db --help`), start it again, then run `conveyor doctor`"
+)
+
+
+def _hint(backend: str) -> str:
+    """What to do about a database that fails, by backend."""
+    if backend == "sqlite":
+        return (
+            "check that the disk has room and the directory is writable, then retry; "
+            "`conveyor doctor` says more"
+        )
+    return (
+        "check that the PostgreSQL server runs and that the database exists "
+        "(CONVEYOR_DATABASE_URL), then retry; `conveyor doctor` says more"
+    )
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    database = url.database or ""
+    if url.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    return Path(database)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file's device and inode: what stays the same while it is the same file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _refuse_orphaned_journal(path: Path, where: str) -> None:
+    """A missing SQLite file beside its write-ahead log was deleted while a process (the agent)
+    had it open: creating a new one here would mix that process's log into an empty database."""
+    if path.exists():
+        return
+    for suffix in ("-wal", "-shm"):
+        journal = path.with_name(path.name + suffix)
+        if journal.exists():
+            raise StoreError(
+                f"the state database {where} is missing but its journal {journal.name} is still "
+                "there (the file was deleted while open): restore a backup in its place (see "
+                "`conveyor db --help`), or, with no agent running, remove "
+                f"{path.name}-wal and {path.name}-shm to start on an empty database"
+            )
 
 
 def _check_choice(what: str, value: str, allowed: frozenset[str]) -> None:
@@ -329,9 +387,14 @@ def _instance(row: InstanceRow) -> InstanceRecord:
 
 
 class Store:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, where: str = "") -> None:
         """Use `Store.open(url)`; this does not create or upgrade the schema."""
         self._engine = engine
+        self.where = where or redacted_url(engine.url.render_as_string(hide_password=False))
+        # SQLite: the file and the identity it had when opened; see lost().
+        self.file = _sqlite_file(engine.url)
+        self._identity = _identity(self.file) if self.file is not None else None
+        self._lost: str | None = None
         # Same pool, but transactions started through it take SQLite's write lock immediately.
         self._writer = engine.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
 
@@ -347,6 +410,10 @@ class Store:
             raise StoreError(
                 f"unsupported database {where}: use sqlite:///path or postgresql://user@host/db"
             )
+        hint = _hint(parsed.get_backend_name())
+        sqlite_file = _sqlite_file(parsed)
+        if sqlite_file is not None:
+            _refuse_orphaned_journal(sqlite_file, where)
         try:
             engine = _make_engine(parsed)
         except ModuleNotFoundError as exc:
@@ -355,18 +422,18 @@ class Store:
                 "install conveyor-deploy[postgres]"
             ) from exc
         except OSError as exc:
-            raise StoreError(f"cannot open the database {where}: {exc}") from exc
+            raise StoreError(f"cannot open the database {where}: {exc}; {hint}") from exc
         try:
             _upgrade(engine)
         except DBAPIError as exc:
             engine.dispose()
             # exc.orig is the driver's message, without SQLAlchemy's SQL echo; URLs in messages
             # are always the redacted form.
-            raise StoreError(f"cannot open the database {where}: {exc.orig}") from exc
+            raise StoreError(f"cannot open the database {where}: {exc.orig}; {hint}") from exc
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine)
+        return cls(engine, where)
 
     @property
     def dialect(self) -> str:
@@ -375,16 +442,64 @@ class Store:
 
     def close(self) -> None:
         self._engine.dispose()
+        self.lost()
+        if self._lost == "deleted" and self.file is not None and not self.file.exists():
+            # The journal of the deleted file, left by our connections: no use to anyone, and
+            # beside a missing file it stops the next Store.open (see _refuse_orphaned_journal).
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(OSError):
+                    self.file.with_name(self.file.name + suffix).unlink()
+
+    def lost(self) -> str | None:
+        """Why this store no longer holds the state it opened, or None: its SQLite file was
+        deleted or replaced (another device or inode). Once lost, it stays lost. One stat()."""
+        if self._lost is None and self.file is not None:
+            now = _identity(self.file)
+            if now is None:
+                self._lost = "deleted"
+            elif self._identity is not None and now != self._identity:
+                self._lost = "replaced"
+        if self._lost is None:
+            return None
+        return f"the state database {self.where} was {self._lost} while it was open"
+
+    def _check(self) -> None:
+        problem = self.lost()
+        if problem is not None:
+            raise StoreLost(f"{problem}; {LOST_HINT}")
+
+    @contextmanager
+    def _failures(self) -> Iterator[None]:
+        """The driver's failures as one StoreError line that names the database and what to do."""
+        try:
+            yield
+        except IntegrityError:
+            raise  # a constraint the caller handles (a duplicate release)
+        except DBAPIError as exc:
+            # A file deleted under us shows as "disk I/O error": say what happened instead.
+            self._check()
+            hint = _hint(self.dialect)
+            raise StoreError(f"the state database {self.where} failed: {exc.orig}; {hint}") from exc
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
-        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+        self._check()
+        with (
+            self._failures(),
+            Session(self._engine, expire_on_commit=False) as session,
+            session.begin(),
+        ):
             yield session
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
+        self._check()
         try:
-            with Session(self._writer, expire_on_commit=False) as session, session.begin():
+            with (
+                self._failures(),
+                Session(self._writer, expire_on_commit=False) as session,
+                session.begin(),
+            ):
                 yield session
         except StatementError as exc:
             # A value our column types refused (a naive datetime): report the caller's mistake
