@@ -5,7 +5,11 @@ this runs each command several times (one process each, what a shell or a CI loo
 prints the median and the spread of the wall times, then where one run's import time goes
 (`python -X importtime`, summed per top-level package).
 
-    .venv/bin/python benchmarks/cli.py [--runs 9] [--deployments 10000]
+    .venv/bin/python benchmarks/cli.py [--runs 9] [--deployments 10000] [--baseline SRC]
+
+With `--baseline SRC` (the `src` directory of another checkout, e.g. `git worktree add
+/tmp/before <commit>`), every command is also run from that source, runs alternating, in the
+same project: the "before" and "after" of a change measured under the same load.
 
 Targets (issue 7): `--version` and `--help` within 150 ms; `status --env dev --json` and
 `history --env dev --json` within 300 ms; `status` when the agent has to be started within 1.5 s.
@@ -68,13 +72,21 @@ def fill_history(demo: ScratchProject, count: int) -> None:
         )
 
 
-def timed(demo: ScratchProject, args: list[str], before: Callable[[], None] | None) -> float:
+def timed(
+    demo: ScratchProject,
+    args: list[str],
+    before: Callable[[], None] | None,
+    src: str | None = None,
+) -> float:
+    """Wall time of one `conveyor` process; from source tree `src` when given (an agent it
+    starts runs that source too)."""
     if before is not None:
         before()
+    env = demo.env if src is None else {**demo.env, "PYTHONPATH": src}
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "conveyor", *args],
-        env=demo.env,
+        env=env,
         cwd=demo.dir,
         capture_output=True,
         timeout=120,
@@ -111,6 +123,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--deployments", type=int, default=10_000)
     parser.add_argument("--top", type=int, default=8, help="packages shown per import breakdown")
+    parser.add_argument("--baseline", help="src directory of the code to compare with")
     args = parser.parse_args()
     console = Console(highlight=False)
     demo = ScratchProject(console)  # the demo app and its configuration
@@ -127,21 +140,35 @@ def main() -> int:
         def stop_agent() -> None:
             demo.conveyor("agent", "stop", "--keep-running")
 
-        table = Table("command", "median", "min", "max", "target", box=None)
+        columns = ["command", "median", "min", "max", "target"]
+        if args.baseline:
+            columns += ["baseline median", "ratio"]
+        table = Table(*columns, box=None)
         breakdowns = []
         for label, argv, target, cold in COMMANDS:
             before = stop_agent if cold else None
             timed(demo, argv, before)  # warm the page cache and the agent
-            times = [timed(demo, argv, before) for _ in range(args.runs)]
+            times: list[float] = []
+            base: list[float] = []
+            for _ in range(args.runs):
+                if args.baseline:
+                    base.append(timed(demo, argv, before, args.baseline))
+                times.append(timed(demo, argv, before))
             median = statistics.median(times)
             mark = "[green]ok[/]" if median <= target else "[red]over[/]"
-            table.add_row(
+            row = [
                 label,
                 f"{median * 1000:.0f} ms",
                 f"{min(times) * 1000:.0f} ms",
                 f"{max(times) * 1000:.0f} ms",
                 f"{target * 1000:.0f} ms {mark}",
-            )
+            ]
+            if base:
+                row += [
+                    f"{statistics.median(base) * 1000:.0f} ms",
+                    f"{median / statistics.median(base):.2f}",
+                ]
+            table.add_row(*row)
             if before is not None:
                 before()
             breakdowns.append((label, import_breakdown(demo, argv, args.top)))

@@ -39,15 +39,147 @@ def cli(argv: list[str]) -> str:
     )
 
 
+def modules_after(code: str, cwd: Path) -> set[str]:
+    """Every module a fresh interpreter has imported after running `code`, but the standard
+    library's (and what `site` loads from .pth files)."""
+    probe = (
+        "import sys, json\n"
+        f"{code}\n"
+        "print(json.dumps(sorted(m for m in sys.modules"
+        " if m.split('.')[0] not in sys.stdlib_module_names)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return set(json.loads(out.stdout.splitlines()[-1])) - {"__main__", "_distutils_hack"}
+
+
+# What typer itself needs: `--help` may import it and nothing else from outside conveyor.
+TYPER = ("typer", "annotated_doc", "shellingham", "typing_extensions")
+# conveyor's modules that `--help` may load: the command modules, and the little they need to
+# register their commands.
+HELP_MODULES = {"conveyor", "conveyor.paths", "conveyor.agent", "conveyor.agent.runs"}
+
+
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["agent", "--help"]])
 def test_version_and_help_import_no_database_library(argv: list[str], tmp_path: Path) -> None:
     modules = imported_by(cli(argv), tmp_path)
     assert "conveyor" in modules
-    assert not modules & {*DATABASE_LIBRARIES, "rich"}, sorted(modules)
+    assert not modules & {*DATABASE_LIBRARIES, "rich", "pydantic"}, sorted(modules)
 
 
-def test_version_does_not_even_load_typer(tmp_path: Path) -> None:
-    assert "typer" not in imported_by(cli(["--version"]), tmp_path)
+def test_version_imports_the_standard_library_alone(tmp_path: Path) -> None:
+    modules = modules_after(cli(["--version"]), tmp_path)
+    assert modules == {"conveyor", "conveyor.cli", "conveyor.cli.main"}
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["-h"], ["history", "--help"], ["agent", "-h"]])
+def test_help_imports_typer_and_the_command_modules_alone(argv: list[str], tmp_path: Path) -> None:
+    modules = modules_after(cli(argv), tmp_path)
+    outside = {m for m in modules if m.split(".")[0] not in ("conveyor", *TYPER)}
+    assert outside == set()
+    ours = {m for m in modules if m.split(".")[0] == "conveyor"}
+    assert {m for m in ours if not m.startswith("conveyor.cli")} <= HELP_MODULES, sorted(ours)
+
+
+def test_options_are_coerced_without_pydantic(tmp_path: Path) -> None:
+    """typer would build a pydantic TypeAdapter per option (cli/coercion.py): a usage error
+    found while coercing shows that the options were coerced, and pydantic was not loaded."""
+    code = cli(["history", "--env", "dev", "--limit", "many"])
+    probe = f"{code}\nprint('pydantic' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys\n" + probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Invalid value for '--limit': 'many' is not a valid integer." in out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_every_option_of_every_command_is_coerced_without_pydantic() -> None:
+    """Each parameter gets the plain coercion (an option of a new kind would bring pydantic back
+    to every command that has it: give it a plain type, or extend cli/coercion.py)."""
+    from typer.main import get_command
+
+    from conveyor.cli.app import app
+    from conveyor.cli.coercion import PlainParam
+
+    root = get_command(app)
+    ctx = root.make_context("conveyor", ["--version"], resilient_parsing=True)
+    commands = [root]
+    params = []
+    while commands:
+        command = commands.pop()
+        params += [(command.name, p) for p in [*command.params, command.get_help_option(ctx)]]
+        commands += list(getattr(command, "commands", {}).values())
+    assert len(params) > 40
+    coerced = {(name, p.name): type(p._runtime_param) for name, p in params}  # type: ignore[union-attr]
+    assert {k: v for k, v in coerced.items() if v is not PlainParam} == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "expected"),
+    [
+        ("12", int, 12),
+        (" 7 ", int, 7),
+        (3, int, 3),
+        ("2.5", float, 2.5),
+        ("dev", str, "dev"),
+        ("yes", bool, True),
+        ("off", bool, False),
+        ("app", Path, Path("app")),
+    ],
+)
+def test_plain_coercion_of_each_type(value: object, kind: type, expected: object) -> None:
+    from typer.models import OptionInfo
+
+    from conveyor.cli.coercion import PlainParam
+
+    param = PlainParam(parameter_info=OptionInfo(), annotation=kind)
+    assert param._coerce_value(value, param=None, ctx=None) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"), [("1.5", int), ("", int), ("x", float), ("maybe", bool)]
+)
+def test_plain_coercion_refuses_what_is_not_of_its_type(value: str, kind: type) -> None:
+    from typer._click.exceptions import BadParameter
+    from typer.models import OptionInfo
+
+    from conveyor.cli.coercion import PlainParam
+
+    param = PlainParam(parameter_info=OptionInfo(), annotation=kind)
+    with pytest.raises(BadParameter, match=f"{value!r} is not a valid"):
+        param._coerce_value(value, param=None, ctx=None)  # type: ignore[arg-type]
+
+
+def test_an_environment_named_in_the_file_is_known_without_loading_the_configuration(
+    tmp_path: Path,
+) -> None:
+    from conveyor.cli.common import names_environment
+
+    toml = tmp_path / "conveyor.toml"
+    app = '[app]\nname = "shop"\n[services.web]\ncommand = "serve"\n'
+    toml.write_text(app)
+    assert names_environment(toml, "dev") and not names_environment(toml, "qa")
+    toml.write_text(app + "[environments.qa]\n[environments.prod]\n")
+    assert names_environment(toml, "qa") and names_environment(toml, "prod")
+    assert not names_environment(toml, "dev")  # declared environments replace dev
+    # Anything not plain is left to the configuration to say: not named.
+    for text in (
+        "# nothing yet\n",
+        '[app]\nname = "shop"\n',  # no service
+        "[services.web]\n",  # no app
+        "[app\n",
+        "environments = 3\n" + app,
+        app + "[environments]\nqa = 1\n",
+    ):
+        toml.write_text(text)
+        assert not names_environment(toml, "qa") and not names_environment(toml, "dev")
+    assert not names_environment(tmp_path / "missing.toml", "dev")
 
 
 def test_the_heads_are_read_from_the_migration_scripts() -> None:

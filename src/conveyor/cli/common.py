@@ -17,7 +17,6 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from conveyor import __version__
-from conveyor.agent.client import AgentClient, AgentUnavailable
 from conveyor.cli.output import (
     Progress,
     agent_started,
@@ -31,6 +30,7 @@ from conveyor.cli.output import (
 from conveyor.paths import Paths
 
 if TYPE_CHECKING:
+    from conveyor.agent.client import AgentClient
     from conveyor.config import Config, ResolvedEnvironment
     from conveyor.store.db import Store
 
@@ -55,6 +55,18 @@ COMMAND_ORDER = (
 
 
 class OrderedGroup(TyperGroup):
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # Before any option of any command is coerced: without pydantic from here on
+        # (cli/coercion.py says why). Without the hook (another typer), typer's own coercion.
+        try:
+            from conveyor.cli.coercion import install
+        except ImportError:  # pragma: no cover - a typer without the internals it uses
+            pass
+        else:
+            install(self, ctx)
+        rest: list[str] = super().parse_args(ctx, args)
+        return rest
+
     def list_commands(self, ctx: Any) -> list[str]:
         names = super().list_commands(ctx)
         rank = {name: index for index, name in enumerate(COMMAND_ORDER)}
@@ -147,6 +159,9 @@ class Project:
         return Store.open(database_url(self.paths.home))
 
     def agent(self) -> AgentClient:
+        # Imported here: --help needs no sockets or subprocesses.
+        from conveyor.agent.client import AgentClient
+
         return AgentClient(self.dir, self.paths)
 
 
@@ -172,23 +187,47 @@ def project() -> Project:
 def ready_agent(proj: Project, env: str | None, json_object: bool = True) -> AgentClient:
     """The project's agent, started when it does not run; its recovery is over when this returns.
 
-    A running agent checks `env` itself; before starting one, the configuration is checked
-    here, so an unknown --env (exit 2) starts nothing. When this had to start the agent, the
-    command says so (`json_object`: in the `agent` field of its JSON object with --json).
+    A running agent checks `env` itself; before starting one, `env` is checked here, so an
+    unknown --env (exit 2) starts nothing. When this had to start the agent, the command says
+    so (`json_object`: in the `agent` field of its JSON object with --json).
     """
+    from conveyor.agent.client import AgentUnavailable
+
     client = proj.agent()
     try:
         if client.ping() is None:
             if env is None:
                 proj.config()
-            else:
-                proj.checked(env)
+            elif not names_environment(proj.config_path, env):
+                proj.checked(env)  # says what is wrong, in the configuration's words
             client.ensure()
     except AgentUnavailable as exc:
         fail(f"cannot reach the conveyor agent: {exc}; see {proj.paths.agent_log}", 1)
     if client.started is not None:
         agent_started(started_facts(client.started), json_object)
     return client
+
+
+def names_environment(config_path: Path, env: str) -> bool:
+    """Whether conveyor.toml plainly describes an app with environment `env`, read with tomllib
+    alone: an [app] name, a service, and `env` among the environments.
+
+    Before starting the agent, an unknown --env, or a file that describes no app yet, must start
+    nothing. Loading the configuration to check it costs pydantic (about 100 ms, while the user
+    waits for the agent); the agent reports any other configuration error itself. False means
+    "not plainly": the caller then loads the configuration, which says what is wrong.
+    """
+    import tomllib
+
+    try:
+        data = tomllib.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    app, services = data.get("app"), data.get("services")
+    if not (isinstance(app, dict) and app.get("name") and isinstance(services, dict) and services):
+        return False
+    declared = data.get("environments") or {"dev": {}}  # none declared: dev (config.models)
+    return isinstance(declared, dict) and isinstance(declared.get(env), dict)
 
 
 def started_facts(ping: dict[str, Any]) -> dict[str, Any]:
@@ -247,6 +286,8 @@ def when(at: datetime | None) -> str:
 
 
 def agent_call(proj: Project, request: dict[str, Any], json_out: bool) -> dict[str, Any]:
+    from conveyor.agent.client import AgentUnavailable
+
     client = ready_agent(proj, str(request["env"]))
     with Progress(json_out) as progress:
         try:

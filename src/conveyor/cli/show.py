@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 import typer
 
-from conveyor.agent.client import AgentUnavailable
 from conveyor.cli.common import (
     Command,
     EnvOpt,
@@ -129,6 +128,8 @@ def history(
 
 def _ask(proj: Project, request: dict[str, Any], json_object: bool = True) -> dict[str, Any]:
     """One question to the agent (started if needed); its data, or the command fails as it says."""
+    from conveyor.agent.client import AgentUnavailable
+
     client = ready_agent(proj, str(request["env"]), json_object)
     try:
         result = client.request(request, timeout=30)
