@@ -64,7 +64,7 @@ max = 200
 def event_times(project: ScratchProject, deployment: int) -> dict[str, float]:
     code, history = project.conveyor("history", "--env", "dev", "--limit", "5", "--json")
     assert code == 0
-    for dep in history:
+    for dep in history["deployments"]:
         if dep["id"] == deployment:
             times: dict[str, float] = {}
             for e in dep["events"]:

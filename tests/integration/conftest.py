@@ -128,6 +128,11 @@ class Project:
             raise AssertionError(f"not JSON: {proc.stdout!r} {proc.stderr!r}") from exc
         return proc.returncode, data
 
+    def history(self, env: str) -> tuple[int, Any]:
+        """`history --env ENV --json`: the exit code and the deployments (or the error object)."""
+        code, data = self.json("history", "--env", env)
+        return code, data["deployments"] if code == 0 else data
+
     def release(self, version: str, **behaviour: Any) -> None:
         (self.dir / "demo.json").write_text(json.dumps({"version": version, **behaviour}))
         proc = self.cli("release", "create", "--version", version)

@@ -83,14 +83,15 @@ def test_history_alone_brings_the_agent_back_and_resolves_the_interrupted_deploy
     assert project.serving() == "v2"
     assert project.db("SELECT id, outcome FROM deployments WHERE id = 2") == [(2, "in_progress")]
 
-    shown = project.cli("history", "--env", "dev", "--json")
+    shown = project.cli("history", "--env", "dev")
     assert shown.returncode == 0, shown.stderr
-    # One line on stderr says what happened (stdout stays the JSON list).
+    # One line on stderr says what happened.
     assert "the agent was not running (last seen " in shown.stderr
     assert "deployment #2 was interrupted and ended on v1 (all traffic on v1)" in shown.stderr
     assert len(shown.stderr.strip().splitlines()) == 1, shown.stderr
 
-    history = json.loads(shown.stdout)
+    code, history = project.history("dev")
+    assert code == 0
     outcomes = {h["id"]: h["outcome"] for h in history}
     assert outcomes[2] != "in_progress"  # (the switch back may be a deployment of its own)
     assert all(h["outcome"] != "in_progress" for h in history)
@@ -127,6 +128,33 @@ def test_json_commands_put_the_restart_in_an_agent_field_and_agent_status_names_
     assert code == 0 and running["running"] is True
     assert running["last_run"]["ended"] == "crashed"
     assert running["started_at"] > running["last_run"]["at"]
+
+
+def test_history_and_logs_json_put_the_restart_in_an_agent_field(project: Project) -> None:
+    interrupt_a_bake(project)
+
+    shown = project.cli("history", "--env", "dev", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stderr == ""  # the facts are in the JSON, not beside it
+    data = json.loads(shown.stdout)
+    assert data["environment"] == "dev"
+    assert all(d["outcome"] != "in_progress" for d in data["deployments"])
+    agent = data["agent"]
+    assert agent["started"] is True and agent["previous"]["ended"] == "crashed"
+    assert [(i["deployment"], i["version"]) for i in agent["interrupted"]] == [(2, "v2")]
+
+    # The agent runs now: nothing to say the next time.
+    code, again = project.json("history", "--env", "dev")
+    assert code == 0 and "agent" not in again
+
+    kill_agent(project)
+    shown = project.cli("logs", "web", "--env", "dev", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stderr == ""
+    first, *lines = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert first["agent"]["started"] is True
+    assert first["agent"]["previous"]["ended"] == "crashed"
+    assert lines and all("agent" not in line and "line" in line for line in lines)
 
 
 def test_a_clean_stop_is_told_apart_from_a_crash(project: Project) -> None:

@@ -210,7 +210,9 @@ def test_logs_json_is_one_object_per_line(project: Project) -> None:
     log.write_text("--- start ---\nGET / 200\nGET /x 404\n")
     proc = project.cli("logs", "web", "--json", "-n", "2")
     assert proc.returncode == 0, proc.stderr
-    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    first, *lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert first["agent"]["started"] is True  # this command started it
+    # Lines written before the log writer stamped them: no time, no stream.
     assert lines == [
         {"time": None, "service": "web", "color": "green", "stream": None, "line": "GET / 200"},
         {"time": None, "service": "web", "color": "green", "stream": None, "line": "GET /x 404"},

@@ -50,7 +50,7 @@ def test_first_deploy_then_blue_green_under_load_then_rollback_to_standby(
     assert result.failed == 0, (result.statuses, result.error_samples)
     assert result.versions["v2"] > 0
 
-    code, hist = project.json("history", "--env", "dev")
+    code, hist = project.history("dev")
     assert [(d["version"], d["kind"], d["outcome"]) for d in hist] == [
         ("v1", "rollback", "succeeded"),
         ("v2", "deploy", "rolled_back"),
@@ -75,7 +75,7 @@ def test_a_release_that_never_gets_healthy_is_refused_and_the_old_one_keeps_serv
     assert "web (green) was not healthy within 1.5s (last check: HTTP 503)" in out["reason"]
     assert "last output of web" in out["reason"]
     assert project.get()[2] == "v1"
-    code, hist = project.json("history", "--env", "dev")
+    code, hist = project.history("dev")
     assert hist[0]["version"] == "v2" and hist[0]["outcome"] == "failed"
     assert "not healthy" in hist[0]["reason"]
     # The failed color is gone; the old one is still the only process.

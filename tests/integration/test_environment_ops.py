@@ -31,7 +31,7 @@ def test_stop_needs_yes_then_takes_the_environment_down_and_start_brings_it_back
     again = project.cli("stop", "--env", "dev", "--yes")
     assert again.returncode == 1 and "stopped already" in again.stderr
 
-    code, history = project.json("history", "--env", "dev")
+    code, history = project.history("dev")
     assert [(h["kind"], h["outcome"]) for h in history][:2] == [
         ("stop", "succeeded"),
         ("deploy", "succeeded"),

@@ -117,7 +117,7 @@ def test_a_release_with_too_many_errors_is_rolled_back_automatically(project: Pr
     finally:
         gen.stop()
     assert project.db("SELECT version, role FROM instances") == [("v1", "active")]
-    code, hist = project.json("history", "--env", "dev")
+    code, hist = project.history("dev")
     assert hist[0]["outcome"] == "rolled_back" and "error_rate" in hist[0]["reason"]
     assert any(m["verdict"] == "fail" for m in hist[0]["measurements"])
     assert hist[0]["strategy"] == "bluegreen"
@@ -176,7 +176,7 @@ def test_failing_during_the_standby_window_switches_back_by_itself(project: Proj
     assert project.serving() == "v2"
     set_health(script, "503")
     wait_for(lambda: project.serving() == "v1", what="the automatic switch back")
-    code, hist = project.json("history", "--env", "dev")
+    code, hist = project.history("dev")
     assert [(d["version"], d["kind"], d["outcome"]) for d in hist[:2]] == [
         ("v1", "rollback", "succeeded"),
         ("v2", "deploy", "rolled_back"),
@@ -587,7 +587,7 @@ def test_a_deployment_interrupted_by_an_agent_crash_ends_on_the_old_version(
     assert project.cli("agent", "start").returncode == 0
     wait_for(lambda: not alive(new), what="the interrupted version to stop")
     assert fresh_requests(project.port, 20) == {"v1": 20}
-    code, hist = project.json("history", "--env", "dev")
+    code, hist = project.history("dev")
     assert code == 0
     v2 = next(d for d in hist if d["version"] == "v2")
     assert v2["outcome"] == "aborted"
@@ -631,7 +631,7 @@ def test_a_new_version_that_crashes_during_the_standby_window_is_switched_back(
     assert project.serving() == "v2"
     os.kill(pid_of(project, "v2"), signal.SIGKILL)
     wait_for(lambda: project.serving() == "v1", what="the automatic switch back")
-    code, hist = project.json("history", "--env", "dev")
+    code, hist = project.history("dev")
     assert code == 0, hist
     assert [(d["version"], d["kind"], d["outcome"]) for d in hist[:2]] == [
         ("v1", "rollback", "succeeded"),
@@ -732,7 +732,7 @@ def test_a_hanging_post_switch_hook_does_not_delay_a_rollback(project: Project) 
     set_health(script, "503")
     # Switched back while the hook still hangs: the decision did not wait for it.
     wait_for(lambda: project.serving() == "v1", what="the switch back")
-    code, hist = project.json("history", "--env", "dev")
+    code, hist = project.history("dev")
     assert code == 0, hist
     assert (hist[0]["version"], hist[0]["outcome"]) == ("v2", "rolled_back"), hist[0]
     assert not (project.dir / "hook.finished").exists()

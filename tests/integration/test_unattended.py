@@ -30,7 +30,7 @@ def test_bluegreen_with_no_traffic_ends_unverified_then_the_standby_window_catch
     assert proc.returncode == 0, proc.stderr
     assert "v2 is live in dev" in proc.stdout
     assert "warning: live, unverified: error_rate: " in " ".join(proc.stdout.split())
-    _, hist = project.json("history", "--env", "dev")
+    _, hist = project.history("dev")
     assert (hist[0]["version"], hist[0]["outcome"]) == ("v2", "succeeded")
     assert hist[0]["reason"].startswith("live, unverified: error_rate: ")
     assert project.serving() == "v2"
@@ -41,7 +41,7 @@ def test_bluegreen_with_no_traffic_ends_unverified_then_the_standby_window_catch
         wait_for(lambda: project.serving() == "v1", timeout=60, what="the switch back")
     finally:
         gen.stop()
-    _, hist = project.json("history", "--env", "dev")
+    _, hist = project.history("dev")
     assert [(d["version"], d["kind"], d["outcome"]) for d in hist[:2]] == [
         ("v1", "rollback", "succeeded"),
         ("v2", "deploy", "rolled_back"),
@@ -66,7 +66,7 @@ def test_a_canary_nobody_uses_is_aborted_at_its_progress_deadline(project: Proje
     said = [line for line in proc.stdout.splitlines() if "] waiting for traffic: " in line]
     assert len(said) == 1, proc.stdout
     assert said[0].endswith("send traffic, or run `conveyor promote --env dev` to accept")
-    _, hist = project.json("history", "--env", "dev")
+    _, hist = project.history("dev")
     assert hist[0]["outcome"] == "aborted"
     assert hist[0]["reason"].startswith("aborted: progress deadline (2s) passed while waiting for")
     assert project.serving() == "v1"

@@ -184,12 +184,12 @@ def project() -> Project:
         fail(str(exc))  # it says to run `conveyor init`
 
 
-def ready_agent(proj: Project, env: str | None, json_object: bool = True) -> AgentClient:
+def ready_agent(proj: Project, env: str | None) -> AgentClient:
     """The project's agent, started when it does not run; its recovery is over when this returns.
 
     A running agent checks `env` itself; before starting one, `env` is checked here, so an
     unknown --env (exit 2) starts nothing. When this had to start the agent, the command says
-    so (`json_object`: in the `agent` field of its JSON object with --json).
+    so (with --json: in the `agent` field of its JSON output).
     """
     from conveyor.agent.client import AgentUnavailable
 
@@ -204,7 +204,7 @@ def ready_agent(proj: Project, env: str | None, json_object: bool = True) -> Age
     except AgentUnavailable as exc:
         fail(f"cannot reach the conveyor agent: {exc}; see {proj.paths.agent_log}", 1)
     if client.started is not None:
-        agent_started(started_facts(client.started), json_object)
+        agent_started(started_facts(client.started))
     return client
 
 

@@ -88,11 +88,11 @@ def fail(message: str, code: int = 2) -> NoReturn:
 _agent_started: dict[str, Any] | None = None
 
 
-def agent_started(facts: dict[str, Any], json_object: bool) -> None:
-    """Say that this command had to start the agent: one line on stderr, or with --json (when
-    the command prints one object) an `agent` field in it."""
+def agent_started(facts: dict[str, Any]) -> None:
+    """Say that this command had to start the agent: one line on stderr, or with --json an
+    `agent` field in the object the command prints (see emit_json and take_agent_started)."""
     global _agent_started
-    if _json_mode and json_object:
+    if _json_mode:
         _agent_started = facts
         return
     from conveyor.agent.runs import started_text
@@ -101,9 +101,18 @@ def agent_started(facts: dict[str, Any], json_object: bool) -> None:
     sys.stderr.flush()
 
 
+def take_agent_started() -> dict[str, Any] | None:
+    """The facts agent_started kept for the JSON output, once: for output that is not one
+    object (`logs --json`, a stream of lines), which puts them in an object of their own."""
+    global _agent_started
+    facts, _agent_started = _agent_started, None
+    return facts
+
+
 def emit_json(data: Any) -> None:
-    if _agent_started is not None and isinstance(data, dict):
-        data = {**data, "agent": _agent_started}
+    facts = take_agent_started()
+    if facts is not None and isinstance(data, dict):
+        data = {**data, "agent": facts}
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 

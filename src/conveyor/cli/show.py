@@ -21,7 +21,7 @@ from conveyor.cli.common import (
     ready_agent,
     when,
 )
-from conveyor.cli.output import console, emit_json, fail
+from conveyor.cli.output import console, emit_json, fail, take_agent_started
 
 # --- status, history, logs --------------------------------------------------------------------
 
@@ -101,9 +101,10 @@ def history(
     # The agent reads the history: it holds the database open, and it has settled whatever the
     # previous agent left in progress before it answers.
     request = {"op": "history", "env": env, "limit": limit, "detail": json_out}
-    rows = _ask(proj, request, json_object=False)["deployments"]
+    rows = _ask(proj, request)["deployments"]
     if json_out:
-        emit_json(rows)
+        # An object, not a bare list: it has room for the `agent` field.
+        emit_json({"environment": env, "deployments": rows})
         return
     from rich.table import Table
 
@@ -126,11 +127,11 @@ def history(
     console.print(table)
 
 
-def _ask(proj: Project, request: dict[str, Any], json_object: bool = True) -> dict[str, Any]:
+def _ask(proj: Project, request: dict[str, Any]) -> dict[str, Any]:
     """One question to the agent (started if needed); its data, or the command fails as it says."""
     from conveyor.agent.client import AgentUnavailable
 
-    client = ready_agent(proj, str(request["env"]), json_object)
+    client = ready_agent(proj, str(request["env"]))
     try:
         result = client.request(request, timeout=30)
     except AgentUnavailable as exc:
@@ -175,7 +176,7 @@ def logs(
         fail(f"unknown service {service!r} (known: {', '.join(envcfg.services)})")
     if color is not None and color not in COLORS:
         fail(f"--color must be blue or green (got {color!r})")
-    ready_agent(proj, env, json_object=False)
+    ready_agent(proj, env)
     explicit = color is not None
     if color is None:
         store = proj.store()
@@ -195,6 +196,9 @@ def logs(
         fail(f"no logs yet for {service} in {env}", 1)
     shown = max(existing, key=lambda c: existing[c].stat().st_mtime)
     out = _LineWriter(service, json_out)
+    if json_out and (facts := take_agent_started()) is not None:
+        # A stream of lines has no object to hold the field: it comes first, on its own.
+        print(json.dumps({"agent": facts}, default=str), flush=True)
     for line in tail(existing[shown], lines):
         out.write(shown, line, prefix=False)
     if follow:
