@@ -40,6 +40,7 @@ from typing import IO, Literal, cast
 import pathspec
 
 from conveyor.store.db import DuplicateRelease, ReleaseRecord, Store
+from conveyor.store.facts import FactStore
 
 VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 DIGEST_RE = re.compile(r"sha256-[0-9a-f]{64}")
@@ -85,6 +86,8 @@ class NewRelease:
     uncommitted: tuple[tuple[str, str], ...] = ()
     # Earlier releases with the very same content.
     same_content_as: tuple[str, ...] = ()
+    # The git tags that pointed at the released commit (recorded: `require_tag` reads them).
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,14 @@ def _git_head(source: Path) -> tuple[Path, str, str] | None:
     toplevel = _git(source, "rev-parse", "--show-toplevel").stdout.decode().strip()
     prefix = _git(source, "rev-parse", "--show-prefix").stdout.decode().strip()
     return Path(toplevel), prefix, head.stdout.decode().strip()
+
+
+def _git_tags(source: Path, commit: str) -> tuple[str, ...]:
+    """The tags pointing at `commit`, as `git tag --points-at` lists them."""
+    listed = _git(source, "tag", "--points-at", commit)
+    if listed.returncode != 0:
+        return ()
+    return tuple(sorted(t for t in listed.stdout.decode(errors="replace").splitlines() if t))
 
 
 def _git_entries(
@@ -369,23 +380,43 @@ def _tarinfo(entry: _Entry) -> tarfile.TarInfo:
     return info
 
 
+def _tar(entries: list[_Entry], sink: IO[bytes]) -> str:
+    """Write the deterministic tar stream of `entries` to `sink`; return its digest."""
+    hashing = _HashingWriter(sink)
+    with tarfile.open(
+        fileobj=cast(IO[bytes], hashing), mode="w|", format=tarfile.PAX_FORMAT
+    ) as tar:
+        for entry in sorted(entries, key=lambda e: e.name):
+            info = _tarinfo(entry)
+            if entry.open is None:
+                tar.addfile(info)
+                continue
+            stream, info.size = entry.open()
+            with stream:
+                tar.addfile(info, stream)
+    return "sha256-" + hashing.hash.hexdigest()
+
+
 def _pack(entries: list[_Entry], out: IO[bytes]) -> str:
     """Write the deterministic .tar.gz of `entries` to `out`; return its digest."""
     # filename="" and mtime=0: otherwise gzip records the temp file's name and the time.
     with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as gz:
-        hashing = _HashingWriter(cast(IO[bytes], gz))
-        with tarfile.open(
-            fileobj=cast(IO[bytes], hashing), mode="w|", format=tarfile.PAX_FORMAT
-        ) as tar:
-            for entry in sorted(entries, key=lambda e: e.name):
-                info = _tarinfo(entry)
-                if entry.open is None:
-                    tar.addfile(info)
-                    continue
-                stream, info.size = entry.open()
-                with stream:
-                    tar.addfile(info, stream)
-    return "sha256-" + hashing.hash.hexdigest()
+        return _tar(entries, cast(IO[bytes], gz))
+
+
+class _Discard:
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def tree_digest(tree: Path) -> str:
+    """The digest of the files under `tree` as a release of them would have it.
+
+    An extracted release gives back its own digest: extraction keeps names, kinds, executable
+    bits and links, and the tar headers depend on nothing else. `__pycache__/` and virtualenvs
+    are left out, as in a release (Python writes bytecode beside the sources it runs).
+    """
+    return _tar(_walk_entries(tree, tree / ".conveyor"), cast(IO[bytes], _Discard()))
 
 
 @contextlib.contextmanager
@@ -460,11 +491,15 @@ class ReleaseStore:
             # Another process created this version since we checked.
             self._refuse_existing(version)
             raise
+        tags = _git_tags(source, git[2]) if git else ()
+        if tags:
+            FactStore(self.store).add_tags(self.app, version, tags)
         return NewRelease(
             record,
             left_out=tuple(left_out),
             uncommitted=tuple(_uncommitted(source)) if git else (),
             same_content_as=tuple(reversed(same)),  # oldest first
+            tags=tags,
         )
 
     def _refuse_existing(self, version: str) -> None:
@@ -479,6 +514,42 @@ class ReleaseStore:
         if not DIGEST_RE.fullmatch(rec.digest):
             raise ReleaseError(f"release {rec.version} has an invalid digest {rec.digest!r}")
         return self.objects / f"{rec.digest}.tar.gz"
+
+    def verify(self, rec: ReleaseRecord) -> None:
+        """Refuse (ReleaseError) a release whose archive or extracted files no longer have its
+        digest: what runs must be the very snapshot that passed the earlier environments."""
+        archive = self.object_path(rec)
+        if not archive.is_file():
+            raise ReleaseError(
+                f"release {rec.version}: archive {archive} is missing; "
+                "create the release again under a new version"
+            )
+        refused = f"release {rec.version} was modified on disk and is refused"
+        try:
+            with archive.open("rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+                reader = _HashingReader(cast(IO[bytes], gz))
+                while reader.read(_CHUNK):
+                    pass
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ReleaseError(f"{refused}: archive {archive} is unreadable ({exc})") from exc
+        actual = "sha256-" + reader.hash.hexdigest()
+        if actual != rec.digest:
+            raise ReleaseError(
+                f"{refused}: archive {archive} has digest {actual}, not {rec.digest}; create "
+                "the release again under a new version"
+            )
+        tree = self.trees / rec.digest
+        if tree.is_dir():
+            try:
+                actual = tree_digest(tree)
+            except OSError as exc:
+                raise ReleaseError(f"{refused}: cannot read {tree} ({exc})") from exc
+            if actual != rec.digest:
+                raise ReleaseError(
+                    f"{refused}: its files in {tree} have digest {actual}, not {rec.digest} "
+                    "(something wrote into the release); remove that directory and conveyor "
+                    "unpacks the release again from its archive"
+                )
 
     def tree(self, rec: ReleaseRecord) -> Path:
         """The release's extracted tree, extracted (and verified) on first use."""

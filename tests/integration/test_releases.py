@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.releases import ReleaseError, ReleaseStore
+from conveyor.releases import ReleaseError, ReleaseStore, tree_digest
 from conveyor.store import ReleaseRecord, Store
+from conveyor.store.facts import FactStore
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 GIT_ENV = {
@@ -541,3 +542,86 @@ def test_tree_refuses_path_traversal(
 def test_invalid_digest_is_refused(releases: ReleaseStore) -> None:
     with pytest.raises(ReleaseError, match="invalid digest"):
         releases.tree(_record("sha256-../../etc"))
+
+
+# tags, and a release modified on disk (the promotion gates' part)
+
+
+def test_release_records_the_tags_pointing_at_head(
+    releases: ReleaseStore, store: Store, repo: Path
+) -> None:
+    git(repo, "tag", "v1.0.0")
+    git(repo, "tag", "-a", "-m", "annotated", "stable")
+    new = releases.create(repo, "v1", NOW)
+    assert new.tags == ("stable", "v1.0.0")
+    assert FactStore(store).tags("shop", "v1") == ("stable", "v1.0.0")
+    write(repo, {"app.py": "print('v2')\n"})
+    git(repo, "commit", "-q", "-am", "second")
+    assert releases.create(repo, "v2", NOW).tags == ()
+    assert FactStore(store).tags("shop", "v2") == ()
+
+
+def test_an_extracted_tree_has_the_release_digest(
+    releases: ReleaseStore, repo: Path, tmp_path: Path
+) -> None:
+    (repo / "empty").mkdir()
+    os.symlink("lib/util.py", repo / "link.py")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "link")
+    from_git = releases.create(repo, "v1", NOW).record
+    plain = tmp_path / "plain"
+    write(plain, {"a.py": "A\n", "sub/b.txt": "B\n"})
+    (plain / "sub" / "empty").mkdir()
+    (plain / "tool").write_text("#!/bin/sh\n")
+    (plain / "tool").chmod(0o755)
+    from_dir = releases.create(plain, "v2", NOW).record
+    for rec in (from_git, from_dir):
+        tree = releases.tree(rec)
+        assert tree_digest(tree) == rec.digest
+        # What running the app writes beside its sources is not content.
+        (tree / "__pycache__").mkdir(exist_ok=True)
+        (tree / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+        releases.verify(rec)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    ["edit", "add", "remove", "chmod"],
+)
+def test_a_tree_modified_on_disk_is_refused(
+    releases: ReleaseStore, repo: Path, tamper: str
+) -> None:
+    rec = releases.create(repo, "v1", NOW).record
+    tree = releases.tree(rec)
+    releases.verify(rec)
+    if tamper == "edit":
+        (tree / "app.py").write_text("print('evil')\n")
+    elif tamper == "add":
+        (tree / "sitecustomize.py").write_text("import evil\n")
+    elif tamper == "remove":
+        (tree / "README").unlink()
+    else:
+        (tree / "app.py").chmod(0o755)
+    with pytest.raises(
+        ReleaseError,
+        match=r"release v1 was modified on disk and is refused: "
+        r"its files in .* have digest sha256-\w+, not " + rec.digest,
+    ):
+        releases.verify(rec)
+
+
+def test_an_archive_modified_on_disk_is_refused(releases: ReleaseStore, repo: Path) -> None:
+    rec = releases.create(repo, "v1", NOW).record
+    releases.verify(rec)
+    evil = _tar_bytes(tarfile.TarInfo("app.py"), b"evil")
+    releases.object_path(rec).write_bytes(gzip.compress(evil))
+    with pytest.raises(
+        ReleaseError, match="release v1 was modified on disk and is refused: archive"
+    ):
+        releases.verify(rec)
+    releases.object_path(rec).write_bytes(b"not gzip")
+    with pytest.raises(ReleaseError, match="unreadable"):
+        releases.verify(rec)
+    releases.object_path(rec).unlink()
+    with pytest.raises(ReleaseError, match="is missing"):
+        releases.verify(rec)

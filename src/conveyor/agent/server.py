@@ -25,7 +25,7 @@ from conveyor.agent.client import START_ERROR
 from conveyor.agent.metrics import AdminServer
 from conveyor.engine.engine import Engine
 from conveyor.engine.errors import EngineError
-from conveyor.engine.outcome import Outcome
+from conveyor.engine.outcome import Emit, Outcome
 from conveyor.engine.status import history_row
 from conveyor.paths import Paths
 from conveyor.store.db import LOST_HINT, DeploymentRecord, Store, StoreError, database_url
@@ -226,13 +226,16 @@ class Agent:
             await writer.drain()
             writer.close()
 
-    async def _handle(self, req: dict[str, Any], emit: Any) -> dict[str, Any]:
+    async def _handle(self, req: dict[str, Any], emit: Emit) -> dict[str, Any]:
         op = req["op"]
         if op == "ping":
             return {"ok": True, "exit": 0, "data": self._info()}
         if op != "stop" and self._store_lost():
             return {"ok": False, "exit": 1, "error": self.store_lost}
         if op == "deploy":
+            refusal, emit = await self._admit(req, emit)
+            if refusal is not None:
+                return refusal
             force = bool(req.get("force", False))
             return _outcome(await self.engine.deploy(req["env"], req["version"], emit, force=force))
         if op == "rollback":
@@ -256,6 +259,18 @@ class Agent:
             self._stop.set()
             return {"ok": True, "exit": 0, "data": {"keep_running": self._keep_running}}
         return {"ok": False, "exit": 2, "error": f"unknown operation {op!r}"}
+
+    async def _admit(self, req: dict[str, Any], emit: Emit) -> tuple[dict[str, Any] | None, Emit]:
+        """Every gate of the environment, and the release's digest, before anything starts
+        (conveyor.promotion); in a thread, as hashing a release takes a while."""
+        from conveyor.promotion import admit
+
+        ctx = self.engine.ctx
+        cfg = ctx.project.load()
+        now = ctx.clock.utcnow()
+        return await asyncio.to_thread(
+            admit, cfg, self.store, self.paths.home, req, now, ctx.journal, emit
+        )
 
     def _history(self, req: dict[str, Any]) -> dict[str, Any]:
         # Answered here, from the store the agent holds open: the CLI then needs no database

@@ -22,18 +22,32 @@ def deploy(
         bool,
         typer.Option("--force", help="Redeploy the version that is already live (blue/green)."),
     ] = False,
+    override_freeze: Annotated[
+        bool,
+        typer.Option(
+            "--override-freeze", help="Deploy through a freeze window ([access] admins only)."
+        ),
+    ] = False,
+    reason: Annotated[
+        str | None, typer.Option(help="Why the freeze is overridden (recorded).")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Deploy a release blue/green: start it beside the live one, switch when healthy.
 
     Returns when the new version is live (exit 0) or has failed (exit 1, the old one keeps serving).
+    The environment's gates are checked first (docs/promotion.md): when one is not met, nothing
+    starts and each unmet gate is listed with what would meet it (exit 1).
 
     Example:
 
         conveyor deploy v2 --env dev
     """
+    from conveyor.cli.gates import who
     from conveyor.releases import ReleaseError, validate_version
 
+    if override_freeze and not (reason and reason.strip()):
+        fail('--override-freeze needs --reason "..." (it is recorded)')
     proj = project()
     cfg = proj.checked(env)
     try:
@@ -49,7 +63,15 @@ def deploy(
             )
     finally:
         store.close()
-    request = {"op": "deploy", "env": env, "version": version, "force": force}
+    request = {
+        "op": "deploy",
+        "env": env,
+        "version": version,
+        "force": force,
+        "user": who(proj),
+        "override_freeze": override_freeze,
+        "reason": reason,
+    }
     result = agent_call(proj, request, json_out)
     finish(result, json_out, "{version} is live in {environment}")
 

@@ -149,11 +149,14 @@ def release_create(
                 "left_out": list(new.left_out),
                 "uncommitted": [{"path": p, "change": k} for p, k in new.uncommitted],
                 "same_content_as": list(new.same_content_as),
+                "tags": list(new.tags),
                 "warnings": warnings,
             }
         )
         return
     commit = f" commit {rec.commit[:12]}" if rec.commit else ""
+    if new.tags:
+        commit += f" (tagged {', '.join(new.tags)})"
     console.print(f"release {rec.version}: {rec.digest[:19]}…{commit} ({size_text(rec.size)})")
     if new.left_out:
         console.print(

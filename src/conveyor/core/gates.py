@@ -384,7 +384,13 @@ def _soak(v: str, rules: Rules, spans: list[_Span], now: datetime) -> GateResult
     need = format_duration(soak)
     good = [s for s in spans if s.deployment.outcome == "succeeded"]
     if not good:
-        return GateResult("soak", "soak", False, f"{v} has not gone live in {after}", "")
+        return GateResult(
+            "soak",
+            "soak",
+            False,
+            f"{v} has not gone live in {after}",
+            f"deploy it to {after} and let it run {need}",
+        )
     best = max(good, key=lambda s: (s.end or now) - s.start)
     lived = ((best.end or now) - best.start).total_seconds()
     if lived >= soak:
