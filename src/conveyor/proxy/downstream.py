@@ -70,8 +70,9 @@ class ClientProtocol(asyncio.Protocol):
         self.write_paused = False
         self.closed = False
         self.rejected = False
-        self.http11 = True
-        self.forwarded = b""
+        # Set before they are read: http11 by on_headers_complete, forwarded by connection_made.
+        self.http11: bool
+        self.forwarded: bytes
         # When the proxy's sweep first saw this connection idle (perf_counter); 0.0: not idle
         # since the last request began. See Proxy._sweep.
         self.idle_since = 0.0
@@ -81,18 +82,19 @@ class ClientProtocol(asyncio.Protocol):
         # `idle_since`: no clock read per request.
         self.head_begun = True
         self.head_since = 0.0
-        # Per-request parse state (reset in on_message_begin).
+        # Per-request parse state. data_received reads in_head and head_raw before the parser's
+        # first callback; the rest is set by on_message_begin, which precedes every other one.
         self.in_head = True
         self.head_raw = 0
-        self.url = b""
-        self.lines: list[bytes] = []
-        self.nheaders = 0
-        self.header_bytes = 0
-        self.content_length: bytes | None = None
-        self.chunked = False
-        self.host: bytes | None = None
-        self.xff: bytes | None = None
-        self.connection: bytes | None = None
+        self.url: bytes
+        self.lines: list[bytes]
+        self.nheaders: int
+        self.header_bytes: int
+        self.content_length: bytes | None
+        self.chunked: bool
+        self.host: bytes | None
+        self.xff: bytes | None
+        self.connection: bytes | None
         self.upgrade_value = b""
         self.reject_status = 400
 
@@ -181,9 +183,7 @@ class ClientProtocol(asyncio.Protocol):
             if not ex.started:
                 ex.dispatch()
             else:
-                ex = queue[-1]
-                if ex.upstream is not None and ex.pending:
-                    ex.flush()
+                queue[-1].flush()
 
     # -- httptools callbacks -------------------------------------------------------------------
 
@@ -289,7 +289,6 @@ class ClientProtocol(asyncio.Protocol):
         """Drop the headers that the Connection header names (hop-by-hop by declaration)."""
         assert self.connection is not None
         names = {t.strip().lower() for t in self.connection.split(b",")} - _CONNECTION_OPTIONS
-        names.discard(b"")
         if not names:
             return lines
         return [ln for ln in lines if ln.split(b":", 1)[0].lower() not in names]
