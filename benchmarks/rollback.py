@@ -11,6 +11,11 @@ two failures in a row), this deploys:
 For each it prints the time from the first request on the bad release to traffic fully back on
 the old one, and the failed responses users saw. Target: back within 5 seconds of the switch.
 
+Then (`death_to_switch`) a release that dies whole, its process group SIGKILLed, during the bake
+and during the standby window, under 16 keep-alive connections: the agent's own measure from the
+death (as the runtime saw it, through a pidfd) to the router's answer, as the history records
+it. Target: the switch back starts within 100 ms of the death.
+
     .venv/bin/python benchmarks/rollback.py [--rate 200]
 
 Everything listens on 127.0.0.1; the load is bounded in time and stops by itself.
@@ -19,7 +24,10 @@ Everything listens on 127.0.0.1; the load is bounded in time and stops by itself
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 import time
 from datetime import datetime
 from typing import Any
@@ -112,11 +120,81 @@ def scenario(
         project.close()
 
 
+def latest(project: ScratchProject) -> dict[str, Any]:
+    """The newest deployment of dev, with its events."""
+    _, rows = project.conveyor("history", "--env", "dev", "--limit", "1", "--json")
+    return rows[0] if rows else {}  # type: ignore[index, return-value]
+
+
+def death_to_switch(console: Console, where: str, rate: float) -> dict[str, Any]:
+    """v2 dies whole during the bake or the standby window: what the history says it cost."""
+    bake = 'bake = "60s"\n' if where == "bake" else 'bake = "0s"\n'
+    config = BASE.replace('drain_timeout = "5s"\n', 'drain_timeout = "5s"\n' + bake)
+    project = ScratchProject(console, config)
+    try:
+        project.release("v1")
+        project.release("v2")
+        code, out = project.conveyor("deploy", "v1", "--env", "dev", "--json")
+        assert code == 0, out
+        load = LoadGenerator("127.0.0.1", project.port, connections=16, rate=rate, max_seconds=120)
+        load.start()
+        time.sleep(1.0)  # steady state before the deploy
+        deploy = threading.Thread(
+            target=project.conveyor, args=("deploy", "v2", "--env", "dev", "--json")
+        )
+        deploy.start()
+        if where == "bake":
+            while latest(project).get("events", [{}])[-1].get("state") != "baking":
+                time.sleep(0.05)
+        else:
+            deploy.join()
+        _, status = project.conveyor("status", "--env", "dev", "--json")
+        pid = status["services"][0]["active"]["pid"]
+        before_requests, before_failed = load.snapshot()
+        os.killpg(pid, signal.SIGKILL)  # the app leads its own process group: all of it dies
+        deploy.join()
+        event = "switched_back" if where == "bake" else "switched"
+        while not any(e["state"] == event for e in latest(project).get("events", [])):
+            time.sleep(0.05)
+        time.sleep(1.0)  # what users saw after the switch counts too
+        after_requests, after_failed = load.snapshot()
+        load.stop()
+        row = latest(project)
+        ms = next(e for e in row["events"] if e["state"] == event).get("death_to_switch_ms")
+        return {
+            "where": where,
+            "ms": max(ms.values()) if isinstance(ms, dict) else ms,
+            "failed": after_failed - before_failed,
+            "requests": after_requests - before_requests,
+            "reason": row["reason"],
+        }
+    finally:
+        project.close()
+
+
+def crash_table(console: Console, rate: float) -> bool:
+    rows = [death_to_switch(console, where, rate) for where in ("bake", "standby window")]
+    table = Table("dies whole during", "death → switch", "failed responses", "requests", box=None)
+    for row in rows:
+        ms = f"{row['ms']:.0f} ms" if row["ms"] is not None else "-"
+        table.add_row(row["where"], ms, str(row["failed"]), str(row["requests"]))
+    console.print(table)
+    for row in rows:
+        console.print(f"{row['where']}: {row['reason']}")
+    return all(row["ms"] is not None and row["ms"] < 100 for row in rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    parser.add_argument(
+        "--crash-only", action="store_true", help="only the releases that die whole"
+    )
     args = parser.parse_args()
     console = Console(highlight=False)
+    crashes_ok = crash_table(console, args.rate)
+    if args.crash_only:
+        return 0 if crashes_ok else 1
     rows = [
         scenario(console, "blue/green, 5% errors", "", {"error_rate": 0.05}, args.rate),
         scenario(console, "canary 10%, 5% errors", CANARY, {"error_rate": 0.05}, args.rate),
@@ -148,7 +226,7 @@ def main() -> int:
         r["outcome"] == "rolled_back" and r["seconds"] is not None and r["seconds"] < 5
         for r in rows
     )
-    return 0 if ok else 1
+    return 0 if ok and crashes_ok else 1
 
 
 if __name__ == "__main__":

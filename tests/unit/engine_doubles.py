@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import textwrap
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,10 +44,13 @@ class MemoryRuntime:
 
     name = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, watch: bool = True) -> None:
         self.w = Workloads()
         self._ids = itertools.count(1)
         self.by_id: dict[int, Workload] = {}
+        self.watch = watch  # False: a runtime that cannot tell of an exit (an old kernel)
+        self.ended: dict[int, tuple[str, float]] = {}  # how and when each one ended
+        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
 
     async def start(self, w: Workload) -> Handle:
         if w.version in self.w.fail_start:
@@ -69,14 +73,36 @@ class MemoryRuntime:
         return h if h.runtime == self.name and self.w.alive.get(int(h.ref["id"])) else None
 
     async def state(self, h: Handle) -> RunState:
-        alive = self.w.alive.get(int(h.ref["id"]), False)
-        return RunState(alive, "running" if alive else "exited with code 1")
+        n = int(h.ref["id"])
+        if self.w.alive.get(n, False):
+            return RunState(True, "running")
+        return RunState(False, self.ended.get(n, ("exited with code 1", 0.0))[0])
+
+    async def exited(self, h: Handle) -> RunState | None:
+        if not self.watch:
+            return None
+        n = int(h.ref["id"])
+        if self.w.alive.get(n, False):
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(n, []).append(waiter)
+            await waiter
+        detail, at = self.ended.get(n, ("exited with code 1", 0.0))
+        return RunState(False, detail, at or None)
 
     async def stop(self, h: Handle, grace: float) -> None:
         n = int(h.ref["id"])
         if self.w.alive.get(n):
             self.w.stopped.append(n)
+            self._end(n, "killed by SIGTERM")
+            await asyncio.sleep(0)  # a real stop takes time: whoever watches it hears of it
+
+    def _end(self, n: int, detail: str) -> None:
         self.w.alive[n] = False
+        self.ended[n] = (detail, time.time())
+        for waiter in self._waiters.pop(n, []):
+            # A waiter of an event loop that is gone (an earlier asyncio.run) waits no more.
+            if not waiter.done() and not waiter.get_loop().is_closed():
+                waiter.set_result(None)
 
     async def logs(self, h: Handle, follow: bool) -> AsyncIterator[bytes]:
         yield f"workload {h.ref['id']}\n".encode()
@@ -92,10 +118,10 @@ class MemoryRuntime:
             (w.service, w.color, w.version) for n, w in self.by_id.items() if self.w.alive[n]
         )
 
-    def crash(self, version: str, service: str = "web") -> None:
+    def crash(self, version: str, service: str = "web", detail: str = "exited with code 1") -> None:
         for n, w in self.by_id.items():
             if w.version == version and w.service == service and self.w.alive[n]:
-                self.w.alive[n] = False
+                self._end(n, detail)
 
     def sicken(self, version: str) -> None:
         """Every color of `version` fails its health checks from now on."""

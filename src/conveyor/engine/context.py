@@ -29,6 +29,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def wall_time(at: float) -> str:
+    """A moment as history tells it, to the millisecond: "12:00:01.230 UTC"."""
+    return datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S.%f")[:-3] + " UTC"
+
+
 @dataclass(frozen=True)
 class Clock:
     now: Callable[[], float] = time.monotonic  # for timers and durations

@@ -22,7 +22,8 @@ from conveyor.core import rollout as r
 from conveyor.core.analysis import Measurement, Verdict
 from conveyor.core.durations import format_duration
 from conveyor.engine.analysis import AnalysisRunner, add_checks, check_name
-from conveyor.engine.context import Context
+from conveyor.engine.context import Context, wall_time
+from conveyor.engine.fleet import handle_id
 from conveyor.engine.hooks import HookResult, run_hook
 from conveyor.engine.notify import Notice, Notifier
 from conveyor.engine.outcome import Emit
@@ -64,6 +65,9 @@ class Deployment:
     notifier: Notifier | None = None
     smoke_task: asyncio.Task[None] | None = None
     hook_tasks: list[asyncio.Task[None]] = field(default_factory=list)  # informational hooks
+    watched: set[str] = field(default_factory=set)  # new colors whose exit the runtime tells
+    deaths: dict[str, float] = field(default_factory=dict)  # when a new color died (epoch s)
+    death_to_switch: dict[str, float] = field(default_factory=dict)  # ms, per service
 
     @property
     def log_path(self) -> Path:
@@ -183,6 +187,9 @@ class Deployment:
         return [p.name for p in plans if p.kind == "web" and p.old_color is not None]
 
     async def _perform(self, actions: list[r.Action]) -> None:
+        # Switching back goes first: users are waiting on it, stopping the analysis and the
+        # record are not.
+        actions = sorted(actions, key=lambda a: not isinstance(a, r.SwitchBack))
         for action in actions:
             if isinstance(action, r.Record):
                 self._record(action.state, action.reason, action.service)
@@ -225,6 +232,9 @@ class Deployment:
 
     def _finish(self, action: r.Finish) -> None:
         reason = action.reason
+        if action.outcome == "rolled_back" and self.death_to_switch:
+            ms = max(self.death_to_switch.values())
+            reason += f"; switched back to {self.previous_version} in {ms:.0f} ms"
         if action.outcome == "failed" and self.failed_logs:
             reason += "".join(
                 f"\nlast output of {svc}:\n" + "\n".join(f"  {line}" for line in lines)
@@ -347,6 +357,24 @@ class Deployment:
             }
         )
         self.probers.append(asyncio.create_task(self._probe_loop(name, svc, handle)))
+        self.watched.add(name)
+        self.probers.append(asyncio.create_task(self._watch_exit(name, handle)))
+
+    async def _watch_exit(self, name: str, handle: Handle) -> None:
+        """Tell the rollout of a new color's death the moment the runtime sees it."""
+        fleet = self.ctx.fleet
+        ended = await fleet.exited(handle)
+        if ended is None:  # the runtime cannot watch it: the probe loop polls
+            self.watched.discard(name)
+            return
+        if handle_id(handle) in fleet.stopping:
+            return  # stopped by this deployment: no crash
+        detail = ended.detail
+        if ended.ended_at is not None:
+            self.deaths[name] = ended.ended_at
+            detail += f" at {wall_time(ended.ended_at)}"
+        self.failed_logs[name] = fleet.runtime.tail(handle, LOG_TAIL_LINES)
+        self.queue.put_nowait(r.Crash(name, detail, self.ctx.clock.now()))
 
     async def _probe_loop(self, name: str, svc: ServiceConfig, handle: Handle) -> None:
         """Health checks of a new color, from its start until the deployment ends."""
@@ -354,6 +382,8 @@ class Deployment:
         while True:
             state = await fleet.state(handle)
             if not state.alive:
+                if name in self.watched:
+                    return  # _watch_exit tells it, with the moment of death
                 self.failed_logs[name] = fleet.runtime.tail(handle, LOG_TAIL_LINES)
                 self.queue.put_nowait(r.Crash(name, state.detail, self.ctx.clock.now()))
                 return
@@ -480,11 +510,23 @@ class Deployment:
             except ROUTER_ERRORS as exc:
                 log.error("switching back failed (attempt %d): %s", attempt + 1, exc)
                 await asyncio.sleep(0.2 * 2**attempt)
+        switched = self.ctx.clock.utcnow().timestamp()
         for name, _color in action.routes:
             old = self.old.get(name)
             if old is not None:
                 self.old[name] = self.ctx.fleet.update(old, role="active", standby_until=None)
-        self._record("switched_back", "traffic is back on the previous version")
+            if name in self.deaths:
+                # From the moment the runtime saw the death to the router's answer.
+                self.death_to_switch[name] = round((switched - self.deaths[name]) * 1000, 1)
+        after = "".join(
+            f"; {ms:.0f} ms after {name} ({self._new_color(name)}) ended"
+            for name, ms in self.death_to_switch.items()
+        )
+        self._record(
+            "switched_back",
+            f"traffic is back on the previous version{after}",
+            data={"death_to_switch_ms": dict(self.death_to_switch)} if after else None,
+        )
         self.queue.put_nowait(r.SwitchedBack(self.ctx.clock.now()))
 
     async def _preview(self, on: bool) -> None:

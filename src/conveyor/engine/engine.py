@@ -112,6 +112,7 @@ class Engine:
                 return await self._deploy(env, release, tree, emit, kind, reason)
             finally:
                 self.deployments.pop(env_name, None)
+                self.supervisor.watch_exits()  # the colors it left live, from now on
 
     async def _deploy(
         self,
@@ -172,6 +173,7 @@ class Engine:
             "previous_version": previous,
             "strategy": strategy,
             "switch_ms": dep.switch_ms,
+            "death_to_switch_ms": dep.death_to_switch,
             "measurements": [m.to_json() for m in dep.measurements.values()],
         }
         if dep.failed_logs:
@@ -215,10 +217,13 @@ class Engine:
     async def rollback(self, env_name: str, emit: Emit) -> Outcome:
         return await self._rollback(env_name, emit, "")
 
-    async def _rollback(self, env_name: str, emit: Emit, reason: str) -> Outcome:
+    async def _rollback(
+        self, env_name: str, emit: Emit, reason: str, died_at: float | None = None
+    ) -> Outcome:
         """To the standby colors at once if they run, else by redeploying the previous release.
 
-        `reason` (automatic rollbacks, interrupted deployments) goes into the history.
+        `reason` (automatic rollbacks, interrupted deployments) goes into the history, and so
+        does the time from `died_at` (a crash's moment) to the switch.
         """
         ctx = self.ctx
         env = ctx.project.environment(env_name)
@@ -242,7 +247,9 @@ class Engine:
                 ctx.journal.mark_rolled_back(env.app, env.name, current, outcome.deployment_id)
             return outcome
         with ctx.locks.hold(env_name, f"rollback to {found.version}"):
-            return await rollback_mod.switch_back(ctx, env, found, emit)
+            outcome = await rollback_mod.switch_back(ctx, env, found, emit, died_at)
+        self.supervisor.watch_exits()
+        return outcome
 
     # --- stop and start an environment -----------------------------------------------------------
 

@@ -20,6 +20,7 @@ from conveyor.runtimes.base import Endpoint, Handle, RunState, Runtime, Workload
 from conveyor.store.db import InstanceRecord, ReleaseRecord, Store
 
 Key = tuple[str, str, str]  # (environment, service, color)
+HandleId = tuple[str, tuple[tuple[str, str | int], ...]]
 # Is the app answering on its endpoint? (ok, detail). Injected so tests can run without sockets.
 Probe = Callable[[Endpoint, HealthConfig], Awaitable[tuple[bool, str]]]
 
@@ -32,6 +33,11 @@ def key_of(row: InstanceRecord) -> Key:
     return (row.environment, row.service, row.color)
 
 
+def handle_id(handle: Handle) -> HandleId:
+    """A handle as a dict key: the runtime's identity of the workload."""
+    return (handle.runtime, tuple(sorted(handle.ref.items())))
+
+
 class Fleet:
     def __init__(self, runtime: Runtime, store: Store, probe: Probe = probe_endpoint) -> None:
         self.runtime = runtime
@@ -39,6 +45,8 @@ class Fleet:
         self.probe_endpoint = probe
         # Handles this agent started or adopted; the store's rows are the desired state.
         self.handles: dict[Key, Handle] = {}
+        # Workloads stopped on purpose: their exit is no crash, whoever watches them.
+        self.stopping: set[HandleId] = set()
 
     # --- starting -----------------------------------------------------------------------------
 
@@ -149,6 +157,10 @@ class Fleet:
     async def state(self, handle: Handle) -> RunState:
         return await self.runtime.state(handle)
 
+    async def exited(self, handle: Handle) -> RunState | None:
+        """Wait until the workload ends; None at once if the runtime cannot watch it."""
+        return await self.runtime.exited(handle)
+
     async def alive(self, row: InstanceRecord) -> bool:
         handle = self.handle(row)
         return handle is not None and (await self.runtime.state(handle)).alive
@@ -172,12 +184,12 @@ class Fleet:
         """Stop a recorded color and forget it."""
         handle = self.handles.pop(key_of(row), None) or self.handle(row)
         if handle is not None:
-            await self.runtime.stop(handle, grace)
+            await self._stop(handle, grace)
         self.store.delete_instance(row.app, row.environment, row.service, row.color)
 
     async def stop_started(self, app: str, key: Key, handle: Handle, grace: float) -> None:
         """Stop a color this agent started (it may not be recorded yet) and forget it."""
-        await self.runtime.stop(handle, grace)
+        await self._stop(handle, grace)
         if self.handles.get(key) is handle:
             self.handles.pop(key, None)
         self.store.delete_instance(app, *key)
@@ -186,4 +198,8 @@ class Fleet:
         """Stop a color but keep its row: the desired state a later `agent start` restores."""
         handle = self.handles.pop(key_of(row), None) or self.handle(row)
         if handle is not None:
-            await self.runtime.stop(handle, grace)
+            await self._stop(handle, grace)
+
+    async def _stop(self, handle: Handle, grace: float) -> None:
+        self.stopping.add(handle_id(handle))
+        await self.runtime.stop(handle, grace)

@@ -55,20 +55,28 @@ def _previous_version(ctx: Context, env: ResolvedEnvironment, current: str | Non
 
 
 async def switch_back(
-    ctx: Context, env: ResolvedEnvironment, found: r.RollbackPlan, emit: Emit
+    ctx: Context,
+    env: ResolvedEnvironment,
+    found: r.RollbackPlan,
+    emit: Emit,
+    died_at: float | None = None,
 ) -> Outcome:
-    """Traffic back on the standby colors, workers restarted on that version, the rest stopped."""
+    """Traffic back on the standby colors, workers restarted on that version, the rest stopped.
+
+    `died_at`: when the crash that this rollback answers happened (epoch seconds, as the runtime
+    saw it); the time from it to the switch is recorded.
+    """
     assert found.version is not None
     rows = ctx.store.instances(env.app, env.name)
     current = current_version(rows)
     journal, fleet, traffic = ctx.journal, ctx.fleet, ctx.traffic
-    dep_id = journal.open(env.app, env.name, found.version, "rollback", current, found.reason)
     release = ctx.store.get_release(env.app, found.version)
     assert release is not None
-    journal.record(dep_id, "rollback", found.reason, emit=emit)
     by_key = {(row.service, row.color): row for row in rows}
     switch_ms: dict[str, float] = {}
-    replaced: list[InstanceRecord] = []
+    switched: list[InstanceRecord] = []
+    failure = ""
+    # Traffic first, the records after: users wait on the switch, not on the database.
     for service, color in found.switch:
         standby = by_key[(service, color)]
         endpoint = fleet.endpoint(standby)
@@ -77,13 +85,33 @@ async def switch_back(
         try:
             await traffic.push(traffic.single(env, service, color, endpoint))
         except ROUTER_ERRORS as exc:
-            reason = f"switching {service} back failed: {exc}"
-            journal.finish(dep_id, "failed", reason)
-            return Outcome(1, dep_id, "failed", reason)
+            failure = f"switching {service} back failed: {exc}"
+            break
         switch_ms[service] = round((time.perf_counter() - started) * 1000, 2)
+        switched.append(standby)
+    switched_at = ctx.clock.utcnow().timestamp()
+    dep_id = journal.open(env.app, env.name, found.version, "rollback", current, found.reason)
+    journal.record(dep_id, "rollback", found.reason, emit=emit)
+    if failure:
+        journal.finish(dep_id, "failed", failure)
+        return Outcome(1, dep_id, "failed", failure)
+    replaced: list[InstanceRecord] = []
+    for standby in switched:
         fleet.update(standby, role="active", standby_until=None, deployment_id=dep_id)
-        replaced.extend(row for row in rows if row.service == service and row.role == "active")
-    journal.record(dep_id, "switched", f"traffic is back on {found.version}", emit=emit)
+        replaced.extend(
+            row for row in rows if row.service == standby.service and row.role == "active"
+        )
+    death_ms = None
+    if died_at is not None:
+        death_ms = round((switched_at - died_at) * 1000, 1)
+    journal.record(
+        dep_id,
+        "switched",
+        f"traffic is back on {found.version}"
+        + (f", {death_ms:.0f} ms after the crash" if death_ms is not None else ""),
+        data={"death_to_switch_ms": death_ms} if death_ms is not None else None,
+        emit=emit,
+    )
     # Workers have no standby: start the rolled-back version beside the current one, then swap.
     tree: Path | None = None
     for row in rows:
@@ -122,6 +150,8 @@ async def switch_back(
             service=row.service,
         )
     reason = f"rolled back to {found.version}"
+    if death_ms is not None:
+        reason = f"switched back to {found.version} in {death_ms:.0f} ms"
     if found.reason.startswith("automatic rollback"):
         reason = f"{found.reason.split(': switching back')[0]}; {reason}"
     journal.finish(dep_id, "succeeded", reason)
@@ -136,5 +166,6 @@ async def switch_back(
             "version": found.version,
             "previous_version": current,
             "switch_ms": switch_ms,
+            "death_to_switch_ms": death_ms,
         },
     )

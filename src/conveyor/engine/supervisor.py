@@ -5,6 +5,10 @@ verify, and brings back from the database whatever is missing. Between deploymen
 keeps the environment as recorded: active colors run (restarted with back-off), standby colors end
 when their time is up, and a new version that fails while its predecessor waits on standby is
 switched back at once, through the rollback it is handed (it never imports the engine).
+
+Deaths are known when they happen: every recorded color has a watcher waiting on the runtime's
+`exited`, so a new version that dies in the standby window is switched back within milliseconds.
+Where the runtime cannot watch (no pidfds), the periodic pass notices instead.
 """
 
 from __future__ import annotations
@@ -15,14 +19,14 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from conveyor.config import Config, ConfigError, ResolvedEnvironment, ServiceConfig
-from conveyor.engine.context import Context
+from conveyor.engine.context import Context, wall_time
 from conveyor.engine.errors import EngineError, UserError
-from conveyor.engine.fleet import Key, key_of
+from conveyor.engine.fleet import HandleId, Key, handle_id, key_of
 from conveyor.engine.outcome import Emit, Outcome
 from conveyor.engine.traffic import ROUTER_ERRORS
 from conveyor.engine.watch import StandbyWatch
 from conveyor.releases import ReleaseError
-from conveyor.runtimes.base import RuntimeStartError
+from conveyor.runtimes.base import Handle, RunState, RuntimeStartError
 from conveyor.store.db import DeploymentRecord, InstanceRecord
 
 log = logging.getLogger("conveyor.supervisor")
@@ -34,7 +38,8 @@ RESTART_ERRORS = (ConfigError, EngineError, RuntimeStartError, ReleaseError, *RO
 MAX_BACKOFF = 30.0
 INTERRUPTED = "interrupted: the agent stopped during the deployment"
 
-Rollback = Callable[[str, Emit, str], Awaitable[Outcome]]
+# (environment, emit, reason, when the crash it answers happened or None) -> what it did
+Rollback = Callable[[str, Emit, str, float | None], Awaitable[Outcome]]
 
 
 def _quiet(_event: dict[str, object]) -> None:
@@ -48,6 +53,8 @@ class Supervisor:
         self.restarts: dict[Key, tuple[int, float]] = {}  # exits in a row, time of last restart
         self.watch: dict[Key, int] = {}  # failed health checks in a row during the standby window
         self.standby_watch = StandbyWatch(ctx)  # analysis during the standby window
+        self.exit_watchers: dict[Key, tuple[HandleId, asyncio.Task[None]]] = {}
+        self.acting: set[asyncio.Task[None]] = set()  # watchers acting on an exit
 
     async def ensure_router(self) -> bool:
         """Adopt the running router, or start one and give it the route table. True if started."""
@@ -80,6 +87,7 @@ class Supervisor:
             notes.extend(await self._recover_instance(cfg, row))
         for dep in interrupted:
             notes.extend(await self._settle_interrupted(cfg, dep.environment, dep.id))
+        self.watch_exits()
         return notes
 
     async def _settle_interrupted(
@@ -96,7 +104,7 @@ class Supervisor:
         switched = any(r.role == "active" and r.deployment_id == deployment_id for r in rows)
         if switched and any(r.role == "standby" for r in rows):
             try:
-                outcome = await self.rollback(env_name, _quiet, INTERRUPTED)
+                outcome = await self.rollback(env_name, _quiet, INTERRUPTED, None)
                 return [f"{env_name}: {outcome.reason}"]
             except EngineError as exc:
                 return [f"{env_name}: could not switch back after the interruption: {exc}"]
@@ -181,12 +189,83 @@ class Supervisor:
         elif row.role == "standby" and endpoint is not None and svc.kind == "web":
             await ctx.traffic.standby_moved(env.name, row.service, row.color, endpoint)
 
+    # --- the moment a color dies -------------------------------------------------------------------
+
+    def watch_exits(self) -> None:
+        """A watcher for every recorded color (none twice), none for colors that are gone."""
+        ctx = self.ctx
+        app = ctx.project.known_app
+        rows = ctx.store.instances(app) if app else []
+        keys: set[Key] = set()
+        for row in rows:
+            handle = ctx.fleet.handle(row)
+            if row.role == "starting" or handle is None:
+                continue  # a starting color is its deployment's to watch
+            key, hid = key_of(row), handle_id(handle)
+            keys.add(key)
+            current = self.exit_watchers.get(key)
+            # A cancelled watcher belonged to an event loop that ended (tests run several).
+            if current is not None and current[0] == hid and not current[1].cancelled():
+                continue
+            if current is not None:
+                current[1].cancel()
+            self.exit_watchers[key] = (hid, asyncio.create_task(self._watch_exit(key, handle)))
+        for key in set(self.exit_watchers) - keys:
+            self.exit_watchers.pop(key)[1].cancel()
+
+    async def _watch_exit(self, key: Key, handle: Handle) -> None:
+        ended = await self.ctx.fleet.exited(handle)
+        if ended is None or handle_id(handle) in self.ctx.fleet.stopping:
+            return  # cannot be watched (the periodic pass polls it), or stopped on purpose
+        task = asyncio.current_task()
+        assert task is not None
+        self.acting.add(task)  # from here on, a shutdown lets it finish (a switch back, say)
+        try:
+            for note in await self.on_exit(key, handle, ended):
+                log.info("%s", note)
+        except Exception:  # a watcher must not die silently: the periodic pass still acts
+            log.exception("acting on the exit of %s failed", "/".join(key))
+        finally:
+            self.acting.discard(task)
+
+    async def on_exit(self, key: Key, handle: Handle, ended: RunState) -> list[str]:
+        """A recorded color died: if its predecessor waits on standby, switch back to it now."""
+        ctx = self.ctx
+        row = self._current(key, handle)
+        if row is None or row.role != "active" or ctx.locks.holder(row.environment) is not None:
+            return []  # replaced meanwhile, a standby, or a deployment's to decide
+        standby = [
+            r
+            for r in ctx.store.instances(row.app, row.environment)
+            if r.service == row.service and r.role == "standby"
+        ]
+        if not standby or not await ctx.fleet.alive(standby[0]):
+            return []  # nothing to switch back to: the periodic pass restarts it
+        self.watch.pop(key, None)
+        detail = ended.detail
+        if ended.ended_at is not None:
+            detail += f" at {wall_time(ended.ended_at)}"
+        why = (
+            f"{row.service} {row.version} ({row.color}) exited during the standby window ({detail})"
+        )
+        return [await self._switch_back(row.environment, why, ended.ended_at)]
+
+    def _current(self, key: Key, handle: Handle) -> InstanceRecord | None:
+        """The recorded color at `key` if it is still the workload `handle` names."""
+        for row in self.ctx.store.instances(self.ctx.project.app, key[0]):
+            if key_of(row) == key:
+                known = self.ctx.fleet.handle(row)
+                if known is not None and handle_id(known) == handle_id(handle):
+                    return row
+        return None
+
     # --- every SUPERVISE_EVERY seconds ------------------------------------------------------------
 
     async def supervise_once(self) -> list[str]:
         """One pass: the router is up, active colors run, standby time is kept."""
         ctx = self.ctx
         notes: list[str] = []
+        self.watch_exits()
         try:
             if await self.ensure_router():
                 notes.append("the proxy was not answering: restarted it and restored its routes")
@@ -265,6 +344,9 @@ class Supervisor:
                     f"in a row during the standby window (last: {detail})"
                 )
             self.watch.pop(key, None)
+            current = self._current(key, handle)
+            if current is None or current.role != "active" or ctx.locks.holder(row.environment):
+                continue  # switched back meanwhile (its watcher was quicker)
             rolled.add(row.environment)
             notes.append(await self._switch_back(row.environment, why))
         notes.extend(await self._standby_analysis(cfg, rows, standby, rolled))
@@ -305,10 +387,10 @@ class Supervisor:
         await self.standby_watch.drop_all_but(set(by_env))
         return notes
 
-    async def _switch_back(self, env_name: str, why: str) -> str:
+    async def _switch_back(self, env_name: str, why: str, died_at: float | None = None) -> str:
         log.warning("automatic rollback of %s: %s", env_name, why)
         try:
-            outcome = await self.rollback(env_name, _quiet, f"automatic rollback: {why}")
+            outcome = await self.rollback(env_name, _quiet, f"automatic rollback: {why}", died_at)
             return f"{env_name}: {outcome.reason} ({why})"
         except EngineError as exc:
             return f"{env_name}: automatic rollback failed: {exc}"
@@ -318,6 +400,11 @@ class Supervisor:
     async def shutdown(self, keep_running: bool) -> None:
         """Stop services and the router, unless they keep serving through an agent upgrade."""
         await self.standby_watch.drop_all_but(set())
+        for _hid, task in self.exit_watchers.values():
+            if task not in self.acting:
+                task.cancel()  # what is stopped now must not be taken for a crash
+        self.exit_watchers.clear()
+        await asyncio.gather(*self.acting, return_exceptions=True)
         if keep_running:
             return
         ctx = self.ctx

@@ -97,6 +97,8 @@ class Handle:
 class RunState:
     alive: bool
     detail: str  # "running", "exited with code 3", "killed by SIGKILL", "not running"
+    # When it ended (seconds since the epoch), if the runtime saw it happen; None otherwise.
+    ended_at: float | None = None
 
 
 class Runtime(Protocol):
@@ -113,6 +115,15 @@ class Runtime(Protocol):
         ...
 
     async def state(self, h: Handle) -> RunState: ...
+
+    async def exited(self, h: Handle) -> RunState | None:
+        """Wait until the workload ends and say how (at once if it has ended already).
+
+        This is how the engine knows of a crash when it happens, not on its next check. None,
+        at once, when the runtime cannot watch this workload (the caller polls `state`).
+        Cancelling the wait is safe; any number of callers may wait on one workload.
+        """
+        ...
 
     async def stop(self, h: Handle, grace: float) -> None:
         """Ask it to stop, wait up to `grace` seconds, then force it. Never signals a stranger."""

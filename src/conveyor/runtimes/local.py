@@ -3,6 +3,10 @@
 The processes must outlive the agent (a restarted agent adopts them again), so they get no
 pipes to us: their output goes straight to a log file, stdin is /dev/null, and each one leads a
 new session. Stopping signals the whole process group so helpers the app forked go with it.
+
+A death is known when it happens: each process we start or adopt gets a pidfd (Linux >= 5.3),
+which the event loop watches (`exited`). Without pidfds (older kernels) `exited` says it cannot
+watch, and the engine notices an exit on its next check, as before.
 """
 
 from __future__ import annotations
@@ -61,11 +65,15 @@ class LocalRuntime:
     name = "local"
     host = "127.0.0.1"
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, pidfds: bool | None = None) -> None:
         self.log_dir = log_dir
         # Children spawned by this object, keyed by (pid, proc_start) so a reused pid
         # never matches a stale handle.
         self._children: dict[tuple[int, int], subprocess.Popen[bytes]] = {}
+        # A pidfd names one process for good (a reused pid is another process), so a
+        # stranger is never watched; opened at start and at adoption, closed once it ended.
+        self.pidfds = pidfds_work() if pidfds is None else pidfds
+        self._pidfds: dict[tuple[int, int], int] = {}
 
     def log_path(self, environment: str, service: str, color: str) -> Path:
         return self.log_dir / environment / service / f"{color}.log"
@@ -117,6 +125,7 @@ class LocalRuntime:
         if stat is None:  # pragma: no cover - only if someone else reaped our child
             raise RuntimeStartError(f"process {proc.pid} vanished right after start")
         self._children[(proc.pid, stat.start)] = proc
+        self._pidfd(Proc(proc.pid, proc.pid, stat.start))
         self._forget_old_exits()
         return Handle(
             runtime=self.name,
@@ -130,14 +139,72 @@ class LocalRuntime:
         # Dicts keep insertion order, so the first ones are the oldest.
         for key in finished[: max(0, len(finished) - KEEP_FINISHED)]:
             del self._children[key]
+        for key in finished:
+            self._close_pidfd(key)
 
     async def adopt(self, h: Handle) -> Handle | None:
         """The handle of a process started by an earlier agent, if that very process runs."""
-        return h if h.runtime == self.name and self.alive(h) else None
+        if h.runtime != self.name or not self.alive(h):
+            return None
+        p = Proc.of(h)
+        assert p is not None  # alive() parsed it
+        self._pidfd(p)
+        return h
 
     async def state(self, h: Handle) -> RunState:
         alive = self.alive(h)
         return RunState(alive, "running" if alive else self.exit_detail(h))
+
+    async def exited(self, h: Handle) -> RunState | None:
+        p = Proc.of(h)
+        fd = self._pidfd(p) if p is not None and self.alive(h) else None
+        if fd is None:
+            return None if self.alive(h) else RunState(False, self.exit_detail(h))
+        assert p is not None
+        # One reader per file descriptor and event loop: each waiter watches its own copy.
+        mine = os.dup(fd)
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[float] = loop.create_future()
+
+        def readable() -> None:
+            if not ended.done():
+                ended.set_result(time.time())
+
+        loop.add_reader(mine, readable)
+        try:
+            at = await ended
+        finally:
+            loop.remove_reader(mine)
+            os.close(mine)
+        self._close_pidfd((p.pid, p.start))
+        return RunState(False, self.exit_detail(h), at)
+
+    def _pidfd(self, p: Proc) -> int | None:
+        """The pidfd of our process p, opened on first use; None if it cannot be had."""
+        key = (p.pid, p.start)
+        if not self.pidfds or key in self._pidfds:
+            return self._pidfds.get(key)
+        child = self._children.get(key)
+        if child is not None and child.returncode is not None:
+            return None  # reaped: the pid may be someone else's by now
+        try:
+            fd = os.pidfd_open(p.pid)
+        except OSError:
+            return None  # gone already
+        if child is None:
+            # Not our child, so the pid may have been reused before the open: the start time
+            # read after it says whether the pidfd names our process.
+            stat = read_proc_stat(p.pid)
+            if stat is None or stat.start != p.start:
+                os.close(fd)
+                return None
+        self._pidfds[key] = fd
+        return fd
+
+    def _close_pidfd(self, key: tuple[int, int]) -> None:
+        fd = self._pidfds.pop(key, None)
+        if fd is not None:
+            os.close(fd)
 
     def alive(self, h: Handle) -> bool:
         p = Proc.of(h)
@@ -146,9 +213,13 @@ class LocalRuntime:
         proc = self._children.get((p.pid, p.start))
         if proc is not None:
             # poll() also reaps the zombie and keeps the exit status for exit_detail().
-            return proc.poll() is None
-        stat = read_proc_stat(p.pid)
-        return stat is not None and stat.start == p.start and stat.state not in ("Z", "X")
+            running = proc.poll() is None
+        else:
+            stat = read_proc_stat(p.pid)
+            running = stat is not None and stat.start == p.start and stat.state not in ("Z", "X")
+        if not running:
+            self._close_pidfd((p.pid, p.start))
+        return running
 
     def exit_detail(self, h: Handle) -> str:
         p = Proc.of(h)
@@ -233,6 +304,16 @@ class LocalRuntime:
     def _signal_group(p: Proc, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(p.pgid, sig)
+
+
+def pidfds_work() -> bool:
+    """Can this kernel give us pidfds (os.pidfd_open, Linux >= 5.3)?"""
+    try:
+        fd = os.pidfd_open(os.getpid())
+    except (AttributeError, OSError):
+        return False
+    os.close(fd)
+    return True
 
 
 def tail(log_path: Path, lines: int = 20) -> list[str]:
