@@ -217,6 +217,8 @@ class Supervisor:
         ended = await self.ctx.fleet.exited(handle)
         if ended is None or handle_id(handle) in self.ctx.fleet.stopping:
             return  # cannot be watched (the periodic pass polls it), or stopped on purpose
+        if self.ctx.store.lost() is not None:
+            return  # the state it would act on is gone: the agent acts on nothing (and says so)
         task = asyncio.current_task()
         assert task is not None
         self.acting.add(task)  # from here on, a shutdown lets it finish (a switch back, say)
