@@ -122,8 +122,9 @@ def scenario(
 
 def latest(project: ScratchProject) -> dict[str, Any]:
     """The newest deployment of dev, with its events."""
-    _, rows = project.conveyor("history", "--env", "dev", "--limit", "1", "--json")
-    return rows[0] if rows else {}  # type: ignore[index, return-value]
+    _, history = project.conveyor("history", "--env", "dev", "--limit", "1", "--json")
+    rows = history.get("deployments", [])
+    return dict(rows[0]) if rows else {}
 
 
 def death_to_switch(console: Console, where: str, rate: float) -> dict[str, Any]:

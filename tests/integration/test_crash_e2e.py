@@ -41,6 +41,13 @@ def kill_whole(project: Project, version: str) -> None:
     os.killpg(int(pgid), signal.SIGKILL)
 
 
+def history(project: Project) -> list[dict[str, Any]]:
+    """The deployments of dev, newest first, with their events."""
+    code, out = project.json("history", "--env", "dev")
+    assert code == 0, out
+    return out["deployments"]  # type: ignore[no-any-return]
+
+
 def history_text(project: Project) -> str:
     """`conveyor history` as a wide terminal shows it (one line per deployment)."""
     project.env["COLUMNS"] = "300"
@@ -76,7 +83,7 @@ def test_a_release_that_dies_whole_during_the_bake_is_switched_back_with_the_tim
     assert re.fullmatch(pattern, out["reason"]), out["reason"]
     assert out["death_to_switch_ms"]["web"] >= 0
     assert project.serving() == "v1"
-    code, hist = project.json("history", "--env", "dev")
+    hist = history(project)
     assert hist[0]["reason"] == out["reason"]
     back = next(e for e in hist[0]["events"] if e["state"] == "switched_back")
     assert back["death_to_switch_ms"] == out["death_to_switch_ms"]
@@ -91,11 +98,10 @@ def test_a_release_that_dies_whole_in_the_standby_window_is_switched_back_with_t
     kill_whole(project, "v2")
     wait_for(lambda: project.serving() == "v1", what="the switch back")
     wait_for(
-        lambda: project.json("history", "--env", "dev")[1][0]["kind"] == "rollback",
+        lambda: history(project)[0]["kind"] == "rollback",
         what="the rollback in the history",
     )
-    code, hist = project.json("history", "--env", "dev")
-    assert code == 0, hist
+    hist = history(project)
     rollback, rolled_back = hist[0], hist[1]
     assert (rollback["outcome"], rolled_back["outcome"]) == ("succeeded", "rolled_back")
     pattern = (
