@@ -52,6 +52,8 @@ COMMAND_ORDER = (
     "abort",
     "stop",
     "start",
+    "manifest",
+    "schema",
     "agent",
     "demo",
     "completion",

@@ -28,9 +28,7 @@ def deploy(
             "--override-freeze", help="Deploy through a freeze window ([access] admins only)."
         ),
     ] = False,
-    reason: Annotated[
-        str | None, typer.Option(help="Why the freeze is overridden (recorded).")
-    ] = None,
+    reason: Annotated[str, typer.Option(help="Why the freeze is overridden (recorded).")] = "",
     json_out: JsonOpt = False,
 ) -> None:
     """Deploy a release blue/green: start it beside the live one, switch when healthy.
@@ -46,7 +44,7 @@ def deploy(
     from conveyor.cli.gates import who
     from conveyor.releases import ReleaseError, validate_version
 
-    if override_freeze and not (reason and reason.strip()):
+    if override_freeze and not reason.strip():
         fail('--override-freeze needs --reason "..." (it is recorded)')
     proj = project()
     cfg = proj.checked(env)

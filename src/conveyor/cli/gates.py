@@ -135,11 +135,9 @@ def _check_json(rec: Any) -> dict[str, Any]:
 def check_record(
     name: Annotated[str, typer.Argument(metavar="NAME", help="The check, e.g. tests.")],
     release: ReleaseOpt,
-    passed: Annotated[
-        bool | None,
-        typer.Option("--passed/--failed", help="The result (one of them is required)."),
-    ] = None,
-    url: Annotated[str | None, typer.Option(help="Where the run can be seen (CI).")] = None,
+    passed: Annotated[bool, typer.Option("--passed", help="It passed.")] = False,
+    failed: Annotated[bool, typer.Option("--failed", help="It failed.")] = False,
+    url: Annotated[str, typer.Option(help="Where the run can be seen (CI).")] = "",
     json_out: JsonOpt = False,
 ) -> None:
     """Record a check's result for a release (from CI, for example).
@@ -150,13 +148,13 @@ def check_record(
     """
     from conveyor.store.facts import FactStore
 
-    if passed is None:
-        fail("say how the check went: --passed or --failed")
+    if passed == failed:
+        fail("say how the check went: --passed or --failed (one of them)")
     proj, cfg, store, rec = _open(None, release)
     try:
         _check_name(cfg, name)
         result = FactStore(store).record_check(
-            cfg.app.name, rec.version, name, passed, who(proj), _now(), url
+            cfg.app.name, rec.version, name, passed, who(proj), _now(), url or None
         )
     finally:
         store.close()
@@ -326,7 +324,7 @@ def approve(
 def reject(
     version: VersionArg,
     env: EnvReq,
-    comment: Annotated[str | None, typer.Option(help="Why (required to reject).")] = None,
+    comment: Annotated[str, typer.Option(help="Why (required to reject).")] = "",
     withdraw: WithdrawOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -340,6 +338,6 @@ def reject(
     if withdraw:
         _withdraw(version, env, "reject", json_out)
         return
-    if not comment or not comment.strip():
+    if not comment.strip():
         fail('say why: --comment "..." (the rejection blocks others until withdrawn)')
     _decide(version, env, "reject", comment, json_out)

@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -83,8 +84,20 @@ def _duration(value: object) -> float:
     return parse_duration(value)
 
 
-Duration = Annotated[float, BeforeValidator(_duration)]
-PositiveDuration = Annotated[float, BeforeValidator(_duration), AfterValidator(_positive)]
+# In the JSON Schema (`conveyor schema config`): what is written in the file, not the seconds.
+_DURATION_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?|\.\d+)(h|m|s|ms)"},
+            {"type": "number", "minimum": 0},
+        ],
+        "description": 'A duration: "500ms", "2s", "5m", "1h", "1m30s", or seconds.',
+    }
+)
+Duration = Annotated[float, BeforeValidator(_duration), _DURATION_SCHEMA]
+PositiveDuration = Annotated[
+    float, BeforeValidator(_duration), AfterValidator(_positive), _DURATION_SCHEMA
+]
 AtLeastOne = Annotated[int, AfterValidator(_at_least_one)]
 ServiceName = Annotated[str, AfterValidator(_check_name("service"))]
 EnvironmentName = Annotated[str, AfterValidator(_check_name("environment"))]
@@ -392,7 +405,14 @@ class CanaryStep(_Model):
     weight: int
     # None: move on once the step's analysis has passed a round; "manual": wait for
     # `conveyor promote`.
-    pause: Annotated[float | Literal["manual"], BeforeValidator(_parse_pause)] | None = None
+    pause: (
+        Annotated[
+            float | Literal["manual"],
+            BeforeValidator(_parse_pause),
+            WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number", "minimum": 0}]}),
+        ]
+        | None
+    ) = None
 
     @field_validator("weight")
     @classmethod
