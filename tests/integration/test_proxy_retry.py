@@ -218,6 +218,33 @@ def test_a_request_still_arriving_is_not_retried_after_a_reset() -> None:
     run(scenario())
 
 
+def test_a_switch_back_that_comes_first_still_gets_the_retry() -> None:
+    async def scenario() -> None:
+        die = asyncio.Event()
+
+        async def holds_then_resets(
+            req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> bool:
+            await die.wait()
+            reset(writer)
+            return True
+
+        async with (
+            upstreams(("green", holds_then_resets), ("blue", echoes)) as (dying, blue),
+            route(green(dying), [standby(blue)]) as (proxy, port),
+        ):
+            asking = asyncio.create_task(ask(port, "GET"))
+            await wait_for(lambda: len(dying.requests) == 1)
+            # The engine switched back (blue live, no fallback) before the reset reached us.
+            await proxy.set_route("dev/web", [LOCAL, port], [standby(blue)], None)
+            die.set()
+            resp = await asking
+            assert (resp.status, resp.body) == (200, b"standby GET /x ")
+            assert colors(proxy)["green"]["retries"]["reset"] == 1
+
+    run(scenario())
+
+
 def test_without_a_fallback_a_lost_connection_is_a_502_as_before() -> None:
     async def scenario() -> None:
         async with (

@@ -117,3 +117,23 @@ def test_retries_are_counted_by_reason() -> None:
     s.retries[REFUSED] += 2
     s.retries[RESET] += 1
     assert s.to_json()["retries"] == {"refused": 2, "reset": 1}
+
+
+def test_after_a_switch_back_the_route_as_it_is_now_takes_the_retry() -> None:
+    # The standby became the live color (no fallback any more) before the proxy learnt that the
+    # request's backend died: the retry goes to the route's live backend.
+    stats: dict[str, ColorStats] = {}
+    switched = Route("dev/web", (LOCAL, 8080), parse_backends(STANDBY, stats), Limits())
+    for reason in (REFUSED, RESET):
+        target = switched.retry_target(reason, b"GET", True, {GREEN})
+        assert target is not None and target.key == BLUE
+    assert switched.retry_target(RESET, b"POST", True, {GREEN}) is None
+    # But a backend still in the route (a canary's split) does not send its failures to the
+    # other one: only a fallback takes them.
+    split = Route(
+        "dev/web",
+        (LOCAL, 8080),
+        parse_backends([*STANDBY, {**STANDBY[0], "color": "green", "port": 2000}], stats),
+        Limits(),
+    )
+    assert split.retry_target(RESET, b"GET", True, {GREEN}) is None

@@ -443,8 +443,9 @@ class Deployment:
         try:
             for name, color in action.routes:
                 started = time.perf_counter()
-                old = self.old.get(name)  # becomes the standby: the route's fallback
-                standby = self._backend(name, old.color) if old is not None else None
+                old = self.old.get(name)  # goes on standby: the route's fallback
+                spare = self.ctx.fleet.endpoint(old) if old is not None else None
+                standby = self.ctx.traffic.backend(old.color, spare) if old and spare else None
                 route = self._route(name, (self._backend(name, color),))
                 await self.ctx.traffic.push(route, standby=standby)
                 self.switch_ms[name] = round((time.perf_counter() - started) * 1000, 2)

@@ -294,11 +294,15 @@ class Route:
         REFUSED: any request (nothing reached the app, and the proxy still holds all of it).
         RESET: only an idempotent method whose request the proxy holds `whole` (received to its
         end and buffered): the app may have acted on it, so only a request that may be sent
-        twice is. The fallback is picked by weight among those not at a `failed` address.
+        twice is. The fallback is picked by weight among those not at a `failed` address; when
+        there is none and the failed backend has left the route (the switch back to the standby
+        came before the news of the death), a live backend of the route as it is now.
         """
         if reason == RESET and (not whole or method not in IDEMPOTENT):
             return None
         spare = [b for b in self.spare if b.key not in failed]
+        if not spare and all(b.key not in failed for b in self.live):
+            spare = list(self.live)
         if len(spare) < 2:
             return spare[0] if spare else None
         return random.choices(spare, weights=[b.weight for b in spare])[0]
