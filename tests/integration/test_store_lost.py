@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import sqlite3
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,6 +20,17 @@ from psycopg import sql
 from conveyor.store import ReleaseRecord, Store, StoreError, StoreLost
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def pg_admin() -> psycopg.Connection[tuple[object, ...]]:
+    """A connection to the real server's maintenance database (skip, or fail under CI)."""
+    dsn = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+    try:
+        return psycopg.connect(dsn, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but PostgreSQL is not reachable: {exc}")
+        pytest.skip(f"PostgreSQL is not reachable: {exc}")
 
 
 def release(version: str) -> ReleaseRecord:
@@ -102,13 +115,7 @@ def test_a_failing_sqlite_database_is_one_line(tmp_path: Path) -> None:
 
 
 def test_a_dropped_postgresql_database_is_one_line() -> None:
-    admin_dsn = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-    try:
-        admin = psycopg.connect(admin_dsn, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but PostgreSQL is not reachable: {exc}")
-        pytest.skip(f"PostgreSQL is not reachable: {exc}")
+    admin = pg_admin()
     name = f"conveyor_test_{secrets.token_hex(6)}"
     with admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -128,3 +135,51 @@ def test_a_dropped_postgresql_database_is_one_line() -> None:
     assert "sekrit" not in message
     assert "database exists" in message
     assert "\n" not in message
+
+
+def test_backups_of_sqlite_and_postgresql_restore(tmp_path: Path) -> None:
+    store, _ = opened(tmp_path)
+    copy = tmp_path / "saved" / "copy.db"
+    assert store.backup(copy) == copy.stat().st_size
+    assert oct(copy.stat().st_mode & 0o777) == "0o600"
+    store.close()
+    restored = Store.open(f"sqlite:///{copy}")
+    assert [r.version for r in restored.list_releases("shop")] == ["v1"]
+    restored.close()
+
+    admin = pg_admin()
+    if shutil.which("psql") is None and os.environ.get("CI") != "true":
+        pytest.skip("psql is not installed")
+    first, second = (f"conveyor_test_{secrets.token_hex(6)}" for _ in range(2))
+    with admin:
+        for name in (first, second):
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            pg = Store.open(f"postgresql://postgres@127.0.0.1:5432/{first}")
+            pg.add_release(release("v1"))
+            dump = tmp_path / "pg.sql"
+            pg.backup(dump)
+            pg.close()
+            # The documented restore: the SQL script loaded with psql into an empty database.
+            subprocess.run(
+                [
+                    "psql",
+                    "-q",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "--single-transaction",
+                    "-f",
+                    str(dump),
+                    f"postgresql://postgres@127.0.0.1:5432/{second}",
+                ],
+                check=True,
+                capture_output=True,
+            )
+            back = Store.open(f"postgresql://postgres@127.0.0.1:5432/{second}")
+            assert [r.version for r in back.list_releases("shop")] == ["v1"]
+            back.close()
+        finally:
+            for name in (first, second):
+                admin.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor import __version__
-from conveyor.agent import runs
+from conveyor.agent import backups, runs
 from conveyor.agent.client import START_ERROR
 from conveyor.agent.metrics import AdminServer
 from conveyor.engine.engine import Engine
@@ -33,6 +33,8 @@ from conveyor.store.db import LOST_HINT, DeploymentRecord, Store, StoreError, da
 log = logging.getLogger("conveyor.agent")
 
 SUPERVISE_EVERY = 0.5
+# How often the agent looks whether its daily backup is due (sooner when backup_every is shorter).
+BACKUP_CHECK_EVERY = 60.0
 
 
 class Agent:
@@ -51,6 +53,8 @@ class Agent:
         # Set once the state database is found deleted or replaced: from then on the agent
         # acts on nothing (traffic stays as it is) and says so in every answer.
         self.store_lost: str | None = None
+        self._backup_task: asyncio.Task[None] | None = None
+        self._backup_check_at = 0.0
 
     async def run(self) -> None:
         # Read the admin settings first: a missing token file must stop us before we touch anything.
@@ -87,6 +91,8 @@ class Agent:
         )
         await self._stop.wait()
         supervisor.cancel()
+        if self._backup_task is not None:
+            await asyncio.gather(self._backup_task, return_exceptions=True)
         server.close()
         await self.admin.stop()
         try:
@@ -179,12 +185,42 @@ class Agent:
             self._write_info()
         return True
 
+    def _backup_if_due(self) -> None:
+        """Start the periodic backup when it is due ([agent] backup_every, backup_keep)."""
+        now = time.monotonic()
+        if now < self._backup_check_at or (self._backup_task and not self._backup_task.done()):
+            return
+        try:
+            agent_cfg = self.engine.ctx.project.load().agent
+        except EngineError:
+            return
+        every, keep = agent_cfg.backup_every, agent_cfg.backup_keep
+        self._backup_check_at = now + min(BACKUP_CHECK_EVERY, every or BACKUP_CHECK_EVERY)
+        folder = backups.directory(self.paths.home)
+        if backups.due(folder, every):
+            self._backup_task = asyncio.create_task(self._backup(folder, keep))
+
+    async def _backup(self, folder: Path, keep: int) -> None:
+        from conveyor.store.backup import suffix
+
+        target = backups.next_path(folder, suffix(self.store.dialect))
+        try:
+            # In a thread: pg_dump, or a large SQLite file, must not hold up the agent.
+            size = await asyncio.to_thread(self.store.backup, target)
+        except StoreError as exc:
+            log.error("the periodic backup failed: %s", exc)
+            return
+        log.info("backed up the state database to %s (%d bytes)", target, size)
+        for old in backups.prune(folder, keep):
+            log.info("removed the old backup %s", old)
+
     async def _supervise(self) -> None:
         while True:
             await asyncio.sleep(SUPERVISE_EVERY)
             runs.touch(self.paths.home)
             if self._store_lost():
                 continue  # restarting or rolling back on a state it no longer has: never
+            self._backup_if_due()
             try:
                 for note in await self.engine.supervise_once():
                     log.info("%s", note)

@@ -55,6 +55,8 @@ COMMAND_ORDER = (
     "manifest",
     "schema",
     "agent",
+    "doctor",
+    "db",
     "demo",
     "completion",
 )

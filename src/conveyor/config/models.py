@@ -629,6 +629,10 @@ class AgentConfig(_Model):
     admin_token_file: str | None = None
     admin_host: str = Field(default="127.0.0.1", validate_default=True)
     admin_port: int = 0
+    # The agent's own copies of the state database (`.conveyor/backups/daily-*`): every
+    # backup_every (0: never), the newest backup_keep kept.
+    backup_every: Duration = 86400.0
+    backup_keep: int = Field(default=7, ge=1)
 
     @field_validator("admin_port")
     @classmethod

@@ -318,6 +318,10 @@ path = {health_path}
 # admin_host = "127.0.0.1"
 # admin_port = 0
 # admin_token_file = "admin.token"   # bearer token for /metrics; required off loopback
+# A copy of the state database in .conveyor/backups/ every backup_every (0 stops them), the
+# newest backup_keep kept; `conveyor db backup` takes one by hand.
+# backup_every = "24h"
+# backup_keep = 7
 
 # ---------------------------------------------------------------------------------------------
 # Hooks: shell commands run from the release directory at points of a deploy, with

@@ -450,6 +450,22 @@ class Store:
                 with contextlib.suppress(OSError):
                     self.file.with_name(self.file.name + suffix).unlink()
 
+    def backup(self, target: Path) -> int:
+        """A consistent copy of the whole database at `target`, taken while others write
+        (store/backup.py: SQLite's online backup, pg_dump); returns its size in bytes."""
+        from conveyor.store import backup
+
+        self._check()
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if self.dialect == "sqlite":
+                backup.backup_sqlite(self._engine, target)
+            else:
+                backup.backup_postgres(self._engine.url, target)
+            return target.stat().st_size
+        except (backup.BackupError, OSError) as exc:
+            raise StoreError(f"cannot back up {self.where} to {target}: {exc}") from exc
+
     def lost(self) -> str | None:
         """Why this store no longer holds the state it opened, or None: its SQLite file was
         deleted or replaced (another device or inode). Once lost, it stays lost. One stat()."""
