@@ -8,7 +8,7 @@ import contextlib
 import os
 import sqlite3
 
-from conftest import Project, wait_for
+from conftest import PID, Project, alive, proc, wait_for
 
 
 def one_line_error(proc_stderr: str, *words: str) -> None:
@@ -30,6 +30,8 @@ def test_deleted_under_a_running_agent(project: Project) -> None:
     project.release("v1")
     assert project.deploy("v1")[0] == 0
     db = project.home / "state.db"
+    [(pid,)] = project.db(f"SELECT {PID} FROM instances")
+    app = proc(pid)
     db.unlink()
     # The supervisor notices on its next pass, without any command asking.
     said = wait_for(lambda: lost(project), what="the agent to notice")
@@ -42,10 +44,10 @@ def test_deleted_under_a_running_agent(project: Project) -> None:
         ("status", "--env", "dev"),
         ("rollback", "--env", "dev"),
     ):
-        proc = project.cli(*args)
-        assert proc.returncode == 1, (args, proc.stdout, proc.stderr)
-        one_line_error(proc.stderr, str(db))
-        assert "Traceback" not in proc.stdout + proc.stderr
+        ran = project.cli(*args)
+        assert ran.returncode == 1, (args, ran.stdout, ran.stderr)
+        one_line_error(ran.stderr, str(db))
+        assert "Traceback" not in ran.stdout + ran.stderr
     code, data = project.json("history", "--env", "dev")
     assert code == 1 and str(db) in data["error"]
     # Nothing created a new empty database beside the lost one, and the traffic is as it was.
@@ -57,9 +59,14 @@ def test_deleted_under_a_running_agent(project: Project) -> None:
     # database (what still runs is then found by its markers: test_orphans_e2e.py).
     assert project.cli("agent", "stop", "--keep-running").returncode == 0
     assert not (project.home / "state.db-wal").exists()
-    proc = project.cli("history", "--env", "dev")
-    assert proc.returncode == 0, proc.stderr
+    done = project.cli("history", "--env", "dev")
+    assert done.returncode == 0, done.stderr
     assert project.get()[2] == "v1"
+    # The app it no longer knows is found by its marker, and stopped with the agent.
+    code, info = project.json("agent", "status")
+    assert [(m["pgid"], m["version"]) for m in info["orphans"]] == [(app[0], "v1")]
+    assert project.cli("agent", "stop", "--yes").returncode == 0
+    assert not alive(app)
 
 
 def test_replaced_under_a_running_agent(project: Project) -> None:
@@ -76,9 +83,9 @@ def test_replaced_under_a_running_agent(project: Project) -> None:
     os.replace(copy, db)  # as a restore by `mv` would, under the running agent
     said = wait_for(lambda: lost(project), what="the agent to notice")
     assert f"{db} was replaced while it was open" in said
-    proc = project.cli("deploy", "v1", "--env", "dev", "--force")
-    assert proc.returncode == 1
-    one_line_error(proc.stderr, "was replaced", "conveyor agent stop --keep-running")
+    ran = project.cli("deploy", "v1", "--env", "dev", "--force")
+    assert ran.returncode == 1
+    one_line_error(ran.stderr, "was replaced", "conveyor agent stop --keep-running")
     assert project.get()[2] == "v1"
     # Restarted, the agent takes the file there now: the same state, the app adopted.
     assert project.cli("agent", "stop", "--keep-running").returncode == 0

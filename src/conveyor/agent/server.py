@@ -19,16 +19,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conveyor import __version__
+from conveyor import __version__, markers
 from conveyor.agent import backups, runs
 from conveyor.agent.client import START_ERROR
 from conveyor.agent.metrics import AdminServer
+from conveyor.doctor import check
 from conveyor.engine.engine import Engine
 from conveyor.engine.errors import EngineError
 from conveyor.engine.outcome import Emit, Outcome
 from conveyor.engine.status import history_row
 from conveyor.paths import Paths
-from conveyor.store.db import LOST_HINT, DeploymentRecord, Store, StoreError, database_url
+from conveyor.store.db import (
+    LOST_HINT,
+    DeploymentRecord,
+    InstanceRecord,
+    Store,
+    StoreError,
+    database_url,
+)
 
 log = logging.getLogger("conveyor.agent")
 
@@ -42,6 +50,7 @@ class Agent:
         self.project_dir = project_dir
         self.paths = paths
         self.store = Store.open(database_url(paths.home))
+        self.project_id = markers.project_id(paths.home)
         self.engine = Engine(project_dir, paths, self.store)
         self.started_at = time.time()
         self._stop = asyncio.Event()
@@ -49,7 +58,12 @@ class Agent:
         self.admin: AdminServer | None = None
         # What this agent found when it started: how the previous run ended, the deployments it
         # left in progress and how each ended, the recovery's notes. Commands show it.
-        self.recovery: dict[str, Any] = {"previous": None, "interrupted": [], "notes": []}
+        self.recovery: dict[str, Any] = {
+            "previous": None,
+            "interrupted": [],
+            "notes": [],
+            "orphans": [],
+        }
         # Set once the state database is found deleted or replaced: from then on the agent
         # acts on nothing (traffic stays as it is) and says so in every answer.
         self.store_lost: str | None = None
@@ -63,12 +77,20 @@ class Agent:
         in_progress = self._in_progress()
         # Recovery ends before the socket serves: no command sees a deployment that nobody drives.
         notes = await self.engine.recover()
+        orphans = self._orphans()
+        if orphans:
+            notes.append(
+                f"found {len(orphans)} process group(s) of this project that the state database "
+                f"does not know ({'; '.join(m.describe() for m in orphans)}): "
+                "`conveyor doctor --fix` stops them"
+            )
         for note in notes:
             log.info("%s", note)
         self.recovery = {
             "previous": previous,
             "interrupted": [self._ended(dep) for dep in in_progress],
             "notes": notes,
+            "orphans": [m.to_json() for m in orphans],
         }
         sock = self.paths.agent_socket
         with contextlib.suppress(FileNotFoundError):
@@ -98,8 +120,12 @@ class Agent:
         try:
             await self.engine.shutdown(self._keep_running)
         except StoreError:
-            # Nothing recorded to stop by: `conveyor agent stop` stops them by their markers.
             log.exception("cannot stop the services recorded in the state database")
+        if not self._keep_running:
+            # Every process of the project goes, known or not: found by its marker.
+            found = markers.scan(self.project_id)
+            for group in await markers.stop(self.project_id, found, 10.0):
+                log.info("stopped %s, which the state database did not know", group.describe())
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
         runs.write(self.paths.home, {**self._info(), "stopped_at": time.time()})
@@ -136,6 +162,37 @@ class Agent:
 
     def _write_info(self) -> None:
         runs.write(self.paths.home, self._info())
+
+    def _rows(self) -> list[InstanceRecord] | None:
+        """The colors the store records; None when the configuration (the app) cannot be read."""
+        try:
+            app = self.engine.app
+        except EngineError:
+            return None
+        return self.store.instances(app)
+
+    def _orphans(self) -> list[markers.Marked]:
+        """The project's processes (by their markers) that neither the store nor the fleet knows."""
+        rows = self._rows()
+        if rows is None:
+            return []  # without the records, nothing can be called an orphan for sure
+        refs = [dict(row.handle.get("ref") or {}) for row in rows]
+        refs += [dict(h.ref) for h in self.engine.ctx.fleet.handles.values()]
+        return markers.unknown(markers.scan(self.project_id), refs)
+
+    async def _doctor(self, stop: list[int]) -> dict[str, Any]:
+        rows: list[InstanceRecord] | None = None
+        problem = self.store_lost
+        if problem is None:
+            try:
+                rows = self._rows()
+            except StoreError as exc:
+                problem = str(exc)
+            if rows is None and problem is None:
+                problem = "cannot read conveyor.toml: orphans cannot be told apart"
+        # The colors this agent is starting have no row yet: they are not orphans.
+        starting = [dict(h.ref) for h in self.engine.ctx.fleet.handles.values()]
+        return await check(self.project_id, self.store.where, rows, problem, starting, stop)
 
     def _in_progress(self) -> list[DeploymentRecord]:
         """The deployments the previous agent left unfinished (read before recovery ends them)."""
@@ -266,6 +323,9 @@ class Agent:
         op = req["op"]
         if op == "ping":
             return {"ok": True, "exit": 0, "data": self._info()}
+        if op == "doctor":
+            stop = [int(pgid) for pgid in req.get("stop", []) if isinstance(pgid, int)]
+            return {"ok": True, "exit": 0, "data": await self._doctor(stop)}
         if op != "stop" and self._store_lost():
             return {"ok": False, "exit": 1, "error": self.store_lost}
         if op == "deploy":
@@ -334,6 +394,7 @@ _FIELDS: dict[str, dict[str, type]] = {
     "stop_env": {"env": str},
     "start_env": {"env": str},
     "stop": {},
+    "doctor": {},
 }
 
 

@@ -61,12 +61,43 @@ def agent_stop(
     except AgentUnavailable as exc:
         fail(str(exc), 1)
     if not stopped:
-        console.print("agent was not running")
+        line = "agent was not running"
+        if not keep_running:
+            gone = _stop_marked(proj.paths.home)
+            if gone:
+                line += f"; stopped {len(gone)} process group(s) of this project that still ran"
+            if _stop_proxy(proj.paths.proxy_socket):
+                line += "; stopped its proxy"
+        console.print(line, markup=False)
         return
     console.print(
         "agent stopped"
         + (": services keep serving" if keep_running else ", services and proxy stopped")
     )
+
+
+def _stop_marked(home: Path) -> list[Any]:
+    """With no agent: every process of the project, found by its marker (conveyor.markers)."""
+    import asyncio
+
+    from conveyor import markers
+
+    project_id = markers.project_id(home)
+    return asyncio.run(markers.stop(project_id, markers.scan(project_id), 10.0))
+
+
+def _stop_proxy(control: Path) -> bool:
+    """With no agent: the project's proxy, if one answers on its control socket."""
+    import asyncio
+
+    from conveyor.routers.base import RouterError
+    from conveyor.routers.builtin import ProxyClient
+
+    try:
+        asyncio.run(ProxyClient(control, timeout=5.0).shutdown())
+    except (RouterError, OSError):
+        return False
+    return True
 
 
 @agent_app.command("status")
@@ -101,6 +132,15 @@ def agent_status(json_out: JsonOpt = False) -> None:
             soft_wrap=True,
         )
         console.print(f"previous run: {_ended(last_run)}", markup=False)
+        orphans = data.get("orphans") or []
+        if orphans:
+            console.print(
+                f"warning: {len(orphans)} process group(s) of this project ran unknown to the "
+                "state database when the agent started: `conveyor doctor` lists them, "
+                "`conveyor doctor --fix` stops them",
+                markup=False,
+                soft_wrap=True,
+            )
         if data.get("store_lost"):
             console.print(f"warning: {data['store_lost']}", markup=False, soft_wrap=True)
     raise typer.Exit(0 if ping is not None else 1)

@@ -27,6 +27,7 @@ from conveyor.engine.outcome import Emit, Outcome
 from conveyor.engine.project import ProjectConfig
 from conveyor.engine.supervisor import Supervisor
 from conveyor.engine.traffic import ROUTER_ERRORS, Traffic
+from conveyor.markers import project_id
 from conveyor.paths import Paths
 from conveyor.routers.base import Router
 from conveyor.routers.builtin import BuiltinRouter
@@ -56,7 +57,7 @@ class Engine:
             project=ProjectConfig(project_dir),
             paths=paths,
             store=store,
-            fleet=Fleet(runtime or LocalRuntime(paths.logs), store, probe),
+            fleet=Fleet(runtime or LocalRuntime(paths.logs), store, probe, project_id(paths.home)),
             traffic=Traffic(
                 router
                 or BuiltinRouter(

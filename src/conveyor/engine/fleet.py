@@ -16,6 +16,7 @@ from typing import Any
 from conveyor.config import HealthConfig, ResolvedEnvironment, ServiceConfig
 from conveyor.environ import inherited
 from conveyor.health import probe_http
+from conveyor.markers import for_start
 from conveyor.runtimes.base import Endpoint, Handle, RunState, Runtime, Workload
 from conveyor.store.db import InstanceRecord, ReleaseRecord, Store
 
@@ -39,10 +40,15 @@ def handle_id(handle: Handle) -> HandleId:
 
 
 class Fleet:
-    def __init__(self, runtime: Runtime, store: Store, probe: Probe = probe_endpoint) -> None:
+    def __init__(
+        self, runtime: Runtime, store: Store, probe: Probe = probe_endpoint, project: str = ""
+    ) -> None:
         self.runtime = runtime
         self.store = store
         self.probe_endpoint = probe
+        # The project's marker (conveyor.markers): every workload carries it, so that its
+        # processes are found even when the store no longer knows them.
+        self.project = project
         # Handles this agent started or adopted; the store's rows are the desired state.
         self.handles: dict[Key, Handle] = {}
         # Workloads stopped on purpose: their exit is no crash, whoever watches them.
@@ -93,7 +99,7 @@ class Fleet:
             artifact=str(tree),
             command=svc.command,
             port=port if svc.kind == "web" else None,
-            env=self.service_env(env, name, svc, version, color),
+            env={**self.service_env(env, name, svc, version, color), **for_start(self.project)},
             options={"workdir": svc.workdir},
         )
         handle = await self.runtime.start(workload)
