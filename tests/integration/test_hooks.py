@@ -157,6 +157,46 @@ def test_cancelling_the_hook_kills_its_group(tmp_path: Path) -> None:
     assert wait_until_gone(read_pid(tmp_path / "child.pid"))
 
 
+def _marked_alive(mark: str) -> list[int]:
+    """Live (not zombie) processes whose environment carries `mark`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = (Path("/proc") / entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if mark.encode() in environ.split(b"\0"):
+            stat = read_proc_stat(int(entry))
+            if stat is not None and stat.state != "Z":
+                found.append(int(entry))
+    return found
+
+
+def test_cancelling_while_the_hook_starts_kills_what_it_started(tmp_path: Path) -> None:
+    # The shell runs before asyncio has connected its pipes: a cancellation in between must
+    # still take down the group, including what the shell already started in the background.
+    mark = f"CV_HOOK_MARK={os.getpid()}-{time.monotonic_ns()}"
+    env = {**BASE_ENV, mark.split("=")[0]: mark.split("=")[1]}
+    hook = HookConfig(command="sleep 100 & sleep 100 & wait", timeout=60)
+
+    async def scenario(turns: int) -> None:
+        task = asyncio.create_task(run_hook("smoke", hook, tmp_path, env, tmp_path / "x.log"))
+        for _ in range(turns):  # where the cancellation lands: each turn of the loop once
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    for turns in range(8):
+        asyncio.run(scenario(turns))
+    deadline = time.monotonic() + 60
+    while _marked_alive(mark):
+        assert time.monotonic() < deadline, f"left running: {_marked_alive(mark)}"
+        time.sleep(0.02)
+
+
 def test_env_is_exactly_what_the_caller_passes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

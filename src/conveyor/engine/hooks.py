@@ -194,8 +194,11 @@ async def run_hook(
     except OSError as e:
         return result(False, None, f"cannot write log {log_path}: {e.strerror or e}", [])
     try:
-        try:
-            proc = await asyncio.create_subprocess_exec(
+        # Shielded: the shell runs as soon as the spawn starts, but asyncio connects its pipes
+        # after that; a cancellation there would kill the shell alone and leave what it already
+        # started running (seen: a hook's background child outliving an aborted rollout).
+        spawn = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
                 "/bin/sh",
                 "-c",
                 hook.command,
@@ -207,6 +210,12 @@ async def run_hook(
                 start_new_session=True,
                 limit=READ_CHUNK,
             )
+        )
+        try:
+            proc = await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            await _kill_when_spawned(spawn)
+            raise
         except (OSError, ValueError) as e:
             # OSError: missing cwd, /bin/sh not executable...; ValueError: NUL bytes in the
             # command or the environment. The message never includes the environment.
@@ -218,6 +227,27 @@ async def run_hook(
         return result(ok, code, detail, output)
     finally:
         log.close()
+
+
+async def _kill_when_spawned(spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:
+    """Kill the group of a hook whose start was cancelled, once the start has finished."""
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait([spawn], timeout=KILL_WAIT)
+    if not spawn.done():
+        # Still connecting after KILL_WAIT (or cancelled again): kill it whenever it finishes.
+        spawn.add_done_callback(_kill_spawned)
+        return
+    if _kill_spawned(spawn):
+        with contextlib.suppress(asyncio.CancelledError):
+            await _wait_exit(spawn.result(), KILL_WAIT)
+
+
+def _kill_spawned(spawn: asyncio.Future[asyncio.subprocess.Process]) -> bool:
+    if spawn.cancelled() or spawn.exception() is not None:
+        return False
+    # start_new_session: the shell's pid is its group's id.
+    _signal_group(spawn.result().pid, signal.SIGKILL)
+    return True
 
 
 async def _supervise(
