@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-import psycopg
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
-from psycopg import sql
 from sqlalchemy import create_engine, text
 
 from conveyor.store import (
@@ -34,7 +30,6 @@ from conveyor.store import (
 from conveyor.store.db import ALEMBIC_DIR, normalize_url, schema_heads
 from conveyor.store.models import Base
 
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 VERSION_TABLE = "conveyor_alembic_version"
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -46,47 +41,7 @@ def _pg_unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session (one per xdist worker), dropped at the end."""
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        _pg_unavailable(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
-    name = f"conveyor_test_{secrets.token_hex(6)}"
-    admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-        admin.close()
-
-
-def _reset_pg(url: str) -> None:
-    """Empty the database completely, so each test starts from a schema-less database."""
-    dbname = url.rsplit("/", 1)[1]
-    with psycopg.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={dbname}") as conn:
-        conn.execute("DROP SCHEMA public CASCADE")
-        conn.execute("CREATE SCHEMA public")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/home/state.db"
-        return
-    pg_url: str = request.getfixturevalue("pg_database")
-    _reset_pg(pg_url)
-    yield pg_url
-
-
-@pytest.fixture
-def store(url: str) -> Iterator[Store]:
-    opened = Store.open(url)
-    try:
-        yield opened
-    finally:
-        opened.close()
+# The `url` fixture (SQLite, then PostgreSQL: a fresh database per run) is in tests/conftest.py.
 
 
 def _release(version: str, at: datetime, app: str = "shop") -> ReleaseRecord:

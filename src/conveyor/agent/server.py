@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conveyor import __version__, markers
+from conveyor import __version__, identity, markers
 from conveyor.agent import backups, runs
 from conveyor.agent.client import START_ERROR
 from conveyor.agent.metrics import AdminServer
@@ -76,7 +76,7 @@ class Agent:
         previous = runs.how_it_ended(runs.read(self.paths.home))
         in_progress = self._in_progress()
         # Recovery ends before the socket serves: no command sees a deployment that nobody drives.
-        notes = await self.engine.recover()
+        notes = self._free_stale_locks() + await self.engine.recover()
         orphans = self._orphans()
         if orphans:
             notes.append(
@@ -147,6 +147,14 @@ class Agent:
             if not token:
                 raise SystemExit(f"agent.admin_token_file {path} is empty")
         return cfg.agent.admin_host, cfg.agent.admin_port, token
+
+    def _free_stale_locks(self) -> list[str]:
+        """The locks a crashed agent of this host left: freed now, not when their lease ends."""
+        try:
+            app = self.engine.ctx.project.app
+        except EngineError:
+            return []
+        return self.engine.ctx.locks.free_stale(app)
 
     def _info(self) -> dict[str, Any]:
         admin = self.admin
@@ -296,11 +304,14 @@ class Agent:
                 with contextlib.suppress(Exception):
                     writer.write(json.dumps({"type": "progress", **event}).encode() + b"\n")
 
+            # Whatever this request writes (a lock, the audit log) names who sent it.
+            identity.acting.set(str(request.get("actor") or "") or None)
             result = await self._handle(request, emit)
         except BadRequest as exc:
             result = {"ok": False, "exit": 2, "error": f"bad request: {exc}"}
         except EngineError as exc:
             result = {"ok": False, "exit": exc.exit_code, "error": str(exc)}
+            result.update(getattr(exc, "details", {}))
         except StoreError as exc:
             # The database, not the request: one line for the user, the traceback for agent.log.
             log.exception("request failed on the state database")

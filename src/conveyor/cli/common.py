@@ -54,6 +54,10 @@ COMMAND_ORDER = (
     "start",
     "manifest",
     "schema",
+    "lock",
+    "unlock",
+    "locks",
+    "audit",
     "agent",
     "doctor",
     "db",
@@ -293,9 +297,21 @@ def when(at: datetime | None) -> str:
     return at.astimezone().strftime("%Y-%m-%d %H:%M:%S") if at else "-"
 
 
+def acting_user(proj: Project) -> str:
+    """Who runs this command (conveyor.identity); a name that cannot be recorded is exit 2."""
+    from conveyor.identity import IdentityError, current_user
+
+    try:
+        return current_user(proj.dir)
+    except IdentityError as exc:
+        fail(str(exc))
+
+
 def agent_call(proj: Project, request: dict[str, Any], json_out: bool) -> dict[str, Any]:
     from conveyor.agent.client import AgentUnavailable
 
+    # The agent acts for this user: the audit log and the locks it takes name them.
+    request = {**request, "actor": acting_user(proj)}
     client = ready_agent(proj, str(request["env"]))
     with Progress(json_out) as progress:
         try:
@@ -329,6 +345,8 @@ def detached(deployment: int | None, env: str) -> NoReturn:
 def finish(result: dict[str, Any], json_out: bool, done: str) -> None:
     code = int(result.get("exit", 1))
     data = result.get("data") or {}
+    if result.get("lock"):  # refused: the environment is locked (conveyor.engine.locks)
+        data = {**data, "lock": result["lock"]}
     error = clean(str(result["error"])) if result.get("error") else None
     if json_out:
         if data.get("reason"):

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from conveyor.cli.common import Command, EnvReq, JsonOpt, agent_call, app, finish, project
+from conveyor.cli.common import (
+    Command,
+    EnvReq,
+    JsonOpt,
+    Project,
+    agent_call,
+    app,
+    finish,
+    project,
+)
 from conveyor.cli.output import fail
 
 
@@ -29,6 +38,14 @@ def deploy(
         ),
     ] = False,
     reason: Annotated[str, typer.Option(help="Why the freeze is overridden (recorded).")] = "",
+    wait: Annotated[
+        str | None,
+        typer.Option(
+            "--wait",
+            metavar="DURATION",
+            help="When the environment is locked, wait up to this long for it (e.g. 5m).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Deploy a release blue/green: start it beside the live one, switch when healthy.
@@ -36,16 +53,18 @@ def deploy(
     Returns when the new version is live (exit 0) or has failed (exit 1, the old one keeps serving).
     The environment's gates are checked first (docs/promotion.md): when one is not met, nothing
     starts and each unmet gate is listed with what would meet it (exit 1).
+    A locked environment refuses at once, naming who holds it; `--wait 5m` waits for it.
 
     Example:
 
-        conveyor deploy v2 --env dev
+        conveyor deploy v2 --env dev --wait 5m
     """
     from conveyor.cli.gates import who
     from conveyor.releases import ReleaseError, validate_version
 
     if override_freeze and not reason.strip():
         fail('--override-freeze needs --reason "..." (it is recorded)')
+    waiting = _wait_seconds(wait)
     proj = project()
     cfg = proj.checked(env)
     try:
@@ -71,7 +90,48 @@ def deploy(
         "reason": reason,
     }
     result = agent_call(proj, request, json_out)
+    if waiting is not None and result.get("lock"):
+        result = _after_the_lock(proj, cfg.app.name, env, request, waiting, result, json_out)
     finish(result, json_out, "{version} is live in {environment}")
+
+
+def _wait_seconds(wait: str | None) -> float | None:
+    if wait is None:
+        return None
+    from conveyor.core.durations import parse_duration
+
+    try:
+        return parse_duration(wait)
+    except ValueError as exc:
+        fail(f"--wait: {exc}")
+
+
+def _after_the_lock(
+    proj: Project,
+    app_name: str,
+    env: str,
+    request: dict[str, Any],
+    seconds: float,
+    result: dict[str, Any],
+    json_out: bool,
+) -> dict[str, Any]:
+    """Wait for the environment's lock, then ask again, until the deploy runs or time is up
+    (another one may take the lock between our look and our request: then wait again)."""
+    import time
+
+    from conveyor.cli.locks import wait_until_free
+    from conveyor.core.durations import format_duration
+
+    deadline = time.monotonic() + seconds
+    while result.get("lock"):
+        if not wait_until_free(proj, app_name, env, deadline):
+            error = str(result.get("error") or "")
+            return {
+                **result,
+                "error": f"gave up after waiting {format_duration(seconds)}: {error}",
+            }
+        result = agent_call(proj, request, json_out)
+    return result
 
 
 @app.command()

@@ -53,8 +53,9 @@ class Engine:
         probe: Probe = probe_endpoint,
     ) -> None:
         clock = Clock(now=monotonic, utcnow=utcnow)
+        project = ProjectConfig(project_dir)
         self.ctx = Context(
-            project=ProjectConfig(project_dir),
+            project=project,
             paths=paths,
             store=store,
             fleet=Fleet(runtime or LocalRuntime(paths.logs), store, probe, project_id(paths.home)),
@@ -66,7 +67,7 @@ class Engine:
                 paths.home / "routes.json",
                 clock.now,
             ),
-            locks=Locks(),
+            locks=Locks(store, lambda: project.app, clock.utcnow),
             journal=Journal(store, clock.utcnow),
             clock=clock,
         )

@@ -309,6 +309,16 @@ def _upgrade(engine: Engine) -> None:
             command.upgrade(config, "head")
 
 
+def serialize(session: Session, key: int) -> None:
+    """Make the rest of this write transaction exclusive among those that serialize on `key`.
+
+    SQLite needs nothing: a write transaction there holds the whole database (BEGIN IMMEDIATE).
+    PostgreSQL takes a transaction-scoped advisory lock, released at commit or rollback.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
 def _release(row: ReleaseRow) -> ReleaseRecord:
     return ReleaseRecord(
         app=row.app,
@@ -523,6 +533,20 @@ class Store:
             if isinstance(exc.orig, ValueError) and not isinstance(exc, DBAPIError):
                 raise exc.orig from None
             raise
+
+    # for the store's companion modules (store/locks.py, store/audit.py): a lock and the audit
+    # entry that records it are written in one transaction, or not at all
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        with self._read() as session:
+            yield session
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        """A write transaction (SQLite: BEGIN IMMEDIATE, so writers queue instead of failing)."""
+        with self._write() as session:
+            yield session
 
     # releases
 

@@ -165,3 +165,50 @@ class ReleaseTagRow(Base):
     app: Mapped[str] = mapped_column(String(200), primary_key=True)
     version: Mapped[str] = mapped_column(String(64), primary_key=True)
     tag: Mapped[str] = mapped_column(String(250), primary_key=True)
+
+
+class EnvironmentLockRow(Base):
+    """Who holds an environment: a deployment's lease, or a lock taken by hand (no lease)."""
+
+    __tablename__ = "environment_locks"
+
+    app: Mapped[str] = mapped_column(String(200), primary_key=True)
+    environment: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "operation" (held by an agent) or "manual"
+    what: Mapped[str] = mapped_column(Text)  # "deploy of v2", or the reason given by hand
+    holder: Mapped[str] = mapped_column(String(200))  # the user it is held for
+    owner: Mapped[str] = mapped_column(String(200))  # the holding process (host, pid, token)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The lease: renewed by the holder; once past, anyone may take the lock over. None: by hand.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AuditRow(Base):
+    """One entry of the audit log; `hash` chains it to the entry before (conveyor.core.audit)."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_app_at", "app", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    app: Mapped[str] = mapped_column(String(200))
+    environment: Mapped[str | None] = mapped_column(String(200))
+    target: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class StoreMetaRow(Base):
+    """Facts about the database itself: which conveyor version last upgraded its schema."""
+
+    __tablename__ = "conveyor_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
