@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -77,13 +78,17 @@ def wait_for(cond: Callable[[], Any], timeout: float = 60.0, what: str = "condit
 
 
 class Project:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, database_url: str | None = None) -> None:
         self.dir = root
         self.port = free_port()
         self.home = root / ".conveyor"
         self.env = {**os.environ, "CONVEYOR_PROJECT": str(root)}
-        for key in ("CONVEYOR_HOME", "CONVEYOR_DATABASE_URL"):
+        for key in ("CONVEYOR_HOME", "CONVEYOR_DATABASE_URL", "CONVEYOR_USER"):
             self.env.pop(key, None)
+        # None: the SQLite file in .conveyor/; else the PostgreSQL database it runs on.
+        self.database_url = database_url
+        if database_url is not None:
+            self.env["CONVEYOR_DATABASE_URL"] = database_url
         src = demo_app_source()
         for name in ("app.py", "worker.py"):
             shutil.copy(src / name, root / name)
@@ -117,6 +122,18 @@ class Project:
             capture_output=True,
             text=True,
             timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def spawn(self, *args: str) -> subprocess.Popen[str]:
+        """A conveyor command left running (read its stdout and stderr pipes)."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "conveyor", *args],
+            env=self.env,
+            cwd=self.dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             stdin=subprocess.DEVNULL,
         )
 
@@ -158,8 +175,20 @@ class Project:
             return ""
 
     def db(self, sql: str) -> list[tuple[Any, ...]]:
-        with contextlib.closing(sqlite3.connect(self.home / "state.db")) as conn:
-            return list(conn.execute(sql))
+        """Rows of a query on the project's state (SQLite's json_extract works on both)."""
+        if self.database_url is None:
+            with contextlib.closing(sqlite3.connect(self.home / "state.db")) as conn:
+                return list(conn.execute(sql))
+        from sqlalchemy import create_engine, text
+
+        from conveyor.store.db import normalize_url
+
+        engine = create_engine(normalize_url(self.database_url))
+        try:
+            with engine.begin() as conn:
+                return [tuple(row) for row in conn.execute(text(_postgres_sql(sql)))]
+        finally:
+            engine.dispose()
 
     def pid(self, name: str) -> int | None:
         try:
@@ -172,7 +201,7 @@ class Project:
         # Belt and braces: whatever survived a failed test must not leak into the next one. Only
         # processes that are provably ours are killed: pids are reused quickly on this machine.
         groups: list[int] = []
-        with contextlib.suppress(sqlite3.Error, OSError):
+        with contextlib.suppress(Exception):  # no database, no table: nothing was started
             for pid, start, pgid in self.db(f"SELECT {PID}, {PROC_START}, {PGID} FROM instances"):
                 stat = read_proc_stat(pid) if pid else None
                 if stat is not None and stat.start == start and pgid:
@@ -188,6 +217,20 @@ class Project:
         for pgid in groups:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
+
+
+_JSON_EXTRACT = re.compile(r"json_extract\((\w+), '\$\.([^']+)'\)")
+
+
+def _postgres_sql(sql: str) -> str:
+    """SQLite's json_extract(col, '$.a.b[0].c') as PostgreSQL's path operator (numbers only:
+    the tests read pids, process start times and ports)."""
+
+    def path(match: re.Match[str]) -> str:
+        steps = match[2].replace("[", ".").replace("]", "").split(".")
+        return f"(({match[1]})::jsonb #>> '{{{','.join(steps)}}}')::bigint"
+
+    return _JSON_EXTRACT.sub(path, sql)
 
 
 # The local runtime's identity of a color, inside its handle (JSON) in the instances table.
@@ -210,13 +253,39 @@ def alive(p: Proc) -> bool:
     return stat is not None and stat.state not in ("Z", "X") and stat.start == p[1]
 
 
-@pytest.fixture
-def project() -> Iterator[Project]:
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "both_databases: the test's `project` runs once on SQLite and once on PostgreSQL",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # The end-to-end tests marked both_databases run twice: the whole product (agent, every
+    # command) on SQLite, then on the PostgreSQL server, a fresh database for each test.
+    if "project" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_databases"
+    ):
+        metafunc.parametrize("project", ["sqlite", "postgresql"], indirect=True)
+
+
+@contextlib.contextmanager
+def temp_project(database_url: str | None = None) -> Iterator[Project]:
     root = Path(tempfile.mkdtemp(prefix="cv", dir="/tmp"))
-    proj = Project(root)
+    proj = Project(root, database_url)
     try:
         yield proj
     finally:
         proj.cleanup()
         if not os.environ.get("CONVEYOR_TEST_KEEP"):  # set it to look at a failed test's state
             shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def project(request: pytest.FixtureRequest) -> Iterator[Project]:
+    if getattr(request, "param", "sqlite") == "sqlite":
+        with temp_project() as proj:
+            yield proj
+        return
+    with temp_project(request.getfixturevalue("fresh_pg_url")) as proj:
+        yield proj

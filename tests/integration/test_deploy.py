@@ -10,10 +10,14 @@ import sys
 import threading
 import time
 
-from conftest import PID, Project, alive, proc, wait_for
+import pytest
 
+from conftest import PID, Project, alive, proc, wait_for
 from conveyor.loadgen import LoadGenerator
 from conveyor.runtimes.local import free_port
+
+# The whole product on both databases: SQLite, then PostgreSQL (docs/internals.md, Tests).
+pytestmark = pytest.mark.both_databases
 
 
 def test_first_deploy_then_blue_green_under_load_then_rollback_to_standby(

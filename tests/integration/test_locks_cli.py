@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 
+import pytest
+
 from conftest import Project, wait_for
+
+pytestmark = pytest.mark.both_databases
 
 
 def test_a_manual_lock_refuses_deploys_until_unlocked(project: Project) -> None:
@@ -55,15 +57,7 @@ def test_deploy_waits_for_the_lock_and_says_so(project: Project) -> None:
     project.env["CONVEYOR_USER"] = "alice"
     project.release("v1")
     assert project.cli("lock", "--env", "dev", "--reason", "hold on").returncode == 0
-    waiting = subprocess.Popen(
-        [sys.executable, "-m", "conveyor", "deploy", "v1", "--env", "dev", "--wait", "3m"],
-        env=project.env,
-        cwd=project.dir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    waiting = project.spawn("deploy", "v1", "--env", "dev", "--wait", "3m")
     lines: list[str] = []
     assert waiting.stderr is not None
     reader = threading.Thread(target=lambda: lines.extend(waiting.stderr or []), daemon=True)
@@ -73,11 +67,13 @@ def test_deploy_waits_for_the_lock_and_says_so(project: Project) -> None:
         assert any("held by alice" in line and "hold on" in line for line in lines), lines
         assert waiting.poll() is None
         assert project.cli("unlock", "--env", "dev").returncode == 0
-        out, _ = waiting.communicate(timeout=240)
+        waiting.wait(timeout=240)  # stderr is the reader's alone (no communicate())
     finally:
         if waiting.poll() is None:
             waiting.kill()
     reader.join(10)
+    assert waiting.stdout is not None
+    out = waiting.stdout.read()
     assert waiting.returncode == 0, lines
     assert any("dev is free after" in line for line in lines), lines
     assert "v1 is live in dev" in out

@@ -49,7 +49,7 @@ class Agent:
     def __init__(self, project_dir: Path, paths: Paths) -> None:
         self.project_dir = project_dir
         self.paths = paths
-        self.store = Store.open(database_url(paths.home))
+        self.store = Store.open(database_url(paths.home, project_dir / "conveyor.toml"))
         self.project_id = markers.project_id(paths.home)
         self.engine = Engine(project_dir, paths, self.store)
         self.started_at = time.time()
@@ -293,6 +293,7 @@ class Agent:
                 log.exception("supervisor pass failed")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request: dict[str, Any] | None = None
         try:
             line = await reader.readline()
             if not line:
@@ -325,6 +326,8 @@ class Agent:
                 "exit": 1,
                 "error": f"internal error: {exc!r}; see {self.paths.agent_log}",
             }
+        if request is not None and request["op"] in AUDITED:
+            self._audit(request, result)
         with contextlib.suppress(Exception):
             writer.write(json.dumps({"type": "result", **result}).encode() + b"\n")
             await writer.drain()
@@ -379,6 +382,39 @@ class Agent:
             admit, cfg, self.store, self.paths.home, req, now, ctx.journal, emit
         )
 
+    def _audit(self, req: dict[str, Any], result: dict[str, Any]) -> None:
+        """One audit entry per request that changes something: who, what, and how it ended."""
+        data = result.get("data") or {}
+        deployment = data.get("deployment")
+        if result.get("ok"):
+            outcome = "ok"
+        elif deployment is not None and data.get("outcome"):
+            outcome = "failed"  # it ran, and did not go live (or was rolled back)
+        else:
+            outcome = "refused"  # nothing ran: locked, nothing to promote, bad input
+        target = req.get("version") or data.get("version") or req["env"]
+        facts: dict[str, Any] = {"exit": result.get("exit"), "deployment": deployment}
+        for key in ("force", "full", "reason"):
+            if key in req:
+                facts[key] = req[key]
+        if data.get("outcome"):
+            facts["result"] = data["outcome"]
+        if result.get("lock"):
+            facts["lock"] = result["lock"]
+        try:
+            project = self.engine.ctx.project
+            self.engine.ctx.journal.audit(
+                project.known_app or self.project_dir.name,
+                AUDITED[req["op"]],
+                req["env"],
+                str(target),
+                outcome,
+                str(result.get("error") or data.get("reason") or ""),
+                facts,
+            )
+        except Exception:  # the answer still goes out; the gap is in agent.log
+            log.exception("appending to the audit log failed")
+
     def _history(self, req: dict[str, Any]) -> dict[str, Any]:
         # Answered here, from the store the agent holds open: the CLI then needs no database
         # library at all, and reads the state recovery left.
@@ -406,6 +442,17 @@ _FIELDS: dict[str, dict[str, type]] = {
     "start_env": {"env": str},
     "stop": {},
     "doctor": {},
+}
+
+
+# The requests that change something, and their action's name in the audit log.
+AUDITED = {
+    "deploy": "deploy",
+    "rollback": "rollback",
+    "promote": "promote",
+    "abort": "abort",
+    "stop_env": "stop",
+    "start_env": "start",
 }
 
 

@@ -58,6 +58,7 @@ COMMAND_ORDER = (
     "unlock",
     "locks",
     "audit",
+    "db",
     "agent",
     "doctor",
     "db",
@@ -168,7 +169,7 @@ class Project:
         from conveyor.store.db import Store, database_url
 
         self.paths.ensure()
-        return Store.open(database_url(self.paths.home))
+        return Store.open(database_url(self.paths.home, self.config_path))
 
     def agent(self) -> AgentClient:
         # Imported here: --help needs no sockets or subprocesses.

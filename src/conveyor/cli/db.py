@@ -1,11 +1,14 @@
-"""`conveyor db backup`: a consistent copy of the state database, while the agent runs."""
+"""`conveyor db backup`: a consistent copy of the state database, while the agent runs.
+`conveyor db upgrade`: the pending schema migrations, applied on purpose (every command and the
+agent also upgrade an older schema when they open it); a schema newer than this conveyor knows
+is never touched, and the error names the conveyor version that wrote it."""
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -72,3 +75,65 @@ def backup(
         markup=False,
         soft_wrap=True,
     )
+
+
+@db_app.command("upgrade", cls=Command)
+def upgrade(json_out: JsonOpt = False) -> None:
+    """Apply the pending schema migrations (Alembic) to the state database.
+
+    Example:
+
+        CONVEYOR_DATABASE_URL=postgresql://conveyor@db.internal/conveyor conveyor db upgrade
+    """
+    from conveyor.store.db import (
+        Store,
+        StoreError,
+        database_url,
+        normalize_url,
+        redacted_url,
+        schema_state,
+    )
+
+    proj = project()
+    proj.paths.ensure()
+    url = database_url(proj.paths.home, proj.config_path)
+    where = redacted_url(url)
+    try:
+        from sqlalchemy import create_engine
+
+        engine = create_engine(normalize_url(url))
+        try:
+            before = schema_state(engine)
+        finally:
+            engine.dispose()
+        Store.open(url).close()
+        engine = create_engine(normalize_url(url))
+        try:
+            after = schema_state(engine)
+        finally:
+            engine.dispose()
+    except StoreError as exc:
+        fail(str(exc), 1)
+    except Exception as exc:  # unreachable server, bad URL: one line, the URL redacted
+        fail(f"cannot open the database {where}: {exc.__class__.__name__}", 1)
+
+    def shown(revisions: frozenset[str]) -> str:
+        return ", ".join(sorted(revisions)) or "empty"
+
+    result: dict[str, Any] = {
+        "exit": 0,
+        "database": where,
+        "before": sorted(before.revisions),
+        "after": sorted(after.revisions),
+        "upgraded": before.revisions != after.revisions,
+        "writer": after.writer,
+    }
+    if json_out:
+        emit_json(result)
+    elif result["upgraded"]:
+        console.print(
+            f"[green]✓[/] upgraded {where} from {shown(before.revisions)} "
+            f"to {shown(after.revisions)}"
+        )
+    else:
+        console.print(f"[green]✓[/] {where} is up to date ({shown(after.revisions)})")

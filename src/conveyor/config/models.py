@@ -624,6 +624,25 @@ class RouterConfig(_Model):
     kind: Literal["builtin"] = "builtin"
 
 
+class StateConfig(_Model):
+    # Where the state lives: unset, the SQLite file .conveyor/state.db. A PostgreSQL database
+    # shared by several hosts makes their locks and audit log one. CONVEYOR_DATABASE_URL wins.
+    # (conveyor.store.db reads this key itself, without pydantic: see configured_url.)
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(
+            ("postgresql://", "postgres://", "postgresql+psycopg://", "sqlite:///")
+        ):
+            raise ValueError(
+                "url must be postgresql://user@host/database or sqlite:///path (keep a password "
+                "out of conveyor.toml: use CONVEYOR_DATABASE_URL or ~/.pgpass)"
+            )
+        return value
+
+
 class AgentConfig(_Model):
     # admin_token_file comes first: the admin_host check below needs to see it.
     admin_token_file: str | None = None
@@ -811,6 +830,7 @@ class Config(_Model):
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     notifications: list[NotificationConfig] = Field(default_factory=list)
     checks: dict[CheckName, CheckConfig] = Field(default_factory=dict)

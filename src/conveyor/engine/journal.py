@@ -2,7 +2,10 @@
 
 Everything that happens to a deployment is appended here and nothing is rewritten: a deployment
 gets its outcome once, and a later rollback of it is a new event on it, not an edit. That is what
-makes the history trustworthy, and what a tamper-evident audit log (the promotion issue) chains.
+makes the history trustworthy.
+
+Beside it, `audit` appends to the audit log (conveyor.store.audit): who asked for what, and how
+it ended, refusals included; each entry chained to the one before by its hash.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from conveyor import identity
 from conveyor.engine.outcome import Emit
+from conveyor.store import audit as audit_log
 from conveyor.store.db import ROLLED_BACK, Store
 
 
@@ -70,3 +75,28 @@ class Journal:
             if dep.version == version and dep.outcome == "succeeded" and dep.kind != "stop":
                 self.rolled_back(dep.id, by, why)
                 return
+
+    def audit(
+        self,
+        app: str,
+        action: str,
+        environment: str | None,
+        target: str,
+        outcome: str,
+        detail: str = "",
+        data: dict[str, Any] | None = None,
+    ) -> int:
+        """Append an audit entry for whoever the current request acts for (identity.actor()).
+        `detail` and `data` must never hold a secret value."""
+        return audit_log.record(
+            self._store,
+            at=self._utcnow(),
+            actor=identity.actor(),
+            action=action,
+            app=app,
+            environment=environment,
+            target=target,
+            outcome=outcome,
+            detail=detail,
+            data=data or {},
+        )

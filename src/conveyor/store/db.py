@@ -120,12 +120,30 @@ class InstanceRecord:
     deployment_id: int | None
 
 
-def database_url(home: Path) -> str:
-    """`$CONVEYOR_DATABASE_URL`, or the SQLite file `home/state.db`."""
+def database_url(home: Path, config_file: Path | None = None) -> str:
+    """`$CONVEYOR_DATABASE_URL`, else `[state] url` of `config_file`, else `home/state.db`."""
     override = os.environ.get("CONVEYOR_DATABASE_URL")
     if override:
         return override
+    configured = configured_url(config_file) if config_file is not None else None
+    if configured:
+        return configured
     return f"sqlite:///{home / 'state.db'}"
+
+
+def configured_url(config_file: Path) -> str | None:
+    """`[state] url` of conveyor.toml, read with tomllib alone: opening the store must not wait
+    for the whole configuration (pydantic), nor fall back to another database when some other
+    part of the file is broken. Loading the configuration validates the key."""
+    import tomllib
+
+    try:
+        with open(config_file, "rb") as f:
+            state = tomllib.load(f).get("state")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    url = state.get("url") if isinstance(state, dict) else None
+    return url if isinstance(url, str) and url else None
 
 
 def normalize_url(url: str) -> URL:
@@ -271,23 +289,67 @@ def schema_heads(versions: Path = ALEMBIC_DIR / "versions") -> frozenset[str] | 
     return heads or None
 
 
-def _at_head(engine: Engine) -> bool:
-    """Whether the stored revision is the scripts' head: a plain query, so that opening a
-    database that is up to date (nearly always) never imports Alembic."""
-    heads = schema_heads()
-    if heads is None:
-        return False
+def schema_revisions(versions: Path = ALEMBIC_DIR / "versions") -> frozenset[str]:
+    """Every revision this conveyor has a migration script for."""
+    found = (_REVISION.search(p.read_text(encoding="utf-8")) for p in versions.glob("*.py"))
+    return frozenset(m.group(1) for m in found if m is not None)
+
+
+# conveyor_meta key: the conveyor version that last brought the schema up (a newer one than
+# this conveyor knows says which version to install).
+SCHEMA_WRITER = "schema_writer"
+
+
+class NewerSchema(StoreError):
+    """The database was upgraded by a newer conveyor: this one must not touch it."""
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    revisions: frozenset[str]  # empty: a new database
+    writer: str | None  # the conveyor version that last upgraded it (None before 0003)
+
+
+def schema_state(engine: Engine) -> SchemaState:
+    """The stored schema revision and who wrote it: plain queries, no Alembic."""
     try:
         with engine.connect() as conn:
             stored = conn.execute(text("SELECT version_num FROM conveyor_alembic_version")).all()
     except (OperationalError, ProgrammingError):  # no such table yet: a new database
-        return False
-    return frozenset(str(row[0]) for row in stored) == heads
+        return SchemaState(frozenset(), None)
+    writer = None
+    try:
+        with engine.connect() as conn:
+            writer = conn.execute(
+                text("SELECT value FROM conveyor_meta WHERE key = :key"), {"key": SCHEMA_WRITER}
+            ).scalar_one_or_none()
+    except (OperationalError, ProgrammingError):  # a schema from before 0003
+        pass
+    return SchemaState(frozenset(str(row[0]) for row in stored), writer)
 
 
-def _upgrade(engine: Engine) -> None:
-    """Bring the schema to Alembic "head", one process at a time."""
-    if _at_head(engine):
+def _check_known(state: SchemaState, where: str) -> None:
+    unknown = sorted(state.revisions - schema_revisions())
+    if unknown:
+        from conveyor import __version__
+
+        by = f"conveyor {state.writer}" if state.writer else "a newer conveyor"
+        raise NewerSchema(
+            f"the database {where} has schema revision {', '.join(unknown)}, written by {by}; "
+            f"this conveyor {__version__} knows revisions up to "
+            f"{', '.join(sorted(schema_heads() or ()))}: install {by} or newer "
+            "(nothing was changed)"
+        )
+
+
+def _upgrade(engine: Engine, where: str = "") -> None:
+    """Bring the schema to Alembic "head", one process at a time; refuse a newer schema.
+
+    An up-to-date database (nearly always) is found so with a plain query: no Alembic import.
+    """
+    state = schema_state(engine)
+    _check_known(state, where)
+    if state.revisions and state.revisions == schema_heads():
         return
     # Alembic (and Mako under it) costs a good part of a second to import: only here.
     from alembic import command
@@ -307,6 +369,14 @@ def _upgrade(engine: Engine) -> None:
                 )
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
+            from conveyor import __version__
+
+            # Which conveyor wrote this schema: an older one that meets it says what to install.
+            conn.execute(text("DELETE FROM conveyor_meta WHERE key = :key"), {"key": SCHEMA_WRITER})
+            conn.execute(
+                text("INSERT INTO conveyor_meta (key, value) VALUES (:key, :value)"),
+                {"key": SCHEMA_WRITER, "value": __version__},
+            )
 
 
 def serialize(session: Session, key: int) -> None:
@@ -434,7 +504,7 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot open the database {where}: {exc}; {hint}") from exc
         try:
-            _upgrade(engine)
+            _upgrade(engine, where)
         except DBAPIError as exc:
             engine.dispose()
             # exc.orig is the driver's message, without SQLAlchemy's SQL echo; URLs in messages
