@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from conftest import Project, alive, proc, wait_for
-
 from conveyor.procs import read_proc_stat
 
 # A bake long enough to kill the agent in the middle of it.

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Project, wait_for
 from test_releases import git
 
+from conftest import Project, wait_for
 from conveyor.paths import Paths
 
 ENV_COMMANDS = [

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PID, Project, alive, proc, unavailable, wait_for
 
+from conftest import PID, Project, alive, proc, unavailable, wait_for
 from conveyor.loadgen import LoadGenerator
 from conveyor.runtimes.local import free_port
 

@@ -5,7 +5,6 @@ End to end through the CLI, against real processes and the real proxy."""
 from __future__ import annotations
 
 from conftest import Project, wait_for
-
 from conveyor.loadgen import LoadGenerator
 
 ANALYSIS = """
