@@ -32,7 +32,7 @@ def audit(
         typer.Option("--since", metavar="DURATION", help="Only entries this recent (e.g. 1h, 7d)."),
     ] = None,
     actor: Annotated[str | None, typer.Option("--actor", help="Only this user's entries.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many.")] = 100,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many.")] = 100,
     json_out: JsonOpt = False,
 ) -> None:
     """List the audit log of this app, oldest first (the newest --limit entries).
@@ -43,6 +43,8 @@ def audit(
     """
     if ctx.invoked_subcommand is not None:
         return
+    if limit < 1:
+        fail(f"--limit must be at least 1 (got {limit})")
     from datetime import UTC, datetime, timedelta
 
     from conveyor.store import audit as audit_log
