@@ -23,6 +23,8 @@ MAX_LENGTH = 200
 
 # The user a request in the agent acts for; None outside a request (the agent's own doings).
 acting: ContextVar[str | None] = ContextVar("conveyor_acting", default=None)
+# Who the agent's own decisions are recorded as (an automatic rollback, a stale lock freed).
+AGENT = "conveyor-agent"
 
 
 class IdentityError(ValueError):

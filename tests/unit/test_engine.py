@@ -15,6 +15,7 @@ from engine_doubles import FAST, Rig, make_rig, run, until
 from conveyor.engine.engine import Engine
 from conveyor.engine.errors import Refused, UserError
 from conveyor.engine.outcome import Outcome
+from conveyor.store import audit
 
 
 @pytest.fixture
@@ -284,6 +285,10 @@ def test_supervisor_switches_back_when_the_new_version_dies_during_the_standby_w
     assert any("exited during the standby window" in n for n in notes), notes
     assert rig.router.weights() == {"blue": 100}
     assert rig.outcomes()[-1][1:] == ("rollback", "succeeded")
+    # The agent's own decision, in the audit log as such.
+    [entry] = audit.entries(rig.store, action="rollback")
+    assert (entry.actor, entry.target, entry.outcome) == ("conveyor-agent", "v1", "ok")
+    assert entry.data["automatic"] and "standby window" in entry.detail
 
 
 def test_supervisor_switches_back_after_failed_health_checks_in_the_standby_window(

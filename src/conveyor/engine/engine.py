@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from conveyor import identity
 from conveyor.config import ResolvedEnvironment
 from conveyor.core import rollout as r
 from conveyor.engine import rollback as rollback_mod
@@ -71,7 +72,7 @@ class Engine:
             journal=Journal(store, clock.utcnow),
             clock=clock,
         )
-        self.supervisor = Supervisor(self.ctx, self._rollback)
+        self.supervisor = Supervisor(self.ctx, self._automatic_rollback)
         self.deployments: dict[str, Deployment] = {}  # environment -> deployment in progress
 
     @property
@@ -252,6 +253,25 @@ class Engine:
             outcome = await rollback_mod.switch_back(ctx, env, found, emit, died_at)
         self.supervisor.watch_exits()
         return outcome
+
+    async def _automatic_rollback(self, env_name: str, emit: Emit, reason: str) -> Outcome:
+        """The supervisor's own rollbacks (recovery, the standby window): in the audit log as
+        the agent's decision."""
+        token = identity.acting.set(identity.AGENT)
+        try:
+            outcome = await self._rollback(env_name, emit, reason)
+            self.ctx.journal.audit(
+                self.app,
+                "rollback",
+                env_name,
+                str(outcome.data.get("version") or env_name),
+                "ok" if outcome.exit_code == 0 else "failed",
+                reason,
+                {"deployment": outcome.deployment_id, "automatic": True},
+            )
+            return outcome
+        finally:
+            identity.acting.reset(token)
 
     # --- stop and start an environment -----------------------------------------------------------
 

@@ -186,7 +186,7 @@ class Locks:
                 audit.append(
                     session,
                     at=now,
-                    actor="conveyor-agent",
+                    actor=identity.AGENT,
                     action="lock.freed",
                     app=app,
                     environment=lock.environment,

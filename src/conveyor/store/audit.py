@@ -116,9 +116,12 @@ def entries(
     since: datetime | None = None,
     actor: str | None = None,
     limit: int | None = None,
+    action: str | None = None,
 ) -> list[AuditRecord]:
     """Oldest first (the newest `limit` ones when a limit is given)."""
     query = select(AuditRow)
+    if action is not None:
+        query = query.where(AuditRow.action == action)
     if app is not None:
         query = query.where(AuditRow.app == app)
     if environment is not None:
