@@ -189,3 +189,36 @@ def test_actions_are_recorded_with_who_and_how_they_ended(project: Project) -> N
     assert f"broken at entry #{third}: its content does not match its hash" in proc.stderr
     code, out = project.json("audit", "verify")
     assert code == 1 and out["broken"]["id"] == third
+
+
+def test_checks_approvals_and_a_freeze_override_are_recorded(project: Project) -> None:
+    today = datetime.now(UTC).date()
+    window = f"{today - timedelta(days=1)} - {today + timedelta(days=1)}"
+    project.configure(
+        extra=f'freeze = ["{window}"]\n\n[access]\nadmins = ["alice"]\n\n[checks.tests]\n'
+    )
+    project.release("v1")
+    project.env["CONVEYOR_USER"] = "bob"
+    assert project.cli("check", "record", "tests", "--release", "v1", "--passed").returncode == 0
+    assert project.cli("approve", "v1", "--env", "dev").returncode == 0
+    assert project.cli("reject", "v1", "--env", "dev", "--comment", "no").returncode == 0
+    assert project.cli("reject", "v1", "--env", "dev", "--withdraw").returncode == 0
+    assert project.deploy("v1")[0] == 1  # frozen
+    project.env["CONVEYOR_USER"] = "alice"
+    code, out = project.json(
+        "deploy", "v1", "--env", "dev", "--override-freeze", "--reason", "hotfix"
+    )
+    assert code == 0, out
+    rows = [(e["actor"], e["action"], e["outcome"]) for e in _entries(project)]
+    assert rows == [
+        ("bob", "check.record", "ok"),
+        ("bob", "approve", "ok"),
+        ("bob", "reject", "ok"),
+        ("bob", "reject.withdraw", "ok"),
+        ("bob", "deploy", "refused"),
+        ("alice", "deploy", "ok"),
+        ("alice", "freeze.override", "ok"),
+    ]
+    override = _entries(project)[-1]
+    assert override["data"]["reason"] == "hotfix" and override["target"] == "v1"
+    assert project.cli("audit", "verify").returncode == 0

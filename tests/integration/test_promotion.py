@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from conftest import Project
-
 from conveyor.runtimes.local import free_port
 
 

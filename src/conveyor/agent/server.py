@@ -394,24 +394,28 @@ class Agent:
             outcome = "refused"  # nothing ran: locked, nothing to promote, bad input
         target = req.get("version") or data.get("version") or req["env"]
         facts: dict[str, Any] = {"exit": result.get("exit"), "deployment": deployment}
-        for key in ("force", "full", "reason"):
-            if key in req:
+        for key in ("force", "full", "reason", "override_freeze"):
+            if req.get(key) is not None:
                 facts[key] = req[key]
         if data.get("outcome"):
             facts["result"] = data["outcome"]
         if result.get("lock"):
             facts["lock"] = result["lock"]
+        actions = [AUDITED[req["op"]]]
+        if req["op"] == "deploy" and req.get("override_freeze"):
+            actions.append("freeze.override")  # its own entry: an admin went past a gate
         try:
             project = self.engine.ctx.project
-            self.engine.ctx.journal.audit(
-                project.known_app or self.project_dir.name,
-                AUDITED[req["op"]],
-                req["env"],
-                str(target),
-                outcome,
-                str(result.get("error") or data.get("reason") or ""),
-                facts,
-            )
+            for action in actions:
+                self.engine.ctx.journal.audit(
+                    project.known_app or self.project_dir.name,
+                    action,
+                    req["env"],
+                    str(target),
+                    outcome,
+                    str(result.get("error") or data.get("reason") or ""),
+                    facts,
+                )
         except Exception:  # the answer still goes out; the gap is in agent.log
             log.exception("appending to the audit log failed")
 

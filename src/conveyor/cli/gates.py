@@ -58,6 +58,34 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _audited(
+    store: Store,
+    cfg: Config,
+    user: str,
+    action: str,
+    env: str | None,
+    target: str,
+    outcome: str,
+    detail: str = "",
+    data: dict[str, Any] | None = None,
+) -> None:
+    """The audit log's entry for a check, an approval or a rejection (docs/locks-and-audit.md)."""
+    from conveyor.store import audit
+
+    audit.record(
+        store,
+        at=_now(),
+        actor=user,
+        action=action,
+        app=cfg.app.name,
+        environment=env,
+        target=target,
+        outcome=outcome,
+        detail=detail,
+        data=data or {},
+    )
+
+
 # --- gates ------------------------------------------------------------------------------------
 
 
@@ -156,6 +184,17 @@ def check_record(
         result = FactStore(store).record_check(
             cfg.app.name, rec.version, name, passed, who(proj), _now(), url or None
         )
+        _audited(
+            store,
+            cfg,
+            result.actor,
+            "check.record",
+            None,
+            rec.version,
+            "ok",
+            f"check {name} {'passed' if passed else 'failed'}",
+            {"check": name, "passed": passed, "url": url},
+        )
     finally:
         store.close()
     if json_out:
@@ -206,6 +245,17 @@ def check_run(
         result = FactStore(store).record_check(
             cfg.app.name, rec.version, name, ran.passed, who(proj), _now()
         )
+        _audited(
+            store,
+            cfg,
+            result.actor,
+            "check.run",
+            None,
+            rec.version,
+            "ok",
+            f"check {name} {'passed' if ran.passed else 'failed'}: {ran.detail}",
+            {"check": name, "passed": ran.passed, "seconds": round(ran.seconds, 1)},
+        )
     finally:
         store.close()
     if json_out:
@@ -247,6 +297,16 @@ def _withdraw(version: str, env: str, decision: str, json_out: bool) -> None:
         ended = FactStore(store).withdraw(
             cfg.app.name, rec.version, env, decision, user, _now(), of
         )
+        _audited(
+            store,
+            cfg,
+            user,
+            f"{decision}.withdraw",
+            env,
+            rec.version,
+            "ok" if ended else "refused",
+            ", ".join(f"{r.actor}'s {decision}" for r in ended) or "nothing to withdraw",
+        )
     finally:
         store.close()
     what = "approval" if decision == "approve" else "rejection"
@@ -267,7 +327,10 @@ def _decide(version: str, env: str, decision: str, comment: str, json_out: bool)
     user = who(proj)
     gates = cfg.environment(env).gates
     if decision == "approve" and gates.approvers and user not in gates.approvers:
-        store.close()
+        try:
+            _audited(store, cfg, user, decision, env, rec.version, "refused", "not an approver")
+        finally:
+            store.close()
         fail(
             f"{user} is not one of {env}'s approvers ({', '.join(gates.approvers)}); "
             "set CONVEYOR_USER if conveyor got your name wrong",
@@ -277,6 +340,7 @@ def _decide(version: str, env: str, decision: str, comment: str, json_out: bool)
         recorded = FactStore(store).decide(
             cfg.app.name, rec.version, env, user, decision, _now(), comment
         )
+        _audited(store, cfg, user, decision, env, rec.version, "ok", comment)
     finally:
         store.close()
     if json_out:
