@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PGID, Project, wait_for
 
+from conftest import PGID, Project, wait_for
 from conveyor.loadgen import LoadGenerator
 
 # The app under test: every answer in one write, so that a kill never lands between a response's
