@@ -84,9 +84,14 @@ def test_a_bad_state_url_is_a_config_error(project: Project) -> None:
     project.configure()
     config = project.dir / "conveyor.toml"
     config.write_text(config.read_text() + '\n[state]\nurl = "mysql://u:secret@h/db"\n')
-    proc = project.cli("status", "--env", "dev")
+    # A command that reads the configuration first names the key (exit 2)...
+    proc = project.cli("locks")
     assert proc.returncode == 2
     assert "state.url: url must be postgresql://" in proc.stderr
+    assert "secret" not in proc.stderr
+    # ...one that opens the database first refuses it as a database (exit 1), masked too.
+    proc = project.cli("status", "--env", "dev")
+    assert proc.returncode == 1 and "unsupported database mysql://u:***@h/db" in proc.stderr
     assert "secret" not in proc.stderr
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from test_store import T0, pg_database, store, url  # noqa: F401 - the fixtures, both backends
+from test_store import T0  # the fixtures (store, url: both backends) are in tests/conftest.py
 
 from conveyor.store import Store
 from conveyor.store.facts import FactStore
 
 
-def test_check_results_round_trip(store: Store) -> None:  # noqa: F811
+def test_check_results_round_trip(store: Store) -> None:
     facts = FactStore(store)
     first = facts.record_check("shop", "v7", "tests", False, "ci", T0, "https://ci/1")
     facts.record_check("shop", "v7", "tests", True, "ann", T0 + timedelta(minutes=1))
@@ -25,7 +25,7 @@ def test_check_results_round_trip(store: Store) -> None:  # noqa: F811
     assert found[0] == first and found[0].at == T0
 
 
-def test_approvals_rejections_and_withdrawals(store: Store) -> None:  # noqa: F811
+def test_approvals_rejections_and_withdrawals(store: Store) -> None:
     facts = FactStore(store)
     later = T0 + timedelta(minutes=5)
     facts.decide("shop", "v7", "production", "ann", "approve", T0, "looks good")
@@ -50,7 +50,7 @@ def test_approvals_rejections_and_withdrawals(store: Store) -> None:  # noqa: F8
     assert [r.actor for r in facts.approvals("shop", "staging")] == ["bob"]
 
 
-def test_release_tags(store: Store) -> None:  # noqa: F811
+def test_release_tags(store: Store) -> None:
     facts = FactStore(store)
     facts.add_tags("shop", "v7", ["v7.0.0", "stable", "v7.0.0"])
     facts.add_tags("shop", "v7", ["stable"])  # recording again changes nothing
