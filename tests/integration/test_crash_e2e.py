@@ -14,8 +14,8 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import PGID, Project, unavailable, wait_for
 
+from conftest import PGID, Project, unavailable, wait_for
 from conveyor.runtimes.local import pidfds_work
 
 MOMENT = r"\d\d:\d\d:\d\d\.\d{3} UTC"

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import unavailable
 
+from conftest import unavailable
 from conveyor.runtimes import Handle, LocalRuntime, Workload
 from conveyor.runtimes.local import pidfds_work
 

@@ -254,12 +254,14 @@ class Engine:
         self.supervisor.watch_exits()
         return outcome
 
-    async def _automatic_rollback(self, env_name: str, emit: Emit, reason: str) -> Outcome:
+    async def _automatic_rollback(
+        self, env_name: str, emit: Emit, reason: str, died_at: float | None = None
+    ) -> Outcome:
         """The supervisor's own rollbacks (recovery, the standby window): in the audit log as
         the agent's decision."""
         token = identity.acting.set(identity.AGENT)
         try:
-            outcome = await self._rollback(env_name, emit, reason)
+            outcome = await self._rollback(env_name, emit, reason, died_at)
             self.ctx.journal.audit(
                 self.app,
                 "rollback",
