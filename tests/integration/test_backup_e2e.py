@@ -9,8 +9,9 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from conftest import Project, wait_for
 from test_agent_comes_back import BAKING, baking, deploying
+
+from conftest import Project, wait_for
 
 
 def test_a_backup_taken_during_a_deploy_restores_to_a_working_agent(project: Project) -> None:

@@ -10,8 +10,8 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from conftest import unavailable
 
+from conftest import unavailable
 from conveyor.config.models import HookConfig
 from conveyor.engine.hooks import TAIL_LINES, HookResult, run_hook
 from conveyor.runtimes.local import read_proc_stat

@@ -10,7 +10,6 @@ import signal
 from pathlib import Path
 
 from conftest import PGID, PID, Project, alive, proc, wait_for
-
 from conveyor import markers
 
 

@@ -58,7 +58,6 @@ COMMAND_ORDER = (
     "unlock",
     "locks",
     "audit",
-    "db",
     "agent",
     "doctor",
     "db",
