@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import unavailable
 
+from conftest import unavailable
 from conveyor import __version__
 from conveyor.config.models import NotificationConfig
 from conveyor.engine.notify import Notice, Notifier, public_origin, summary, uses_slack

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Project, wait_for
 from test_releases import GIT_ENV, git
 
+from conftest import Project, wait_for
 from conveyor.runtimes.local import free_port
 
 README = Path(__file__).parents[2] / "README.md"
