@@ -165,6 +165,14 @@ def test_failing_health_checks_during_the_bake_roll_back(project: Project) -> No
     assert project.serving() == "v1"
 
 
+def rolled_back_by_itself(project: Project) -> list[dict[str, Any]] | None:
+    """The history once an automatic rollback is recorded as ended (None before)."""
+    code, hist = project.history("dev")
+    assert code == 0, hist
+    done = hist and hist[0]["kind"] == "rollback" and hist[0]["outcome"] != "in_progress"
+    return hist if done else None
+
+
 def test_failing_during_the_standby_window_switches_back_by_itself(project: Project) -> None:
     project.configure(rollout='bake = "500ms"\non_inconclusive = "pass"')
     script = health_script(project, "v2")
@@ -175,8 +183,9 @@ def test_failing_during_the_standby_window_switches_back_by_itself(project: Proj
     assert code == 0, out  # healthy through the bake
     assert project.serving() == "v2"
     set_health(script, "503")
-    wait_for(lambda: project.serving() == "v1", what="the automatic switch back")
-    code, hist = project.history("dev")
+    # The switch back moves traffic first and writes the history after: wait on the history.
+    hist = wait_for(lambda: rolled_back_by_itself(project), what="the automatic switch back")
+    assert project.serving() == "v1"
     assert [(d["version"], d["kind"], d["outcome"]) for d in hist[:2]] == [
         ("v1", "rollback", "succeeded"),
         ("v2", "deploy", "rolled_back"),
@@ -631,15 +640,9 @@ def test_a_new_version_that_crashes_during_the_standby_window_is_switched_back(
     assert project.serving() == "v2"
     os.kill(pid_of(project, "v2"), signal.SIGKILL)
 
-    def switched_back() -> list[dict[str, Any]] | None:
-        # Not "v1 serves": the proxy's retry on the standby serves v1 before the switch back
-        # is recorded. The history is what says it happened.
-        code, hist = project.history("dev")
-        assert code == 0, hist
-        done = hist and hist[0]["kind"] == "rollback" and hist[0]["outcome"] != "in_progress"
-        return hist if done else None
-
-    hist = wait_for(switched_back, what="the automatic switch back in the history")
+    # Not "v1 serves": the proxy's retry on the standby serves v1 before the switch back is
+    # recorded. The history is what says it happened.
+    hist = wait_for(lambda: rolled_back_by_itself(project), what="the automatic switch back")
     assert project.serving() == "v1"
     assert [(d["version"], d["kind"], d["outcome"]) for d in hist[:2]] == [
         ("v1", "rollback", "succeeded"),
@@ -738,11 +741,17 @@ def test_a_hanging_post_switch_hook_does_not_delay_a_rollback(project: Project) 
     wait_for(lambda: (project.dir / "hook.started").exists(), what="the post_switch hook")
     reach(project, "baking")
     set_health(script, "503")
+
     # Switched back while the hook still hangs: the decision did not wait for it.
-    wait_for(lambda: project.serving() == "v1", what="the switch back")
-    code, hist = project.history("dev")
-    assert code == 0, hist
-    assert (hist[0]["version"], hist[0]["outcome"]) == ("v2", "rolled_back"), hist[0]
+    # The switch back moves traffic first and writes the history after: wait on the history.
+    def decided() -> dict[str, Any] | None:
+        code, hist = project.history("dev")
+        assert code == 0, hist
+        return hist[0] if hist[0]["outcome"] != "in_progress" else None
+
+    last = wait_for(decided, what="the switch back in the history")
+    assert project.serving() == "v1"
+    assert (last["version"], last["outcome"]) == ("v2", "rolled_back"), last
     assert not (project.dir / "hook.finished").exists()
     (project.dir / "hook.release").touch()
     thread.join(240)

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from conveyor import identity
 from conveyor.engine.errors import Refused
+from conveyor.procs import read_proc_stat
 from conveyor.store import audit
 from conveyor.store import locks as stored
 from conveyor.store.db import Store
@@ -204,13 +205,11 @@ class Locks:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
+    """Whether the lock's agent still runs. A zombie does not: an agent killed with -9 stays one
+    until it is reaped, and its successor, started at once, must free its locks all the same.
+    (A pid reused by a stranger reads as alive: the lease ends that lock, a little later.)"""
+    stat = read_proc_stat(pid)
+    return stat is not None and stat.state != "Z"
 
 
 def takeover_text(gone: LockRecord) -> str:
