@@ -16,7 +16,12 @@ and during the standby window, under 16 keep-alive connections: the agent's own 
 death (as the runtime saw it, through a pidfd) to the router's answer, as the history records
 it. Target: the switch back starts within 100 ms of the death.
 
-    .venv/bin/python benchmarks/rollback.py [--rate 200]
+Then the agent's recovery (issue 7): v2 deployed and baking, the agent killed with `kill -9`,
+and `conveyor status` run at once. It starts the agent, whose recovery settles the interrupted
+deployment before status answers: the time from the kill to that answer, and the failed
+responses under the same load meanwhile.
+
+    .venv/bin/python benchmarks/rollback.py [--rate 200] [--crash-only | --recovery-only]
 
 Everything listens on 127.0.0.1; the load is bounded in time and stops by itself.
 """
@@ -24,8 +29,10 @@ Everything listens on 127.0.0.1; the load is bounded in time and stops by itself
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -185,14 +192,100 @@ def crash_table(console: Console, rate: float) -> bool:
     return all(row["ms"] is not None and row["ms"] < 100 for row in rows)
 
 
+BAKING = """on_inconclusive = "pass"
+bake = "5m"
+"""
+
+
+def status(project: ScratchProject) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "conveyor", "status", "--env", "dev", "--json"],
+        env=project.env,
+        cwd=project.dir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    data: dict[str, Any] = json.loads(proc.stdout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"status failed: {data}")
+    return data
+
+
+def recovery(console: Console, rate: float) -> dict[str, Any]:
+    """Seconds from `kill -9` of the agent during a bake to `conveyor status` answering with the
+    deployment settled (the command starts the agent; recovery runs before it answers)."""
+    config = BASE.replace('drain_timeout = "5s"\n', 'drain_timeout = "5s"\n' + BAKING)
+    project = ScratchProject(console, config)
+    deploy: subprocess.Popen[bytes] | None = None
+    try:
+        project.release("v1")
+        project.release("v2")
+        code, out = project.conveyor("deploy", "v1", "--env", "dev", "--json")
+        assert code == 0, out
+        load = LoadGenerator("127.0.0.1", project.port, connections=8, rate=rate, max_seconds=120)
+        load.start()
+        deploy = subprocess.Popen(
+            [sys.executable, "-m", "conveyor", "deploy", "v2", "--env", "dev", "--json"],
+            env=project.env,
+            cwd=project.dir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while (status(project).get("deployment") or {}).get("phase") != "baking":
+            if time.monotonic() > deadline:
+                raise RuntimeError("v2 never reached its bake")
+            time.sleep(0.2)
+        time.sleep(1.0)  # steady load on v2
+        before_requests, before_failed = load.snapshot()
+        pid = int((project.dir / ".conveyor" / "agent.pid").read_text())
+        killed = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        answer = status(project)
+        answered = time.monotonic()
+        time.sleep(1.0)
+        after_requests, after_failed = load.snapshot()
+        load.stop()
+        interrupted = (answer.get("agent") or {}).get("interrupted") or [{}]
+        return {
+            "seconds": answered - killed,
+            "outcome": interrupted[0].get("outcome"),
+            "in_progress": answer.get("deployment") is not None,
+            "serving": [s["active"]["version"] for s in answer["services"] if s["active"]],
+            "failed": after_failed - before_failed,
+            "requests": after_requests - before_requests,
+        }
+    finally:
+        if deploy is not None:
+            deploy.kill()
+            deploy.wait(timeout=60)
+        project.close()
+
+
+def recovery_line(console: Console, rate: float) -> bool:
+    back = recovery(console, rate)
+    console.print(
+        f"\nkill -9 of the agent during a bake → `conveyor status` answered with the deployment "
+        f"settled after {back['seconds']:.2f} s (outcome {back['outcome']}, still in progress: "
+        f"{back['in_progress']}, serving {', '.join(back['serving'])}); failed responses "
+        f"{back['failed']} of {back['requests']}"
+    )
+    return not back["in_progress"] and back["outcome"] != "in_progress"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
     parser.add_argument(
         "--crash-only", action="store_true", help="only the releases that die whole"
     )
+    parser.add_argument("--recovery-only", action="store_true", help="only the kill -9 case")
     args = parser.parse_args()
     console = Console(highlight=False)
+    if args.recovery_only:
+        return 0 if recovery_line(console, args.rate) else 1
     crashes_ok = crash_table(console, args.rate)
     if args.crash_only:
         return 0 if crashes_ok else 1
@@ -227,7 +320,8 @@ def main() -> int:
         r["outcome"] == "rolled_back" and r["seconds"] is not None and r["seconds"] < 5
         for r in rows
     )
-    return 0 if ok and crashes_ok else 1
+    recovered = recovery_line(console, args.rate)
+    return 0 if ok and crashes_ok and recovered else 1
 
 
 if __name__ == "__main__":
