@@ -26,6 +26,7 @@ from conveyor.runtimes import (
     Workload,
     free_port,
     local,
+    logfile,
     read_proc_stat,
     tail,
 )
@@ -151,10 +152,10 @@ def test_demo_app_lifecycle(runtime: LocalRuntime, workdir: Path) -> None:
     asyncio.run(runtime.stop(inst, grace=10))
     assert not runtime.alive(inst)
     assert asyncio.run(runtime.state(inst)) == local.RunState(False, "exited with code 0")
-    log = log_of(inst).read_text()
-    assert log.startswith("--- ")
-    assert " start web blue v1 port=" + str(port) + " ---" in log.splitlines()[0]
-    assert "got SIGTERM" in log
+    log = runtime.tail(inst, 1000)  # the app's text, once its log writer has written it all
+    assert log[0].startswith("--- ")
+    assert " start web blue v1 port=" + str(port) + " ---" in log[0]
+    assert any("got SIGTERM" in line for line in log)
 
 
 def test_stop_kills_the_whole_process_group(runtime: LocalRuntime, workdir: Path) -> None:
@@ -249,7 +250,7 @@ def test_command_not_found_exits_127(runtime: LocalRuntime, workdir: Path) -> No
     inst = runtime.start_sync(make_spec(workdir, "no-such-program-here --port 1"))
     wait_until(lambda: not runtime.alive(inst), what="exit")
     assert runtime.exit_detail(inst) == "exited with code 127"
-    assert any("not found" in line for line in tail(log_of(inst)))
+    assert any("not found" in line for line in runtime.tail(inst, 20))
 
 
 def test_unspawnable_command_raises(runtime: LocalRuntime, workdir: Path) -> None:
@@ -342,7 +343,7 @@ def test_environment_is_exactly_the_spec(
     inst = runtime.start_sync(spec)
     wait_until(lambda: not runtime.alive(inst), what="exit")
     assert runtime.exit_detail(inst) == "exited with code 0"
-    lines = log_of(inst).read_text().splitlines()[1:]  # after the header
+    lines = runtime.tail(inst, 1000)[1:]  # after the header
     env = dict(line.split("=", 1) for line in lines)
     assert env["PORT"] == "4321"
     assert env["GREETING"] == "hi there"
@@ -354,7 +355,7 @@ def test_environment_is_exactly_the_spec(
 def test_shell_expansion_in_command(runtime: LocalRuntime, workdir: Path) -> None:
     inst = runtime.start_sync(make_spec(workdir, "echo port is $PORT", env={"PORT": "5555"}))
     wait_until(lambda: not runtime.alive(inst), what="exit")
-    assert tail(log_of(inst), 1) == ["port is 5555"]
+    assert runtime.tail(inst, 1) == ["port is 5555"]
 
 
 def test_log_is_appended_and_tailed(runtime: LocalRuntime, workdir: Path) -> None:
@@ -362,9 +363,16 @@ def test_log_is_appended_and_tailed(runtime: LocalRuntime, workdir: Path) -> Non
     for _ in range(2):
         inst = runtime.start_sync(spec)
         wait_until(lambda inst=inst: not runtime.alive(inst), what="exit")  # type: ignore[misc]
-    lines = log_of(inst).read_text().splitlines()
+        runtime.tail(inst, 1)  # its log writer has written everything
+    lines = runtime.tail(inst, 1000)
     assert sum(1 for line in lines if line.startswith("--- ")) == 2
     assert lines.count("line 5") == 2 and lines.count("err 5") == 2
+    # Each line with its time and stream.
+    records = logfile.tail_lines(log_of(inst), 1000)
+    assert {r.stream for r in records if r.text.startswith("line ")} == {"stdout"}
+    assert {r.stream for r in records if r.text.startswith("err ")} == {"stderr"}
+    assert {r.stream for r in records if r.text.startswith("--- ")} == {"conveyor"}
+    assert all(r.time is not None for r in records)
     assert tail(log_of(inst), 3) == lines[-3:]
     assert runtime.tail(inst, 3) == lines[-3:]
     assert tail(log_of(inst), 1000) == lines

@@ -6,7 +6,7 @@ import json
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -22,6 +22,9 @@ from conveyor.cli.common import (
     when,
 )
 from conveyor.cli.output import console, emit_json, fail, take_agent_started
+
+if TYPE_CHECKING:
+    from conveyor.runtimes.logfile import LogLine
 
 # --- status, history, logs --------------------------------------------------------------------
 
@@ -167,7 +170,7 @@ def logs(
 
         conveyor logs web --env dev --follow
     """
-    from conveyor.runtimes.local import tail
+    from conveyor.runtimes.logfile import tail_lines
 
     proj = project()
     cfg = proj.config()
@@ -199,7 +202,7 @@ def logs(
     if json_out and (facts := take_agent_started()) is not None:
         # A stream of lines has no object to hold the field: it comes first, on its own.
         print(json.dumps({"agent": facts}, default=str), flush=True)
-    for line in tail(existing[shown], lines):
+    for line in tail_lines(existing[shown], lines):
         out.write(shown, line, prefix=False)
     if follow:
         # Follow the service, not one process: both colors' files, so a deploy or a rollback
@@ -209,30 +212,33 @@ def logs(
 
 
 class _LineWriter:
-    """Prints log lines as they are, or as JSON objects (one per line) with `--json`."""
+    """Prints log lines as the app wrote them, or as JSON objects (one per line) with `--json`."""
 
     def __init__(self, service: str, json_out: bool) -> None:
         self.service = service
         self.json_out = json_out
 
-    def write(self, color: str, line: str, prefix: bool) -> None:
+    def write(self, color: str, line: LogLine, prefix: bool) -> None:
         if self.json_out:
-            # The local runtime writes stdout and stderr to one file, without timestamps: the
-            # fields are there for runtimes that record them.
+            # time and stream are null for lines written before the log writer stamped them.
             record = {
-                "time": None,
+                "time": line.time,
                 "service": self.service,
                 "color": color,
-                "stream": None,
-                "line": line,
+                "stream": line.stream,
+                "line": line.text,
             }
             print(json.dumps(record), flush=True)
         else:
-            print(f"[{color}] {line}" if prefix else line, flush=True)
+            print(f"[{color}] {line.text}" if prefix else line.text, flush=True)
 
 
 def _follow(files: dict[str, Path], out: _LineWriter) -> None:
+    from conveyor.runtimes.logfile import Joiner, parse
+
     offsets = {c: (p.stat().st_size if p.exists() else 0) for c, p in files.items()}
+    # A long line's pieces may be read in different rounds: each file keeps its joiner.
+    joiners = {c: Joiner() for c in files}
     prefix = len(files) > 1
     try:
         while True:
@@ -243,7 +249,7 @@ def _follow(files: dict[str, Path], out: _LineWriter) -> None:
                 except FileNotFoundError:
                     continue
                 if size < offsets[c]:
-                    offsets[c] = 0  # truncated or replaced
+                    offsets[c], joiners[c] = 0, Joiner()  # truncated or replaced
                 if size == offsets[c]:
                     continue
                 with open(p, "rb") as f:
@@ -251,7 +257,8 @@ def _follow(files: dict[str, Path], out: _LineWriter) -> None:
                     data = f.read(size - offsets[c])
                 end = data.rfind(b"\n") + 1  # only whole lines; the rest comes next round
                 offsets[c] += end
-                for line in data[:end].decode(errors="replace").splitlines():
+                raw = data[: max(end - 1, 0)].decode(errors="replace").split("\n") if end else []
+                for line in joiners[c].feed(parse(r) for r in raw):
                     out.write(c, line, prefix)
                 idle = idle and end == 0
             if idle:

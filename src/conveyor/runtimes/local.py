@@ -1,8 +1,10 @@
 """LocalRuntime: services as local processes, each in its own session and process group.
 
 The processes must outlive the agent (a restarted agent adopts them again), so they get no
-pipes to us: their output goes straight to a log file, stdin is /dev/null, and each one leads a
-new session. Stopping signals the whole process group so helpers the app forked go with it.
+pipes to us: their stdout and stderr go to a log writer of their own (runtimes/logshim.py, in
+its own session too), which stamps each line with its time and stream; stdin is /dev/null, and
+each one leads a new session. Stopping signals the whole process group so helpers the app
+forked go with it.
 
 A death is known when it happens: each process we start or adopt gets a pidfd (Linux >= 5.3),
 which the event loop watches (`exited`). Without pidfds (older kernels) `exited` says it cannot
@@ -24,7 +26,9 @@ from pathlib import Path
 
 from conveyor.ports import PRIVATE_PORTS_LOW, _bindable, _ephemeral_low, free_port
 from conveyor.procs import ProcStat, read_proc_stat
+from conveyor.runtimes import logshim
 from conveyor.runtimes.base import Endpoint, Handle, RunState, RuntimeStartError, Workload
+from conveyor.runtimes.logfile import tail
 
 POLL_INTERVAL = 0.05
 # Handles of exited children are kept for exit_detail(); a long-running agent starts
@@ -35,6 +39,9 @@ KEEP_FINISHED = 256
 KILL_WAIT = 5.0
 # How often `logs(follow=True)` looks for new output.
 FOLLOW_INTERVAL = 0.2
+# How long tail() waits for the log writer of a process that has exited to write what was still
+# in its pipes (it ends at once, unless a helper the app forked holds them open).
+LOG_SETTLE = 0.5
 
 
 def _utc_now() -> str:
@@ -74,6 +81,8 @@ class LocalRuntime:
         # stranger is never watched; opened at start and at adoption, closed once it ended.
         self.pidfds = pidfds_work() if pidfds is None else pidfds
         self._pidfds: dict[tuple[int, int], int] = {}
+        # The log writers started here, reaped once they end (after their process).
+        self._writers: list[subprocess.Popen[bytes]] = []
 
     def log_path(self, environment: str, service: str, color: str) -> Path:
         return self.log_dir / environment / service / f"{color}.log"
@@ -102,20 +111,28 @@ class LocalRuntime:
             raise RuntimeStartError(f"cannot open log {log_path}: {e}") from e
         try:
             shown = "-" if port is None else str(port)
-            header = f"--- {_utc_now()} start {w.service} {w.color} {w.version} port={shown} ---\n"
-            os.write(log_fd, header.encode())
-            # "exec" makes the shell replace itself with the command, so the pid we record is
-            # the app's own while shell syntax ($VARS, quoting) in the command still works.
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", f"exec {command}"],
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=log_fd,
-                start_new_session=True,
-                close_fds=True,
-            )
+            header = f"--- {_utc_now()} start {w.service} {w.color} {w.version} port={shown} ---"
+            os.write(log_fd, logshim.record("conveyor", header.encode()))
+            stdout, stderr, writer = logshim.start(log_fd, str(log_path))
+            self._writers.append(writer)
+            try:
+                # "exec" makes the shell replace itself with the command, so the pid we record
+                # is the app's own while shell syntax ($VARS, quoting) in the command still works.
+                proc = subprocess.Popen(
+                    ["/bin/sh", "-c", f"exec {command}"],
+                    cwd=cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=stderr,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            finally:
+                # The app holds the write ends now: the writer ends when the app (and whatever
+                # it forked) has closed them.
+                os.close(stdout)
+                os.close(stderr)
         except (OSError, ValueError) as e:  # ValueError: a NUL byte in the command or env
             raise RuntimeStartError(f"cannot start {command!r} in {cwd}: {e}") from e
         finally:
@@ -127,9 +144,17 @@ class LocalRuntime:
         self._children[(proc.pid, stat.start)] = proc
         self._pidfd(Proc(proc.pid, proc.pid, stat.start))
         self._forget_old_exits()
+        writer_stat = read_proc_stat(writer.pid)
         return Handle(
             runtime=self.name,
-            ref={"pid": proc.pid, "pgid": proc.pid, "proc_start": stat.start, "log": str(log_path)},
+            ref={
+                "pid": proc.pid,
+                "pgid": proc.pid,
+                "proc_start": stat.start,
+                "log": str(log_path),
+                "writer": writer.pid,
+                "writer_start": writer_stat.start if writer_stat is not None else 0,
+            },
             endpoints=(Endpoint(self.host, port),) if port is not None else (),
             started_at=time.time(),
         )
@@ -141,6 +166,7 @@ class LocalRuntime:
             del self._children[key]
         for key in finished:
             self._close_pidfd(key)
+        self._writers = [writer for writer in self._writers if writer.poll() is None]
 
     async def adopt(self, h: Handle) -> Handle | None:
         """The handle of a process started by an earlier agent, if that very process runs."""
@@ -268,7 +294,26 @@ class LocalRuntime:
 
     def tail(self, h: Handle, lines: int) -> list[str]:
         log = h.ref.get("log")
-        return tail(Path(str(log)), lines) if log else []
+        if not log:
+            return []
+        self._settle_log(h)
+        return tail(Path(str(log)), lines)
+
+    def _settle_log(self, h: Handle) -> None:
+        """A process that has exited may have left lines in its pipes: give its log writer a
+        moment to append them and end, so a crash message quotes the app's last words."""
+        try:
+            writer = int(h.ref["writer"]), int(h.ref["writer_start"])
+        except (KeyError, TypeError, ValueError):
+            return  # started before the log writer existed
+        if self.alive(h):
+            return
+        deadline = time.monotonic() + LOG_SETTLE
+        while time.monotonic() < deadline:
+            stat = read_proc_stat(writer[0])
+            if stat is None or stat.start != writer[1] or stat.state in ("Z", "X"):
+                return
+            time.sleep(0.01)
 
     def _stop_steps(self, h: Handle, grace: float) -> Iterator[float]:
         """The stop sequence; yields how long to pause between checks (the caller sleeps)."""
@@ -314,30 +359,6 @@ def pidfds_work() -> bool:
         return False
     os.close(fd)
     return True
-
-
-def tail(log_path: Path, lines: int = 20) -> list[str]:
-    """The last `lines` lines of a log, reading backwards from the end in blocks."""
-    if lines <= 0:
-        return []
-    block = 8192
-    data = b""
-    try:
-        with open(log_path, "rb") as f:
-            pos = f.seek(0, os.SEEK_END)
-            # One newline more than needed: the text before it is the (partial) earlier line.
-            while pos > 0 and data.count(b"\n") <= lines:
-                step = min(block, pos)
-                pos -= step
-                f.seek(pos)
-                data = f.read(step) + data
-    except FileNotFoundError:
-        return []
-    text = data.decode("utf-8", "replace")
-    result = text.splitlines()
-    if pos > 0:
-        result = result[1:]  # the first one is cut somewhere in the middle
-    return result[-lines:]
 
 
 __all__ = [
