@@ -1,4 +1,5 @@
-"""A release that dies whole after it took traffic, end to end through the CLI, agent and proxy.
+"""A release that dies whole after it took traffic, and one that crash-loops, end to end through
+the CLI, agent and proxy.
 
 The agent learns of the death from the runtime when it happens (a pidfd) and switches back to the
 standby at once; the history says when the release died and how long the switch took (the time
@@ -14,6 +15,7 @@ import threading
 from typing import Any
 
 import pytest
+from test_rollout_e2e import receiver  # noqa: F401 - a fixture, used by name
 
 from conftest import PGID, Project, unavailable, wait_for
 from conveyor.runtimes.local import pidfds_work
@@ -112,3 +114,53 @@ def test_a_release_that_dies_whole_in_the_standby_window_is_switched_back_with_t
     switched = next(e for e in rollback["events"] if e["state"] == "switched")
     assert switched["death_to_switch_ms"] >= 0
     assert "switched back to v1 in" in history_text(project)
+
+
+# --- a crash loop --------------------------------------------------------------------------------
+
+
+def test_a_crash_loop_backs_off_and_is_shown_recorded_and_sent(
+    project: Project,
+    receiver: tuple[int, list[dict[str, Any]]],  # noqa: F811 - the fixture imported above
+) -> None:
+    port, bodies = receiver
+    project.configure(rollout='bake = "0s"')
+    with (project.dir / "conveyor.toml").open("a") as f:
+        f.write(
+            f'\n[[notifications]]\nurl = "http://127.0.0.1:{port}/hook"\nevents = ["crash_loop"]\n'
+        )
+    # Healthy at first, then it exits with code 3, 2.5 s after each start: a first deployment
+    # with nothing to switch back to, restarted after 1 s, 2 s, 4 s.
+    project.release("v1", crash_after=2.5)
+    code, out = project.deploy("v1")
+    assert code == 0, out
+
+    def looping() -> dict[str, Any] | None:
+        code, status = project.json("status", "--env", "dev")
+        assert code == 0, status
+        restarts = (status["services"][0]["active"] or {}).get("restarts") or {}
+        return restarts if restarts.get("crash_looping") else None
+
+    restarts = wait_for(looping, what="the crash loop")
+    assert restarts["backoff"][:3] == [1.0, 2.0, 4.0]
+    assert restarts["restarts"] >= 3 and restarts["last_exit"]["detail"] == "exited with code 3"
+    text = project.cli("status", "--env", "dev").stdout
+    assert re.search(
+        r"web v1 \(blue\): crash-looping — \d+ restarts in \w+, last: exited with code 3 at "
+        r"\d\d:\d\d:\d\d",
+        " ".join(text.split()),
+    ), text
+    hist = history(project)
+    loop = next(d for d in hist if d["kind"] == "crash_loop")
+    pattern = (
+        rf"web v1 \(blue\): crash-looping — 3 restarts in \d+s, last: exited with code 3 at "
+        rf"{MOMENT}; restarted after 1s, 2s, 4s"
+    )
+    assert loop["outcome"] == "failed" and re.fullmatch(pattern, loop["reason"]), loop
+    assert hist[-1]["outcome"] == "succeeded"  # the deployment itself is never rewritten
+    assert "crash_loop" in history_text(project)
+    wait_for(lambda: bodies, what="the crash_loop webhook")
+    assert [(b["event"], b["version"], b["deployment"]) for b in bodies] == [
+        ("crash_loop", "v1", loop["id"])
+    ]
+    assert bodies[0]["reason"] == loop["reason"]

@@ -768,6 +768,7 @@ def test_notifications(tmp_path: Path) -> None:
         "failed",
         "rolled_back",
         "aborted",
+        "crash_loop",
     )
     assert (first.format, first.timeout, first.retries) == ("auto", 5.0, 3)
     assert (second.format, second.events, second.timeout, second.retries) == (

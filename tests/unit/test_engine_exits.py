@@ -13,7 +13,9 @@ from pathlib import Path
 from engine_doubles import FAST, MemoryRuntime, Rig, make_rig, run, until
 
 from conveyor.engine.engine import Engine
+from conveyor.engine.fleet import Key
 from conveyor.engine.outcome import Outcome
+from conveyor.engine.supervisor import Supervisor
 
 # One probe makes a color healthy; the next comes a minute later.
 SLOW_PROBES = FAST.replace(
@@ -189,3 +191,124 @@ def test_agent_shutdown_is_not_taken_for_crashes(tmp_path: Path) -> None:
         ("web", "green", "v2", "active"),
     ]
     assert [d.kind for d in rig.store.list_deployments("shop", "dev")] == ["deploy", "deploy"]
+
+
+# --- restarts with back-off, crash loops --------------------------------------------------------
+
+
+class Clock:
+    """The monotonic clock the engine's timers read, moved by the test (no sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def noted(supervisor: Supervisor, key: Key = ("dev", "web", "blue")) -> bool:
+    """Has the supervisor noted the exit of that color (and not restarted it yet)?"""
+    crashes = supervisor.crashes.get(key)
+    return crashes is not None and crashes.down
+
+
+def on_a_clock(rig: Rig) -> Clock:
+    clock = Clock()
+    rig.engine = Engine(
+        rig.dir,
+        rig.engine.ctx.paths,
+        rig.store,
+        rig.runtime,
+        rig.router,
+        monotonic=clock,
+        probe=rig.runtime.probe,
+    )
+    return clock
+
+
+def test_restarts_back_off_and_three_in_ten_minutes_are_a_crash_loop(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path)
+    clock = on_a_clock(rig)
+    rig.release("v1")
+    deploy(rig, "v1")  # a first deployment: no standby to go back to
+    supervisor = rig.engine.supervisor
+
+    async def crash_and_wait(wait: float) -> list[str]:
+        """v1 crashes; it is restarted once `wait` has passed, not before."""
+        rig.runtime.crash("v1", detail="exited with code 3")
+        await until(lambda: noted(supervisor), "the exit noted")
+        clock.now += wait - 0.001
+        assert await rig.engine.supervise_once() == []
+        assert rig.runtime.running() == []
+        clock.now += 0.001
+        notes = await rig.engine.supervise_once()
+        assert rig.runtime.running() == [("web", "blue", "v1")], notes
+        return notes
+
+    async def scenario() -> list[str]:
+        await rig.engine.supervise_once()  # watchers from here on
+        first = await crash_and_wait(1.0)
+        assert first == ["restarted dev/web v1 (blue): it exited with code 3"]
+        status = await rig.engine.status("dev")
+        assert status["services"][0]["active"]["restarts"]["summary"] == "1 restart"
+        await crash_and_wait(2.0)
+        return await crash_and_wait(4.0)
+
+    notes = run(scenario())
+    assert "crash-looping: recorded in the history" in notes[0], notes
+    [loop, deployed] = rig.store.list_deployments("shop", "dev")
+    assert (loop.kind, loop.outcome, loop.version) == ("crash_loop", "failed", "v1")
+    assert loop.reason.startswith(
+        "web v1 (blue): crash-looping — 3 restarts in 6s, last: exited with code 3 at "
+    ), loop.reason
+    assert loop.reason.endswith(" UTC; restarted after 1s, 2s, 4s")
+    assert (deployed.kind, deployed.outcome) == ("deploy", "succeeded")  # never rewritten
+    status = run(rig.engine.status("dev"))
+    restarts = status["services"][0]["active"]["restarts"]
+    assert restarts["crash_looping"] is True and restarts["restarts"] == 3
+    assert restarts["backoff"] == [1.0, 2.0, 4.0]
+    assert restarts["last_exit"]["detail"] == "exited with code 3"
+    assert restarts["next_restart_in"] is None  # it runs
+    assert status["last_deployment"]["id"] == deployed.id  # a crash loop is no deployment
+
+
+def test_a_crash_outside_a_rollout_is_restarted_after_a_second_without_a_pass(
+    tmp_path: Path,
+) -> None:
+    rig = make_rig(tmp_path)
+    rig.release("v1")
+    deploy(rig, "v1")
+
+    async def scenario() -> None:
+        await rig.engine.supervise_once()
+        rig.runtime.crash("v1")
+        await until(lambda: rig.runtime.running() == [("web", "blue", "v1")], "the restart")
+
+    run(scenario())
+    [row] = rig.store.instances("shop", "dev")
+    assert rig.router.splits["dev/web"].backends[0].port == row.handle["endpoints"][0]["port"]
+
+
+def test_a_new_version_in_the_same_color_starts_with_a_clean_record(tmp_path: Path) -> None:
+    # The clock stands still unless the test moves it: no bake to wait out.
+    rig = make_rig(tmp_path, '\n[environments.dev.rollout]\nstandby = "0s"\nbake = "0s"\n')
+    clock = on_a_clock(rig)
+    rig.release("v1")
+    deploy(rig, "v1")
+
+    async def crash_v1() -> None:
+        await rig.engine.supervise_once()
+        rig.runtime.crash("v1")
+        await until(lambda: noted(rig.engine.supervisor), "the exit noted")
+        clock.now += 1
+        await rig.engine.supervise_once()
+
+    run(crash_v1())
+    assert run(rig.engine.status("dev"))["services"][0]["active"]["restarts"]["restarts"] == 1
+    for version in ("v2", "v3"):  # v3 lands in blue again
+        rig.release(version)
+        deploy(rig, version)
+        run(rig.engine.supervise_once())  # the standby (0s) ends
+    status = run(rig.engine.status("dev"))
+    assert status["services"][0]["active"]["color"] == "blue"
+    assert status["services"][0]["active"]["restarts"] is None

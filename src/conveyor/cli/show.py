@@ -84,8 +84,27 @@ def status(env: EnvOpt = "dev", json_out: JsonOpt = False) -> None:
             standby = f"{sb['version']} ({sb['color']}) until {until}"
         table.add_row(s["name"], active, health, standby, s["url"] or "-")
     console.print(table)
+    for s in data["services"]:
+        restarts = (s["active"] or {}).get("restarts")
+        if restarts:
+            a = s["active"]
+            color = "red" if restarts["crash_looping"] else "yellow"
+            line = escape(f"{s['name']} {a['version']} ({a['color']}): {_restarts(restarts)}")
+            console.print(f"[{color}]{line}[/]")
     for note in data.get("notes", []):
         console.print(f"[yellow]note:[/] {escape(note)}")
+
+
+def _restarts(restarts: dict[str, Any]) -> str:
+    """ "crash-looping — 5 restarts in 2m, last: exited with code 3 at 21:40:12" (local time)."""
+    text = str(restarts["summary"])
+    last = restarts.get("last_exit")
+    if last:
+        at = datetime.fromisoformat(last["at"]).astimezone().strftime("%H:%M:%S")
+        text += f", last: {last['detail']} at {at}"
+    if restarts.get("next_restart_in") is not None:
+        text += f"; restarting in {restarts['next_restart_in']:.1f}s"
+    return text
 
 
 @app.command()

@@ -579,7 +579,9 @@ class HooksConfig(_Model):
     on_rollback: HookConfig | None = None
 
 
-Event = Literal["started", "switched", "step", "succeeded", "failed", "rolled_back", "aborted"]
+Event = Literal[
+    "started", "switched", "step", "succeeded", "failed", "rolled_back", "aborted", "crash_loop"
+]
 EVENTS: tuple[Event, ...] = get_args(Event)
 
 

@@ -343,6 +343,10 @@ class Engine:
         rows = ctx.store.instances(env.app, env_name)
         dep = self.deployments.get(env_name)
         services = await status_mod.services(ctx.fleet, ctx.traffic, env, rows)
+        for entry in services:  # restarts and crash loops, as the supervisor saw them
+            row = next((r for r in rows if r.service == entry["name"] and r.role == "active"), None)
+            if entry["active"] is not None and row is not None:
+                entry["active"]["restarts"] = self.supervisor.restarts_of(row)
         return {
             "last_deployment": status_mod.last_finished(ctx.store, env.app, env_name),
             "environment": env_name,

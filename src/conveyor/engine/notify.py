@@ -47,6 +47,7 @@ EMOJI = {
     "failed": "❌",
     "rolled_back": "⏪",
     "aborted": "🛑",
+    "crash_loop": "🔁",
 }
 
 
@@ -109,6 +110,8 @@ def summary(notice: Notice) -> str:
             text = f"{who} rolled back{back} in {env}"
         case "aborted":
             text = f"{who} deployment to {env} aborted"
+        case "crash_loop":
+            text = f"{who} is crash-looping in {env}"
         case _:
             text = f"{who} {notice.event} in {env}"
     return f"{EMOJI.get(notice.event, 'ℹ️')} {text}"  # noqa: RUF001 - the information emoji

@@ -38,7 +38,7 @@ def last_finished(store: Store, app: str, env: str) -> dict[str, Any] | None:
     """The latest finished deployment, with its final measurements: what status shows once
     nothing is in progress."""
     for d in store.list_deployments(app, env, limit=10):
-        if d.outcome == "in_progress":
+        if d.outcome == "in_progress" or d.kind == "crash_loop":  # status shows restarts itself
             continue
         return {
             "id": d.id,

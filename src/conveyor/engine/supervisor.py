@@ -2,7 +2,8 @@
 
 Traffic outlives the control plane: a new agent adopts the router and every workload it can
 verify, and brings back from the database whatever is missing. Between deployments the supervisor
-keeps the environment as recorded: active colors run (restarted with back-off), standby colors end
+keeps the environment as recorded: active colors run (restarted with back-off, core/restarts.py;
+a crash loop goes to the history and the webhooks), standby colors end
 when their time is up, and a new version that fails while its predecessor waits on standby is
 switched back at once, through the rollback it is handed (it never imports the engine).
 
@@ -17,11 +18,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 from conveyor.config import Config, ConfigError, ResolvedEnvironment, ServiceConfig
+from conveyor.core import restarts as rs
+from conveyor.core.durations import format_duration
 from conveyor.engine.context import Context, wall_time
 from conveyor.engine.errors import EngineError, UserError
 from conveyor.engine.fleet import HandleId, Key, handle_id, key_of
+from conveyor.engine.notify import Notice, Notifier
 from conveyor.engine.outcome import Emit, Outcome
 from conveyor.engine.traffic import ROUTER_ERRORS
 from conveyor.engine.watch import StandbyWatch
@@ -34,8 +41,6 @@ log = logging.getLogger("conveyor.supervisor")
 # What bringing a color back may run into that is not a bug: a broken configuration, a missing
 # release, a runtime or router that refuses. Anything else is a bug and is logged as one.
 RESTART_ERRORS = (ConfigError, EngineError, RuntimeStartError, ReleaseError, *ROUTER_ERRORS)
-# Restart back-off: 0.5 s after the first exit, doubling up to this.
-MAX_BACKOFF = 30.0
 INTERRUPTED = "interrupted: the agent stopped during the deployment"
 
 # (environment, emit, reason, when the crash it answers happened or None) -> what it did
@@ -46,11 +51,26 @@ def _quiet(_event: dict[str, object]) -> None:
     """Emit for operations nobody follows (the supervisor's own rollbacks)."""
 
 
+@dataclass
+class Crashes:
+    """One color's crashes, about one workload: the one its latest restart started."""
+
+    handle: HandleId | None
+    history: rs.Restarts = field(default_factory=rs.Restarts)
+    down: bool = False  # its exit is noted and its restart is due at history.due
+    announced: bool = False  # this crash loop went to the history and the webhooks
+
+
 class Supervisor:
-    def __init__(self, ctx: Context, rollback: Rollback) -> None:
+    def __init__(
+        self, ctx: Context, rollback: Rollback, policy: rs.RestartPolicy | None = None
+    ) -> None:
         self.ctx = ctx
         self.rollback = rollback
-        self.restarts: dict[Key, tuple[int, float]] = {}  # exits in a row, time of last restart
+        self.policy = policy or rs.RestartPolicy()
+        self.crashes: dict[Key, Crashes] = {}  # active colors that exited, and their restarts
+        self.timers: dict[Key, asyncio.Task[None]] = {}  # restarts waiting out their back-off
+        self.notifying: set[asyncio.Task[None]] = set()  # crash-loop webhooks being delivered
         self.watch: dict[Key, int] = {}  # failed health checks in a row during the standby window
         self.standby_watch = StandbyWatch(ctx)  # analysis during the standby window
         self.exit_watchers: dict[Key, tuple[HandleId, asyncio.Task[None]]] = {}
@@ -155,7 +175,7 @@ class Supervisor:
             return [f"could not bring back {what}: {exc}"]
         return [f"restarted {what}: it was not running"]
 
-    async def restart(self, env: ResolvedEnvironment, row: InstanceRecord) -> None:
+    async def restart(self, env: ResolvedEnvironment, row: InstanceRecord) -> Handle:
         """Start a recorded color again, on its old port if that is still free."""
         ctx = self.ctx
         release = ctx.store.get_release(row.app, row.version)
@@ -188,6 +208,8 @@ class Supervisor:
             await ctx.traffic.push(ctx.traffic.single(env, row.service, row.color, endpoint))
         elif row.role == "standby" and endpoint is not None and svc.kind == "web":
             await ctx.traffic.standby_moved(env.name, row.service, row.color, endpoint)
+        self.watch_exits()  # its next death is known at once too
+        return handle
 
     # --- the moment a color dies -------------------------------------------------------------------
 
@@ -242,7 +264,10 @@ class Supervisor:
             if r.service == row.service and r.role == "standby"
         ]
         if not standby or not await ctx.fleet.alive(standby[0]):
-            return []  # nothing to switch back to: the periodic pass restarts it
+            # Nothing to switch back to: restart it once its back-off is over.
+            self.note_exit(row, handle, ended)
+            note = await self.bring_back(row)
+            return [note] if note else []
         self.watch.pop(key, None)
         detail = ended.detail
         if ended.ended_at is not None:
@@ -260,6 +285,151 @@ class Supervisor:
                 if known is not None and handle_id(known) == handle_id(handle):
                     return row
         return None
+
+    # --- restarts, with back-off, and crash loops ---------------------------------------------------
+
+    def note_exit(self, row: InstanceRecord, handle: Handle, ended: RunState) -> None:
+        """An active color ended: its restart is due after the back-off (once per workload)."""
+        ctx = self.ctx
+        key, hid, now = key_of(row), handle_id(handle), ctx.clock.now()
+        cur = self.crashes.get(key)
+        if cur is None or cur.handle != hid:
+            cur = Crashes(hid)  # crashes of what ran here before (another version) do not count
+        if cur.down:
+            return  # told already (by its watcher, or by a pass)
+        wall = ended.ended_at if ended.ended_at is not None else ctx.clock.utcnow().timestamp()
+        cur.history = rs.exited(cur.history, rs.Exit(now, ended.detail, wall), self.policy)
+        cur.down = True
+        if not rs.crash_looping(cur.history, now, self.policy):
+            cur.announced = False
+        self.crashes[key] = cur
+
+    async def bring_back(self, row: InstanceRecord) -> str | None:
+        """Restart a crashed active color if its back-off is over; else wake up when it is."""
+        ctx = self.ctx
+        key, handle = key_of(row), ctx.fleet.handle(row)
+        cur = self.crashes.get(key)
+        if cur is None or not cur.down or handle is None or cur.handle != handle_id(handle):
+            return None
+        if self._current(key, handle) is None or ctx.locks.holder(row.environment) is not None:
+            return None  # replaced meanwhile, or a deployment's to decide
+        now = ctx.clock.now()
+        due = cur.history.due or now
+        if now < due:
+            self._wake(key, due - now)
+            return None
+        what = f"{row.environment}/{row.service} {row.version} ({row.color})"
+        detail = cur.history.last_exit.detail if cur.history.last_exit else "exited"
+        # Marked before the first await: a pass and a watcher never both restart it.
+        cur.history, cur.down = rs.restarted(cur.history, now, self.policy), False
+        try:
+            env = ctx.project.environment(row.environment)
+            cur.handle = handle_id(await self.restart(env, row))
+        except RESTART_ERRORS as exc:
+            failed = rs.Exit(now, f"could not restart: {exc}", ctx.clock.utcnow().timestamp())
+            cur.history, cur.down = rs.exited(cur.history, failed, self.policy), True
+            self._wake(key, cur.history.due - now if cur.history.due else 0.0)
+            return f"could not restart {what}: {exc}"
+        note = (
+            f"restarted {what}: it {detail}"
+            if detail.startswith("exited")
+            else (f"restarted {what}: it had exited ({detail})")
+        )
+        if rs.crash_looping(cur.history, now, self.policy) and not cur.announced:
+            cur.announced = True
+            note += f"; {self._crash_loop(env, row, cur)}"
+        return note
+
+    def _wake(self, key: Key, delay: float) -> None:
+        """Try the restart again when its back-off is over (the periodic pass would, later)."""
+        timer = self.timers.get(key)
+        if timer is None or timer.done():
+            self.timers[key] = asyncio.create_task(self._restart_later(key, delay))
+
+    async def _restart_later(self, key: Key, delay: float) -> None:
+        await asyncio.sleep(delay + 0.001)  # a sleep may end a hair early
+        self.timers.pop(key, None)
+        ctx = self.ctx
+        app = ctx.project.known_app
+        if ctx.store.lost() is not None:
+            return  # the agent acts on nothing any more
+        rows = ctx.store.instances(app, key[0]) if app else []
+        row = next((r for r in rows if key_of(r) == key and r.role == "active"), None)
+        try:
+            note = await self.bring_back(row) if row is not None else None
+        except Exception:  # the periodic pass still tries
+            log.exception("restarting %s failed", "/".join(key))
+            return
+        if note:
+            log.info("%s", note)
+
+    def _crash_loop(self, env: ResolvedEnvironment, row: InstanceRecord, cur: Crashes) -> str:
+        """Say it where people look: the environment's history, the webhooks, the log."""
+        ctx, history = self.ctx, cur.history
+        info = self.restart_info(cur, ctx.clock.now())
+        last = history.last_exit
+        assert info is not None and last is not None
+        waits = ", ".join(format_duration(d) for d in history.delays)
+        reason = (
+            f"{row.service} {row.version} ({row.color}): {info['summary']}, last: {last.detail} "
+            f"at {wall_time(last.wall)}; restarted after {waits}"
+        )
+        journal = ctx.journal
+        dep_id = journal.open(
+            row.app, row.environment, row.version, "crash_loop", row.version, reason
+        )
+        journal.record(dep_id, "crash_loop", reason, info, service=row.service)
+        journal.finish(dep_id, "failed", reason)
+        notifier = Notifier(list(env.notifications))
+        notifier.send(
+            Notice(
+                event="crash_loop",
+                app=row.app,
+                environment=row.environment,
+                version=row.version,
+                deployment_id=dep_id,
+                reason=reason,
+                measurements=[],
+                at=ctx.clock.utcnow(),
+            )
+        )
+        task = asyncio.create_task(notifier.aclose())
+        self.notifying.add(task)
+        task.add_done_callback(self.notifying.discard)
+        log.warning("%s", reason)
+        return f"crash-looping: recorded in the history (#{dep_id})"
+
+    def restart_info(self, cur: Crashes, now: float) -> dict[str, Any] | None:
+        """What status says of a color's restarts (None: none lately)."""
+        history = cur.history
+        recent = rs.recent(history, now, self.policy)
+        if not recent and not cur.down:
+            return None
+        last = history.last_exit
+        return {
+            "restarts": len(recent),
+            "total": history.total,
+            "crash_looping": rs.crash_looping(history, now, self.policy),
+            "summary": rs.describe(history, now, self.policy) or "down",
+            "backoff": list(history.delays[-len(recent) :]) if recent else [],
+            "last_exit": {
+                "detail": last.detail,
+                "at": datetime.fromtimestamp(last.wall, UTC).isoformat(),
+            }
+            if last is not None
+            else None,
+            "next_restart_in": round(max(0.0, history.due - now), 3)
+            if cur.down and history.due is not None
+            else None,
+        }
+
+    def restarts_of(self, row: InstanceRecord) -> dict[str, Any] | None:
+        """restart_info of a recorded color, if the crashes noted are about what runs there."""
+        cur = self.crashes.get(key_of(row))
+        handle = self.ctx.fleet.handle(row)
+        if cur is None or handle is None or cur.handle != handle_id(handle):
+            return None
+        return self.restart_info(cur, self.ctx.clock.now())
 
     # --- every SUPERVISE_EVERY seconds ------------------------------------------------------------
 
@@ -289,17 +459,12 @@ class Supervisor:
                 await ctx.fleet.stop(row, svc.stop_timeout if svc else 10.0)
                 notes.append(f"stopped standby {what}: its standby time is over")
             elif row.role == "active" and not await ctx.fleet.alive(row):
-                key = key_of(row)
-                count, last = self.restarts.get(key, (0, 0.0))
-                backoff = min(MAX_BACKOFF, 0.5 * 2**count)
-                if ctx.clock.now() - last < backoff:
-                    continue
-                self.restarts[key] = (count + 1, ctx.clock.now())
-                try:
-                    await self.restart(cfg.environment(row.environment), row)
-                    notes.append(f"restarted {what}: it had exited")
-                except RESTART_ERRORS as exc:
-                    notes.append(f"could not restart {what}: {exc}")
+                handle = ctx.fleet.handle(row)
+                if handle is not None:  # noted already if its watcher was told
+                    self.note_exit(row, handle, await ctx.fleet.state(handle))
+                note = await self.bring_back(row)
+                if note:
+                    notes.append(note)
             elif row.role == "standby" and not await ctx.fleet.alive(row):
                 await ctx.traffic.standby_gone(row.environment, row.service, row.color)
                 ctx.store.delete_instance(row.app, row.environment, row.service, row.color)
@@ -406,7 +571,9 @@ class Supervisor:
             if task not in self.acting:
                 task.cancel()  # what is stopped now must not be taken for a crash
         self.exit_watchers.clear()
-        await asyncio.gather(*self.acting, return_exceptions=True)
+        for timer in self.timers.values():
+            timer.cancel()
+        await asyncio.gather(*self.acting, *self.notifying, return_exceptions=True)
         if keep_running:
             return
         ctx = self.ctx

@@ -33,8 +33,9 @@ from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from conveyor.store.models import DeploymentRow, EventRow, InstanceRow, ReleaseRow
 
-# stop: an environment taken down on request; start: brought back after one.
-KINDS = frozenset({"deploy", "rollback", "stop", "start"})
+# stop: an environment taken down on request; start: brought back after one; crash_loop: the
+# supervisor found an active color crash-looping (recorded, outcome failed: not a deployment).
+KINDS = frozenset({"deploy", "rollback", "stop", "start", "crash_loop"})
 OUTCOMES = frozenset({"in_progress", "succeeded", "failed", "rolled_back", "aborted"})
 ROLES = frozenset({"starting", "active", "standby"})
 # The event appended to a succeeded deployment that a later one rolled back.
