@@ -48,10 +48,6 @@ def runtime(tmp_path: Path) -> Iterator[LocalRuntime]:
         rt.stop_sync(Handle("local", {"pid": key[0], "proc_start": key[1]}, (), 0.0), 0)
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 async def told(rt: LocalRuntime, h: Handle, kill: int | None) -> list[object]:
     """Two waiters on one process; then (optionally) the signal; both answers."""
     waiters = [asyncio.create_task(rt.exited(h)) for _ in range(2)]
@@ -65,15 +61,15 @@ async def told(rt: LocalRuntime, h: Handle, kill: int | None) -> list[object]:
 def test_a_child_s_death_is_told_to_every_waiter_with_its_moment(
     runtime: LocalRuntime, tmp_path: Path
 ) -> None:
-    fds = open_fds()
     h = runtime.start_sync(sleeper(tmp_path))
+    assert len(runtime._pidfds) == 1  # opened at start
     before = time.time()
     states = asyncio.run(told(runtime, h, signal.SIGKILL))
     for state in states:
         assert state.alive is False and state.detail == "killed by SIGKILL"  # type: ignore[attr-defined]
         assert before <= state.ended_at <= time.time()  # type: ignore[attr-defined]
     # Ended: its pidfd is closed, and a later question is answered at once.
-    assert open_fds() == fds
+    assert runtime._pidfds == {}
     late = asyncio.run(asyncio.wait_for(runtime.exited(h), 5))
     assert late is not None and (late.alive, late.detail, late.ended_at) == (
         False,
