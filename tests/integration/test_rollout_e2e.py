@@ -165,12 +165,26 @@ def test_failing_health_checks_during_the_bake_roll_back(project: Project) -> No
     assert project.serving() == "v1"
 
 
-def rolled_back_by_itself(project: Project) -> list[dict[str, Any]] | None:
-    """The history once an automatic rollback is recorded as ended (None before)."""
-    code, hist = project.history("dev")
-    assert code == 0, hist
-    done = hist and hist[0]["kind"] == "rollback" and hist[0]["outcome"] != "in_progress"
-    return hist if done else None
+def switched_back_by_itself(project: Project) -> list[dict[str, Any]]:
+    """Wait for an automatic rollback of v2 to v1 to be recorded; check it; the history.
+
+    Waited for in the history, not in what the port serves: the switch back moves traffic first
+    and writes the history after, and the proxy's retry on the standby serves v1 earlier still.
+    """
+
+    def ended() -> list[dict[str, Any]] | None:
+        code, hist = project.history("dev")
+        assert code == 0, hist
+        done = hist and hist[0]["kind"] == "rollback" and hist[0]["outcome"] != "in_progress"
+        return hist if done else None
+
+    hist: list[dict[str, Any]] = wait_for(ended, what="the automatic switch back")
+    assert project.serving() == "v1"
+    assert [(d["version"], d["kind"], d["outcome"]) for d in hist[:2]] == [
+        ("v1", "rollback", "succeeded"),
+        ("v2", "deploy", "rolled_back"),
+    ]
+    return hist
 
 
 def test_failing_during_the_standby_window_switches_back_by_itself(project: Project) -> None:
@@ -183,13 +197,7 @@ def test_failing_during_the_standby_window_switches_back_by_itself(project: Proj
     assert code == 0, out  # healthy through the bake
     assert project.serving() == "v2"
     set_health(script, "503")
-    # The switch back moves traffic first and writes the history after: wait on the history.
-    hist = wait_for(lambda: rolled_back_by_itself(project), what="the automatic switch back")
-    assert project.serving() == "v1"
-    assert [(d["version"], d["kind"], d["outcome"]) for d in hist[:2]] == [
-        ("v1", "rollback", "succeeded"),
-        ("v2", "deploy", "rolled_back"),
-    ]
+    hist = switched_back_by_itself(project)
     assert "during the standby window" in hist[1]["reason"]
     assert "automatic rollback" in hist[0]["reason"]
 
@@ -640,14 +648,7 @@ def test_a_new_version_that_crashes_during_the_standby_window_is_switched_back(
     assert project.serving() == "v2"
     os.kill(pid_of(project, "v2"), signal.SIGKILL)
 
-    # Not "v1 serves": the proxy's retry on the standby serves v1 before the switch back is
-    # recorded. The history is what says it happened.
-    hist = wait_for(lambda: rolled_back_by_itself(project), what="the automatic switch back")
-    assert project.serving() == "v1"
-    assert [(d["version"], d["kind"], d["outcome"]) for d in hist[:2]] == [
-        ("v1", "rollback", "succeeded"),
-        ("v2", "deploy", "rolled_back"),
-    ]
+    hist = switched_back_by_itself(project)
     assert "web v2 (green) exited during the standby window" in hist[1]["reason"]
 
 
