@@ -77,6 +77,28 @@ def wait_for(cond: Callable[[], Any], timeout: float = 60.0, what: str = "condit
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def switched_back_by_itself(project: Project) -> list[dict[str, Any]]:
+    """Wait for an automatic rollback of v2 to v1 to be recorded; check it; the history.
+
+    Waited for in the history, not in what the port serves: the switch back moves traffic first
+    and writes the history after, and the proxy's retry on the standby serves v1 earlier still.
+    """
+
+    def ended() -> list[dict[str, Any]] | None:
+        code, hist = project.history("dev")
+        assert code == 0, hist
+        done = hist and hist[0]["kind"] == "rollback" and hist[0]["outcome"] != "in_progress"
+        return hist if done else None
+
+    hist: list[dict[str, Any]] = wait_for(ended, what="the automatic switch back")
+    assert project.serving() == "v1"
+    assert [(d["version"], d["kind"], d["outcome"]) for d in hist[:2]] == [
+        ("v1", "rollback", "succeeded"),
+        ("v2", "deploy", "rolled_back"),
+    ]
+    return hist
+
+
 class Project:
     def __init__(self, root: Path, database_url: str | None = None) -> None:
         self.dir = root

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from conftest import PID, Project, alive, proc, unavailable, wait_for
+from conftest import PID, Project, alive, proc, switched_back_by_itself, unavailable, wait_for
 from conveyor.loadgen import LoadGenerator
 from conveyor.runtimes.local import free_port
 
@@ -163,28 +163,6 @@ def test_failing_health_checks_during_the_bake_roll_back(project: Project) -> No
     assert out["outcome"] == "rolled_back"
     assert "web (green) failed 3 health checks in a row (last: HTTP 503)" in out["reason"]
     assert project.serving() == "v1"
-
-
-def switched_back_by_itself(project: Project) -> list[dict[str, Any]]:
-    """Wait for an automatic rollback of v2 to v1 to be recorded; check it; the history.
-
-    Waited for in the history, not in what the port serves: the switch back moves traffic first
-    and writes the history after, and the proxy's retry on the standby serves v1 earlier still.
-    """
-
-    def ended() -> list[dict[str, Any]] | None:
-        code, hist = project.history("dev")
-        assert code == 0, hist
-        done = hist and hist[0]["kind"] == "rollback" and hist[0]["outcome"] != "in_progress"
-        return hist if done else None
-
-    hist: list[dict[str, Any]] = wait_for(ended, what="the automatic switch back")
-    assert project.serving() == "v1"
-    assert [(d["version"], d["kind"], d["outcome"]) for d in hist[:2]] == [
-        ("v1", "rollback", "succeeded"),
-        ("v2", "deploy", "rolled_back"),
-    ]
-    return hist
 
 
 def test_failing_during_the_standby_window_switches_back_by_itself(project: Project) -> None:

@@ -4,7 +4,7 @@ End to end through the CLI, against real processes and the real proxy."""
 
 from __future__ import annotations
 
-from conftest import Project, wait_for
+from conftest import Project, switched_back_by_itself
 from conveyor.loadgen import LoadGenerator
 
 ANALYSIS = """
@@ -37,14 +37,9 @@ def test_bluegreen_with_no_traffic_ends_unverified_then_the_standby_window_catch
     # Users arrive: the analysis, still running while v1 waits on standby, switches back.
     gen = LoadGenerator("127.0.0.1", project.port, connections=2, max_seconds=60).start()
     try:
-        wait_for(lambda: project.serving() == "v1", timeout=60, what="the switch back")
+        hist = switched_back_by_itself(project)
     finally:
         gen.stop()
-    _, hist = project.history("dev")
-    assert [(d["version"], d["kind"], d["outcome"]) for d in hist[:2]] == [
-        ("v1", "rollback", "succeeded"),
-        ("v2", "deploy", "rolled_back"),
-    ]
     assert "analysis failed during the standby window: error_rate" in hist[0]["reason"]
     assert any(
         e["state"] == "measurement" and "standby window" in e["reason"] for e in hist[1]["events"]
