@@ -28,6 +28,7 @@ from conveyor.config.models import (
     ProxyConfig,
     ResolvedEnvironment,
     RolloutConfig,
+    RuntimeConfig,
     ServiceConfig,
     StickyConfig,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "ProxyConfig",
     "ResolvedEnvironment",
     "RolloutConfig",
+    "RuntimeConfig",
     "ServiceConfig",
     "StickyConfig",
     "find_config",

@@ -89,6 +89,7 @@ def resolve_environment(
         hooks=hooks,
         notifications=config.notifications,
         gates=overrides.gates(config.app.timezone),
+        runtime=config.runtime,
     )
     return env, []
 

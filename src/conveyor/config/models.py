@@ -26,6 +26,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from conveyor.config.errors import (
     ConfigError,
@@ -156,7 +157,12 @@ class ServiceConfig(_Model):
     # `kind` comes first: pydantic validates fields in declaration order, and the checks on
     # command, port and env depend on it.
     kind: Literal["web", "worker"] = "web"
-    command: str
+    # A container image instead of a command (runtimes docker, swarm, kubernetes): an existing
+    # reference, or, with `build`, the name the release's image is tagged with. Declared before
+    # `command`, which may then be left out (the image's own CMD runs).
+    image: str | None = None
+    build: str | None = None
+    command: str | None = Field(default=None, validate_default=True)
     port: int | None = Field(default=None, validate_default=True)
     # Where the new color can be tried before it takes traffic (auto_promote = false).
     preview_port: int | None = None
@@ -165,10 +171,40 @@ class ServiceConfig(_Model):
     health: HealthConfig = Field(default_factory=HealthConfig)
     stop_timeout: Duration = 10.0
     workdir: str = "."
+    # Containers: where the app listens inside the container (bridge networking; the runtime
+    # publishes it on a loopback port it picks), or host networking (the app listens on the port
+    # conveyor gives it, as a local process does).
+    container_port: int | None = None
+    network: Literal["bridge", "host"] = "bridge"
+    # Cluster runtimes (swarm, kubernetes): copies of each color, and what each may use
+    # (Kubernetes quantities: cpu = "250m", memory = "256Mi").
+    replicas: AtLeastOne = 1
+    resources: dict[Literal["cpu", "memory"], str] = Field(default_factory=dict)
+    # The signal that asks the app to stop (containers: the image's STOPSIGNAL when unset).
+    stop_signal: str | None = None
+
+    @field_validator("build")
+    @classmethod
+    def _build_needs_image(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        parts = PurePosixPath(value).parts
+        if not value or value.startswith("/") or ".." in parts:
+            raise ValueError(
+                f"build must be a directory inside the release, relative to its root (got {value!r})"
+            )
+        if info.data.get("image") is None:
+            raise ValueError("build needs image: the name the built image is tagged with")
+        return value
 
     @field_validator("command")
     @classmethod
-    def _command_placeholders(cls, value: str, info: ValidationInfo) -> str:
+    def _command_placeholders(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            if info.data.get("image") is None:
+                # Reported as a missing key (a misspelt `comand` then gets only its hint).
+                raise PydanticCustomError("missing", "Field required")
+            return value
         if not value.strip():
             raise ValueError("command must not be empty")
         for name in re.findall(r"\{([^{}]*)\}", value):
@@ -239,11 +275,27 @@ class ServiceConfig(_Model):
             )
         return value
 
-    def command_for(self, port: int | None) -> str:
+    def command_for(self, port: int | None) -> str | None:
         """The command with {port} substituted (the only placeholder validation allows)."""
-        if port is None:
+        if port is None or self.command is None:
             return self.command
         return self.command.replace("{port}", str(port))
+
+    def runtime_options(self) -> dict[str, Any]:
+        """What a runtime reads of this service besides its command (Workload.options)."""
+        return {
+            "workdir": self.workdir,
+            "image": self.image,
+            "build": self.build,
+            "container_port": self.container_port,
+            "network": self.network,
+            "replicas": self.replicas,
+            "resources": dict(self.resources),
+            "stop_signal": self.stop_signal,
+            "stop_timeout": self.stop_timeout,
+            "health": self.health.model_dump(),
+            "listen": self.listen,
+        }
 
 
 # --- rollout: strategy, canary steps, analysis -------------------------------------------------
@@ -622,8 +674,20 @@ class ProxyConfig(_Model):
 
 
 class RouterConfig(_Model):
-    # Which router moves traffic between colors: conveyor's own proxy is the only one today.
-    kind: Literal["builtin"] = "builtin"
+    # Which router moves traffic between colors (routers/registry.py makes it; what each can do
+    # is in routers/kinds.py).
+    kind: Literal["builtin", "haproxy", "kubernetes", "gateway-api"] = "builtin"
+
+
+class RuntimeConfig(_Model):
+    # What starts the colors (runtimes/registry.py makes it): local processes by default.
+    # Changing it takes effect when the agent (re)starts.
+    kind: Literal["local", "docker", "swarm", "kubernetes"] = "local"
+    # docker: images of older releases kept for rollback (older ones are pruned).
+    keep_images: AtLeastOne = 3
+    # kubernetes: where the colors run (the kubeconfig's current context unless named).
+    namespace: str = "default"
+    context: str | None = None
 
 
 class StateConfig(_Model):
@@ -820,6 +884,7 @@ class ResolvedEnvironment(_Model):
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     notifications: list[NotificationConfig] = Field(default_factory=list)
     gates: GatesConfig = Field(default_factory=GatesConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     def web_services(self) -> dict[str, ServiceConfig]:
         return {name: svc for name, svc in self.services.items() if svc.kind == "web"}
@@ -831,6 +896,7 @@ class Config(_Model):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)

@@ -31,15 +31,24 @@ from conveyor.engine.traffic import ROUTER_ERRORS, Traffic
 from conveyor.markers import project_id
 from conveyor.paths import Paths
 from conveyor.routers.base import Router
-from conveyor.routers.builtin import BuiltinRouter
+from conveyor.routers.registry import make_router
 from conveyor.runtimes.base import Runtime
-from conveyor.runtimes.local import LocalRuntime
+from conveyor.runtimes.registry import Runtimes
 from conveyor.store.db import ReleaseRecord, Store
 
 log = logging.getLogger("conveyor.engine")
 
 # What a deployment that starts colors is: a deploy, a rollback by redeploy, a start after a stop.
 Kind = Literal["deploy", "rollback", "start"]
+
+
+def configured_router(project: ProjectConfig) -> str:
+    """`[router] kind` as the agent starts (a change takes effect at its next start); the
+    built-in proxy while conveyor.toml cannot be read, which every command reports anyway."""
+    try:
+        return project.load().router.kind
+    except UserError:
+        return "builtin"
 
 
 class Engine:
@@ -59,12 +68,9 @@ class Engine:
             project=project,
             paths=paths,
             store=store,
-            fleet=Fleet(runtime or LocalRuntime(paths.logs), store, probe, project_id(paths.home)),
+            fleet=Fleet(runtime or Runtimes(paths.logs), store, probe, project_id(paths.home)),
             traffic=Traffic(
-                router
-                or BuiltinRouter(
-                    paths.home, paths.proxy_socket, paths.proxy_pidfile, paths.proxy_log
-                ),
+                router or make_router(configured_router(project), paths),
                 paths.home / "routes.json",
                 clock.now,
             ),

@@ -100,7 +100,7 @@ class Fleet:
             command=svc.command,
             port=port if svc.kind == "web" else None,
             env={**self.service_env(env, name, svc, version, color), **for_start(self.project)},
-            options={"workdir": svc.workdir},
+            options={**svc.runtime_options(), "runtime": env.runtime.model_dump()},
         )
         handle = await self.runtime.start(workload)
         self.handles[(env.name, name, color)] = handle

@@ -14,6 +14,14 @@ PREVIEW = "preview"  # open a second address to one color before it takes traffi
 FALLBACK = "fallback"
 FEATURES = frozenset({WEIGHTS, STICKY, INFLIGHT, COUNTERS, PREVIEW, FALLBACK})
 
+# What each router kind can do; each router's module declares its own `features` from here.
 ROUTER_FEATURES: dict[str, frozenset[str]] = {
     "builtin": FEATURES,
+    # HAProxy's runtime API: server weights, per-server sessions and response counters; a
+    # second frontend for the preview port.
+    "haproxy": frozenset({WEIGHTS, INFLIGHT, COUNTERS, PREVIEW}),
+    # A Service selector: all traffic to one color; the `-preview` Service reaches the new one.
+    "kubernetes": frozenset({PREVIEW}),
+    # Gateway API HTTPRoute backend weights.
+    "gateway-api": frozenset({WEIGHTS, PREVIEW}),
 }

@@ -1,0 +1,31 @@
+"""Which router moves traffic: chosen by `[router] kind`, one small factory per kind.
+
+Each router's module adds itself here by name; imports stay inside the factories, so a project
+on the built-in proxy never imports a Kubernetes client. What each kind can do is plain data in
+routers/kinds.py (configuration reads it without making a router).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from conveyor.paths import Paths
+from conveyor.routers.base import Router, RouterError
+
+Factory = Callable[[Paths], Router]
+
+
+def _builtin(paths: Paths) -> Router:
+    from conveyor.routers.builtin import BuiltinRouter
+
+    return BuiltinRouter(paths.home, paths.proxy_socket, paths.proxy_pidfile, paths.proxy_log)
+
+
+FACTORIES: dict[str, Factory] = {"builtin": _builtin}
+
+
+def make_router(kind: str, paths: Paths) -> Router:
+    factory = FACTORIES.get(kind)
+    if factory is None:
+        raise RouterError(f"unknown router {kind!r} (known: {', '.join(sorted(FACTORIES))})")
+    return factory(paths)
