@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from conveyor.config.errors import Issue, did_you_mean
+from conveyor.config.migrations import merged as merged_migrations
 from conveyor.config.models import (
     Config,
     EnvironmentConfig,
@@ -74,6 +75,10 @@ def resolve_environment(
         except ValidationError as err:
             issues.extend(issues_from_validation(err, HooksConfig, (*prefix, "hooks")))
 
+    migrations, problems = merged_migrations(
+        config.migrations, overrides.migrations, (*prefix, "migrations")
+    )
+    issues.extend(problems)
     issues.extend(_order_issues(config, name))
     if issues:
         return None, issues
@@ -90,6 +95,7 @@ def resolve_environment(
         notifications=config.notifications,
         gates=overrides.gates(config.app.timezone),
         runtime=config.runtime,
+        migrations=migrations,
     )
     return env, []
 

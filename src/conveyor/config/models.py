@@ -35,6 +35,7 @@ from conveyor.config.errors import (
     dotted_key,
     toml_type,
 )
+from conveyor.config.migrations import MigrationsConfig
 from conveyor.core.durations import parse_duration
 from conveyor.core.gates import parse_freeze
 
@@ -816,6 +817,7 @@ class EnvironmentConfig(_Model):
     services: dict[str, dict[str, Any]] = Field(default_factory=dict)
     rollout: dict[str, Any] = Field(default_factory=dict)
     hooks: dict[str, Any] = Field(default_factory=dict)
+    migrations: dict[str, Any] = Field(default_factory=dict)
     # Gates (docs/promotion.md). `after` and loops between environments are checked by
     # resolve_environment, which knows the other environments.
     after: EnvironmentName | None = None
@@ -885,6 +887,7 @@ class ResolvedEnvironment(_Model):
     notifications: list[NotificationConfig] = Field(default_factory=list)
     gates: GatesConfig = Field(default_factory=GatesConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    migrations: MigrationsConfig | None = None
 
     def web_services(self) -> dict[str, ServiceConfig]:
         return {name: svc for name, svc in self.services.items() if svc.kind == "web"}
@@ -901,6 +904,7 @@ class Config(_Model):
     state: StateConfig = Field(default_factory=StateConfig)
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     notifications: list[NotificationConfig] = Field(default_factory=list)
+    migrations: MigrationsConfig | None = None
     checks: dict[CheckName, CheckConfig] = Field(default_factory=dict)
     access: AccessConfig = Field(default_factory=AccessConfig)
     environments: dict[EnvironmentName, EnvironmentConfig] = Field(

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -212,3 +213,25 @@ class StoreMetaRow(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class SchemaChangeRow(Base):
+    """A migration one deployment (or `conveyor migrate`) applied or undid in an environment's
+    app database (conveyor.store.schema_changes)."""
+
+    __tablename__ = "schema_changes"
+    __table_args__ = (Index("ix_schema_changes_app_env", "app", "environment", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    app: Mapped[str] = mapped_column(String(200))
+    environment: Mapped[str] = mapped_column(String(200))
+    deployment_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("deployments.id", ondelete="SET NULL")
+    )
+    version: Mapped[int] = mapped_column(BigInteger)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))  # expand | contract
+    direction: Mapped[str] = mapped_column(String(8))  # up | down
+    seconds: Mapped[float] = mapped_column(Float)
+    actor: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
