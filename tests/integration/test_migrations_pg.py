@@ -350,7 +350,7 @@ def test_delegated_command_gets_the_url_in_its_environment(
         steps.run_delegated(root, cfg, secret_url, lines.append, "down")
 
 
-def test_backup_and_restore_round_trip(fresh_pg_url: str, tmp_path: Path) -> None:
+def test_backup_and_restore_round_trip(fresh_pg_url: str, tmp_path: Path, store: Store) -> None:
     root = tree(tmp_path, {"001_users.sql": USERS, "002_email.sql": EMAIL})
     steps.apply(
         steps.pending(root, CFG, fresh_pg_url, to=1).expand,
@@ -361,10 +361,11 @@ def test_backup_and_restore_round_trip(fresh_pg_url: str, tmp_path: Path) -> Non
     home = tmp_path / ".conveyor"
     cfg = MigrationsConfig(backup=True, backup_keep=2)
     said: list[str] = []
-    taken = steps.take_backup(cfg, fresh_pg_url, home, "dev", 7, 6, said.append)
+    dep = deployment(store)
+    taken = steps.take_backup(cfg, fresh_pg_url, home, target(store, dep), said.append)
     assert taken.path.parent == home / "backups" / "dev" and taken.path.suffix == ".dump"
     assert taken.path.read_bytes()[:5] == b"PGDMP"  # pg_dump's custom format
-    assert taken.versions == (1,) and taken.deployment_id == 7
+    assert taken.versions == (1,) and taken.deployment_id == dep and taken.live_version is None
     # the deploy goes on: 002 applied, data changed
     steps.apply(
         steps.pending(root, CFG, fresh_pg_url).expand,
@@ -380,7 +381,7 @@ def test_backup_and_restore_round_trip(fresh_pg_url: str, tmp_path: Path) -> Non
     assert set(steps.applied(fresh_pg_url)) == {1}
     # retention: the newest backup_keep stay
     for _ in range(3):
-        steps.take_backup(cfg, fresh_pg_url, home, "dev", None, None, said.append)
+        steps.take_backup(cfg, fresh_pg_url, home, target(store), said.append)
     kept = backups.listed(home / "backups" / "dev")
     assert len(kept) == 2 and taken.name not in [b.name for b in kept]
     assert len(list((home / "backups" / "dev").iterdir())) == 4  # .dump + .json each

@@ -15,6 +15,7 @@ from conveyor.core.migrations import (
     down_plan,
     plan,
     position_line,
+    restore_refusal,
 )
 
 
@@ -104,3 +105,12 @@ def test_destructive_statements(sql: str, what: str) -> None:
 )
 def test_not_destructive(sql: str) -> None:
     assert destructive([Statement(sql, 1)]) == []
+
+
+def test_a_backup_is_restored_only_under_the_release_live_when_it_was_taken() -> None:
+    assert restore_refusal("v1", "v1") is None
+    assert restore_refusal("v1", None) is None
+    assert restore_refusal(None, None) is None
+    refused = restore_refusal("v1", "v2")
+    assert refused is not None and refused.startswith("v2 is live, but v1 was live")
+    assert "nothing was live" in (restore_refusal(None, "v2") or "")

@@ -204,3 +204,19 @@ def destructive(statements: Iterable[Statement]) -> list[tuple[Statement, str]]:
                 found.append((statement, what.format(f"a {' '.join(kind.split())}")))
                 break
     return found
+
+
+def restore_refusal(backup_live: str | None, live_now: str | None) -> str | None:
+    """Why a backup should not be restored now, or None.
+
+    A backup fits the release that was live when it was taken (it was taken before the next
+    deploy migrated). Restoring it under another live release would put that release on a
+    schema older than it expects; with nothing live there is nothing to break.
+    """
+    if live_now is None or live_now == backup_live:
+        return None
+    then = f"{backup_live} was live" if backup_live else "nothing was live"
+    return (
+        f"{live_now} is live, but {then} when the backup was taken: its schema may be older "
+        f"than {live_now} needs"
+    )

@@ -2,7 +2,7 @@
 
     .conveyor/backups/<environment>/20261206T011500Z-d12.dump   pg_dump -Fc (custom format)
     .conveyor/backups/<environment>/20261206T011500Z-d12.json   what it is: database (masked),
-                                                                 deployment, live deployment,
+                                                                 deployment, release live then,
                                                                  applied versions, size
 
 The newest `backup_keep` are kept. A restore is `pg_restore --clean --if-exists` in one
@@ -45,7 +45,7 @@ class Backup:
     at: datetime
     database: str  # masked
     deployment_id: int | None  # the deployment it was taken for (None: by hand)
-    live_deployment_id: int | None  # the deployment live when it was taken
+    live_version: str | None  # the release live when it was taken
     versions: tuple[int, ...]  # the migrations applied in it
     bytes: int
     seconds: float
@@ -58,7 +58,7 @@ class Backup:
             "at": self.at.isoformat(),
             "database": self.database,
             "deployment_id": self.deployment_id,
-            "live_deployment_id": self.live_deployment_id,
+            "live_version": self.live_version,
             "versions": list(self.versions),
             "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
@@ -117,7 +117,7 @@ def take(
     environment: str,
     versions: Sequence[int],
     deployment_id: int | None,
-    live_deployment_id: int | None,
+    live_version: str | None,
     keep: int,
     progress: Callable[[str], None],
     now: datetime | None = None,
@@ -150,7 +150,7 @@ def take(
         at=at,
         database=masked(url),
         deployment_id=deployment_id,
-        live_deployment_id=live_deployment_id,
+        live_version=live_version,
         versions=tuple(sorted(versions)),
         bytes=target.stat().st_size,
         seconds=time.monotonic() - started,
@@ -186,7 +186,7 @@ def listed(folder: Path) -> list[Backup]:
                 at=at,
                 database=str(data.get("database", "?")),
                 deployment_id=data.get("deployment_id"),
-                live_deployment_id=data.get("live_deployment_id"),
+                live_version=data.get("live_version"),
                 versions=tuple(data.get("versions", ())),
                 bytes=dump.stat().st_size,
                 seconds=float(data.get("seconds", 0.0)),

@@ -4,9 +4,10 @@ The engine's sequence (docs/migrations.md):
 
     cfg = env.migrations                       # ResolvedEnvironment.migrations, None: no step
     url = database_url(cfg, env.name, lookup)  # conveyor.migrations.database
+    target = Target(app, env.name, deployment_id, store, actor, cfg.lock_wait)
     todo = pending(tree, cfg, url)             # after the release is staged, before it starts
     if cfg.backup and not todo.empty:
-        take_backup(cfg, url, home, env.name, deployment_id, live_id, progress)
+        take_backup(cfg, url, home, target, progress)
     applied = apply(todo.expand, url, target, progress)          # before the switch
     ...                                                            # switch, bake, standby window
     if contract_due(now, standby_until, old_running).run:         # conveyor.core.migrations
@@ -318,30 +319,33 @@ def run_delegated(
 
 
 def take_backup(
-    cfg: MigrationsConfig,
-    url: str,
-    home: Path,
-    environment: str,
-    deployment_id: int | None,
-    live_deployment_id: int | None,
-    progress: Progress,
+    cfg: MigrationsConfig, url: str, home: Path, target: Target, progress: Progress
 ) -> backups.Backup:
     """pg_dump of the app database into home/backups/<environment>/, keeping
-    cfg.backup_keep of them (BackupError when it cannot be made: do not migrate then)."""
+    cfg.backup_keep of them (BackupError when it cannot be made: do not migrate then). It
+    records the applied versions, `target.deployment_id` and the release live now (read from
+    `target.store`), which `conveyor db restore` compares with the one live then."""
     started = time.monotonic()
     versions = sorted(applied(url))
+    live = live_release(target.store, target.app, target.environment) if target.store else None
     made = backups.take(
         url,
-        backups.directory(home, environment),
-        environment,
+        backups.directory(home, target.environment),
+        target.environment,
         versions,
-        deployment_id,
-        live_deployment_id,
+        target.deployment_id,
+        live,
         cfg.backup_keep,
         progress,
     )
     progress(f"backup {made.name} taken in {time.monotonic() - started:.2f}s")
     return made
+
+
+def live_release(store: Store, app: str, environment: str) -> str | None:
+    """The version the environment's active color runs (None: nothing is live)."""
+    versions = {i.version for i in store.instances(app, environment) if i.role == "active"}
+    return sorted(versions)[0] if versions else None
 
 
 def deployment_versions(store: Store, app: str, environment: str, deployment_id: int) -> list[int]:
