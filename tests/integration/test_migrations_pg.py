@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from conveyor.config.migrations import MigrationsConfig
@@ -21,25 +20,11 @@ from conveyor.migrations.delegate import CommandFailed
 from conveyor.migrations.runner import LockTimeout, MigrationFailed
 from conveyor.store.db import Store
 from conveyor.store.schema_changes import changes
+from integration.migration_files import DROP_NAME, EMAIL, USERS, query, write
 
 pytestmark = pytest.mark.postgres
 
 CFG = MigrationsConfig()
-USERS = """\
--- +goose Up
-CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL);
-INSERT INTO users VALUES (1, 'ada');
-
--- +goose Down
-DROP TABLE users;
-"""
-EMAIL = """\
--- +goose Up
-ALTER TABLE users ADD COLUMN email text;
-
--- +goose Down
-ALTER TABLE users DROP COLUMN email;
-"""
 # Two statements; the second fails on line 5: neither may stay.
 BROKEN = """\
 -- +goose Up
@@ -56,27 +41,12 @@ CREATE INDEX CONCURRENTLY users_name ON users (name);
 -- +goose Down
 DROP INDEX CONCURRENTLY users_name;
 """
-DROP_NAME = """\
--- conveyor:contract
--- +goose Up
-ALTER TABLE users DROP COLUMN name;
-"""
 
 
 def tree(tmp_path: Path, files: dict[str, str]) -> Path:
     root = tmp_path / "release"
-    for name, text in files.items():
-        path = root / "migrations" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    (root / "migrations").mkdir(parents=True, exist_ok=True)
+    write(root, files)
     return root
-
-
-def query(url: str, sql: str) -> list[tuple[object, ...]]:
-    with psycopg.connect(url) as conn:
-        cur = conn.execute(sql.encode())
-        return list(cur.fetchall()) if cur.description else []
 
 
 def tables(url: str) -> set[str]:

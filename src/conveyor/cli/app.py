@@ -14,6 +14,7 @@ import typer
 # Imported in the order `conveyor --help` lists the commands.
 # isort: off
 from conveyor.cli import releases, deploy, gates, show, manifest, locks, audit, agent, doctor, db  # noqa: F401 - they register commands
+from conveyor.cli import migrate  # noqa: F401 - registers its commands
 
 # isort: on
 from conveyor.cli.common import Command, app

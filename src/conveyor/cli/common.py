@@ -61,6 +61,7 @@ COMMAND_ORDER = (
     "agent",
     "doctor",
     "db",
+    "migrate",
     "demo",
     "completion",
 )

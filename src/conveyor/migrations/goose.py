@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from conveyor.core.migrations import Migration, Statement, check_versions
+from conveyor.migrations.runner import MigrationError
 
 FILENAME = re.compile(r"(\d+)_([^/\\]+)\.sql")
 _DOLLAR_TAG = re.compile(r"\$([A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$")
@@ -26,7 +27,7 @@ _CONTRACT_MARK = "conveyor:contract"
 CONTRACT_DIR = "contract"
 
 
-class MigrationFileError(Exception):
+class MigrationFileError(MigrationError):
     """A migration file that cannot be used; the message names the file and line."""
 
     def __init__(self, path: str, line: int | None, message: str) -> None:
