@@ -18,6 +18,7 @@ token (403) or a sealed Vault make the provider unavailable, so the resolver tri
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -27,7 +28,7 @@ from conveyor.secrets.base import ProviderUnavailable, SecretError, SecretValue
 KIND = "vault"
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MOUNT = "secret"
-SETTINGS = ("url", "mount", "path", "namespace", "timeout")
+SETTINGS = ("url", "mount", "path", "namespace")
 
 
 class VaultProvider:
@@ -56,43 +57,46 @@ class VaultProvider:
     def from_settings(
         cls,
         settings: Mapping[str, Any],
+        timeout: float = DEFAULT_TIMEOUT,
         environ: Mapping[str, str] | None = None,
         name: str = KIND,
     ) -> VaultProvider:
-        """From the `vault = { url = ..., mount = ..., path = ... }` table of conveyor.toml.
-
-        Raises SecretError naming the key that is wrong.
+        """From the `vault = { url = ..., mount = ..., path = ... }` table of conveyor.toml (a key
+        set to None is unset). Raises SecretError naming a wrong key, ProviderUnavailable without
+        hvac.
         """
         env = os.environ if environ is None else environ
-        unknown = sorted(set(settings) - set(SETTINGS))
+        given = {key: value for key, value in settings.items() if value is not None}
+        unknown = sorted(set(given) - set(SETTINGS))
         if unknown:
             raise SecretError(
                 f"{name}: unknown setting {unknown[0]!r} (known: {', '.join(SETTINGS)})"
             )
-        url = settings.get("url", env.get("VAULT_ADDR"))
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        for key, value in given.items():
+            if not isinstance(value, str):
+                raise SecretError(f"{name}: {key} must be a string")
+        url = given.get("url") or env.get("VAULT_ADDR")
+        if not url or not url.startswith(("http://", "https://")):
             raise SecretError(
                 f'{name}: url is required (e.g. url = "https://vault:8200", or VAULT_ADDR in the '
                 "agent's environment)"
             )
-        path = settings.get("path")
-        if not isinstance(path, str) or not path.strip("/"):
+        path = given.get("path", "")
+        if not path.strip("/"):
             raise SecretError(f'{name}: path is required, e.g. path = "shop/production"')
-        mount = settings.get("mount", DEFAULT_MOUNT)
-        if not isinstance(mount, str) or not mount.strip("/"):
+        mount = given.get("mount", DEFAULT_MOUNT)
+        if not mount.strip("/"):
             raise SecretError(f'{name}: mount must be the KV v2 engine\'s path, e.g. "secret"')
-        namespace = settings.get("namespace", env.get("VAULT_NAMESPACE"))
-        if namespace is not None and not isinstance(namespace, str):
-            raise SecretError(f"{name}: namespace must be a string")
-        timeout = settings.get("timeout", DEFAULT_TIMEOUT)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise SecretError(f"{name}: timeout must be a number of seconds greater than 0")
+        if timeout <= 0:
+            raise SecretError(f"{name}: timeout must be greater than 0")
+        if importlib.util.find_spec("hvac") is None:
+            raise ProviderUnavailable(f"{name}: hvac is not installed (conveyor-deploy[vault])")
         return cls(
             url=url,
             path=path,
             mount=mount,
-            namespace=namespace,
-            timeout=float(timeout),
+            namespace=given.get("namespace") or env.get("VAULT_NAMESPACE"),
+            timeout=timeout,
             environ=env,
             name=name,
         )
@@ -102,13 +106,14 @@ class VaultProvider:
         return f"{self.mount}/{self.path}"
 
     async def get(self, name: str, version: str | None = None) -> SecretValue | None:
-        deadline = 2 * self.timeout + 1.0
+        # Bounded by `timeout` as a whole; requests' own timeouts (half of it to connect, half to
+        # read) end the thread soon after.
         call = asyncio.to_thread(self._get, name, version)
         try:
-            return await asyncio.wait_for(call, deadline)
+            return await asyncio.wait_for(call, self.timeout)
         except TimeoutError:
             raise ProviderUnavailable(
-                f"{self.name}: no answer from {self.url} in {deadline:g}s reading {self.where}"
+                f"{self.name}: no answer from {self.url} in {self.timeout:g}s reading {self.where}"
             ) from None
 
     def _get(self, name: str, version: str | None) -> SecretValue | None:
@@ -121,7 +126,10 @@ class VaultProvider:
         if not token:
             raise ProviderUnavailable(f"{self.name}: no token: set VAULT_TOKEN in the agent's env")
         client = hvac.Client(
-            url=self.url, token=token, namespace=self.namespace, timeout=self.timeout
+            url=self.url,
+            token=token,
+            namespace=self.namespace,
+            timeout=(self.timeout / 2, self.timeout / 2),
         )
         try:
             answer = client.secrets.kv.v2.read_secret_version(
@@ -145,7 +153,8 @@ class VaultProvider:
         except OSError as exc:
             # requests' errors (refused, timed out) are OSErrors; hvac lets them through.
             raise ProviderUnavailable(
-                f"{self.name}: cannot reach {self.url} ({type(exc).__name__})"
+                f"{self.name}: no answer from {self.url} reading {self.where} "
+                f"({type(exc).__name__})"
             ) from None
         return self._value(name, answer)
 
