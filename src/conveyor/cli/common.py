@@ -58,6 +58,7 @@ COMMAND_ORDER = (
     "unlock",
     "locks",
     "audit",
+    "secrets",
     "agent",
     "doctor",
     "db",
