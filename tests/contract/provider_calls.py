@@ -21,7 +21,8 @@ def get(provider: TimedProvider, name: str, version: str | None = None) -> Any:
 
 def get_within_timeout(provider: TimedProvider, name: str) -> None:
     """A get that must end (here: fail) within the provider's timeout, and a margin for a loaded
-    machine; measured inside the loop, not including the wait for its worker thread at exit."""
+    machine (left alone, botocore and requests would wait 60s or for ever); measured inside the
+    loop, not including the wait for its worker thread at exit."""
 
     async def timed() -> None:
         started = time.monotonic()
@@ -29,6 +30,6 @@ def get_within_timeout(provider: TimedProvider, name: str) -> None:
             await provider.get(name)
         finally:
             elapsed = time.monotonic() - started
-            assert elapsed < provider.timeout + 0.5, elapsed
+            assert elapsed < provider.timeout + 5, elapsed
 
     asyncio.run(timed())
