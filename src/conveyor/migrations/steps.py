@@ -87,6 +87,7 @@ class Pending:
     missing: tuple[int, ...] = ()  # applied versions without a file (shown, never touched)
     allowances: tuple[Allowance, ...] = ()
     command: str | None = None  # delegated: the tool decides what is pending
+    linted: bool = False  # False: the linter could not run (pglast not installed)
 
     @property
     def empty(self) -> bool:
@@ -131,50 +132,64 @@ def pending(tree: Path, cfg: MigrationsConfig, url: str, to: int | None = None) 
         return Pending(command=cfg.command)
     migrations = load(tree, cfg)
     todo: Plan = plan(migrations, applied(url), to)
-    allowances = lint(todo.all())
-    return Pending(todo.expand, todo.contract, todo.missing, tuple(allowances))
+    allowances, linted = lint(migrations, todo.all())
+    return Pending(todo.expand, todo.contract, todo.missing, tuple(allowances), None, linted)
 
 
-def lint(migrations: Sequence[Migration]) -> list[Allowance]:
-    """Run the migration linter (conveyor.migrations.lint, when installed) on `migrations`.
-
-    Returns the allowances used; raises LintRefused naming every error-level finding left.
-    Without the linter (or pglast) nothing is checked.
-    """
-    if not migrations:
-        return []
+def _linter() -> Any | None:
+    """conveyor.migrations.lint when it can run (it needs pglast: the lint extra), else None."""
     try:
-        # Optional: the linter needs pglast (the postgres/lint extra).
         linter = importlib.import_module("conveyor.migrations.lint")
     except ImportError:
-        return []
-    check = getattr(linter, "lint_migration", None)
-    if check is None:
-        return []
-    allowances: list[Allowance] = []
-    refused: list[str] = []
-    for m in migrations:
-        for finding in check(m):
-            reason = getattr(finding, "allowed", None)
-            where = f"{getattr(finding, 'path', m.path)}:{getattr(finding, 'line', 0)}"
-            if reason:
-                allowances.append(
-                    Allowance(
-                        str(finding.rule),
-                        str(getattr(finding, "path", m.path)),
-                        int(getattr(finding, "line", 0)),
-                        str(reason),
-                    )
-                )
-            elif getattr(finding, "level", "error") == "error":
-                refused.append(f"{where}: {finding.rule}: {finding.message}")
+        return None
+    available = getattr(linter, "available", None)
+    return linter if available is not None and available() else None
+
+
+def lint(
+    migrations: Sequence[Migration], chosen: Sequence[Migration]
+) -> tuple[list[Allowance], bool]:
+    """Lint the `chosen` migrations (the pending ones) in the context of all `migrations` (a
+    CHECK validated by an applied one counts), with conveyor.migrations.lint.
+
+    Returns the allowances used (for the audit log) and whether the linter ran (it needs
+    pglast); raises LintRefused naming every error-level finding that no allow comment allows.
+    """
+    linter = _linter()
+    if not chosen or linter is None:
+        return [], linter is not None
+    paths = {m.path for m in chosen}
+    report = linter.lint_migrations(migrations)
+    refused = [
+        f"{f.path}:{f.line}: {f.rule}: {f.message}"
+        for f in report.findings
+        if f.path in paths and f.level == "error"
+    ]
     if refused:
         raise LintRefused(
             "refused: error-level findings in the pending migrations (nothing applied; fix "
             "them, or allow one with `-- conveyor:allow RULE because ...`):\n  "
             + "\n  ".join(refused)
         )
-    return allowances
+    allowances = [
+        Allowance(str(a.rule), str(a.path), int(a.line), str(a.reason))
+        for a in report.allowed
+        if a.path in paths
+    ]
+    return allowances, True
+
+
+def destroys(m: Migration) -> list[str]:
+    """`file:line: what it loses` for each statement of `m`'s Down section that throws data
+    away: the linter's judgement (pglast) when it can run, else conveyor.core's keywords."""
+    statements = m.down or ()
+    linter = _linter()
+    if linter is not None:
+        return [
+            f"{m.path}:{statements[i].line}: {what}"
+            for i, what in linter.destructive_statements(statements)
+        ]
+    return [f"{m.path}:{s.line}: {what}" for s, what in destructive(statements)]
 
 
 def _record(target: Target, m: Migration, direction: str, seconds: float) -> None:
@@ -294,9 +309,7 @@ def down(
     except PlanError as exc:
         raise DownRefused(f"refused (nothing undone): {exc}") from None
     if not force:
-        risky = [
-            f"{m.path}:{s.line}: {why}" for m in chosen for s, why in destructive(m.down or ())
-        ]
+        risky = [line for m in chosen for line in destroys(m)]
         if risky:
             raise DownRefused(
                 "refused (nothing undone): these Down sections destroy data; pass --force to "
