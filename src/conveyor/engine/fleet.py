@@ -172,9 +172,13 @@ class Fleet:
         return handle is not None and (await self.runtime.state(handle)).alive
 
     async def probe(self, svc: ServiceConfig, handle: Handle) -> tuple[bool, str]:
-        """One health check: a web service must answer on its endpoint, a worker must run."""
+        """One health check: a web service must answer on its endpoint (or be ready, for a
+        runtime that knows its readiness itself: RunState.ready), a worker must run."""
         endpoint = handle.endpoint
         if svc.kind == "web" and endpoint is not None:
+            state = await self.runtime.state(handle)
+            if state.ready is not None:
+                return state.ready, state.detail
             return await self.probe_endpoint(endpoint, svc.health)
         return True, "running"
 

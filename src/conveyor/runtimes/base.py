@@ -99,6 +99,11 @@ class RunState:
     detail: str  # "running", "exited with code 3", "killed by SIGKILL", "not running"
     # When it ended (seconds since the epoch), if the runtime saw it happen; None otherwise.
     ended_at: float | None = None
+    # Whether the app is ready for traffic, when the runtime itself knows (a cluster's readiness
+    # probe): then the engine takes this as the health check instead of probing the handle's
+    # endpoints, which may not be reachable from the agent's machine (a Service's cluster
+    # address). None: the runtime does not know; the engine probes the endpoint over HTTP.
+    ready: bool | None = None
 
 
 class Runtime(Protocol):
