@@ -689,6 +689,9 @@ class RuntimeConfig(_Model):
     # kubernetes: where the colors run (the kubeconfig's current context unless named).
     namespace: str = "default"
     context: str | None = None
+    # kubernetes with [router] kind = "gateway-api": the Gateway its HTTPRoutes attach to
+    # ("name", or "namespace/name" for a Gateway in another namespace).
+    gateway: str | None = None
 
 
 class StateConfig(_Model):

@@ -20,8 +20,10 @@ ROUTER_FEATURES: dict[str, frozenset[str]] = {
     # HAProxy's runtime API: server weights, per-server sessions and response counters; a
     # second frontend for the preview port.
     "haproxy": frozenset({WEIGHTS, INFLIGHT, COUNTERS, PREVIEW}),
-    # A Service selector: all traffic to one color; the `-preview` Service reaches the new one.
+    # A Service selector: all traffic to one color; the `-preview` Service reaches the new one
+    # (inside the cluster). No weights: replica-ratio splits are not offered (docs/kubernetes.md).
     "kubernetes": frozenset({PREVIEW}),
-    # Gateway API HTTPRoute backend weights.
+    # Gateway API HTTPRoute backend weights, exact per request; no stickiness (session
+    # persistence is not in the standard channel), no counters (analysis reads Prometheus).
     "gateway-api": frozenset({WEIGHTS, PREVIEW}),
 }

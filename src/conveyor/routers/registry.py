@@ -21,7 +21,23 @@ def _builtin(paths: Paths) -> Router:
     return BuiltinRouter(paths.home, paths.proxy_socket, paths.proxy_pidfile, paths.proxy_log)
 
 
-FACTORIES: dict[str, Factory] = {"builtin": _builtin}
+def _kubernetes(paths: Paths) -> Router:
+    from conveyor.routers.kubernetes import KubernetesRouter
+
+    return KubernetesRouter()
+
+
+def _gateway_api(paths: Paths) -> Router:
+    from conveyor.routers.kubernetes import KubernetesRouter
+
+    return KubernetesRouter(gateway=True)
+
+
+FACTORIES: dict[str, Factory] = {
+    "builtin": _builtin,
+    "kubernetes": _kubernetes,
+    "gateway-api": _gateway_api,
+}
 
 
 def make_router(kind: str, paths: Paths) -> Router:

@@ -26,7 +26,13 @@ def _local(log_dir: Path, settings: Mapping[str, Any]) -> Runtime:
     return LocalRuntime(log_dir)
 
 
-FACTORIES: dict[str, Factory] = {"local": _local}
+def _kubernetes(log_dir: Path, settings: Mapping[str, Any]) -> Runtime:
+    from conveyor.runtimes.kubernetes import KubernetesRuntime
+
+    return KubernetesRuntime(settings)
+
+
+FACTORIES: dict[str, Factory] = {"local": _local, "kubernetes": _kubernetes}
 
 
 class Runtimes:

@@ -1,0 +1,1 @@
+"""Kubernetes: the manifests conveyor applies (pure) and the client that applies them."""
