@@ -229,7 +229,7 @@ def test_help_lists_commands_in_order_of_use_and_names_arguments(project: Projec
     order = (
         "init release releases deploy gates check approve reject status history logs rollback "
         "promote abort stop start manifest schema lock unlock locks audit secrets agent doctor db "
-        "migrate demo"
+        "migrate migrations demo"
     )
     assert listed == [*order.split(), "completion"]
     assert " deploy [OPTIONS] VERSION\n" in project.cli("deploy", "--help").stdout

@@ -63,6 +63,7 @@ COMMAND_ORDER = (
     "doctor",
     "db",
     "migrate",
+    "migrations",
     "demo",
     "completion",
 )

@@ -1,0 +1,3 @@
+-- +goose Up
+-- expect: missing-lock-timeout
+ALTER TABLE orders ADD COLUMN note text;

@@ -1,0 +1,3 @@
+-- +goose Up
+SET LOCAL lock_timeout = '3s';
+ALTER TABLE orders ADD COLUMN note text;

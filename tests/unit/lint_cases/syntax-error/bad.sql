@@ -1,0 +1,6 @@
+-- +goose Up
+CREATE TABLE coupons (
+    id bigint PRIMARY KEY,
+-- expect: syntax-error
+    code text NOT NULL UNIQE
+);

@@ -1,0 +1,5 @@
+-- +goose Up
+SET LOCAL lock_timeout = '5s';
+ALTER TABLE orders ADD CONSTRAINT orders_customer_fk FOREIGN KEY (customer_id) REFERENCES customers (id) NOT VALID;
+-- expect: validate-in-same-transaction
+ALTER TABLE orders VALIDATE CONSTRAINT orders_customer_fk;
