@@ -15,8 +15,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from conveyor.core.migrations import Statement
+from conveyor.migrations.goose import parse
 from conveyor.migrations.lint import (
-    _read,
     destructive_statements,
     is_destructive,
     lint_migration,
@@ -25,12 +26,6 @@ from conveyor.migrations.lint import (
 )
 
 CORPUS = Path(__file__).parent / "lint_corpus"
-
-
-@dataclass(frozen=True)
-class Statement:  # the shape of a parsed migration's statement: what is_destructive reads
-    sql: str
-    line: int
 
 
 CASES = Path(__file__).parent / "lint_cases"
@@ -254,12 +249,12 @@ def test_the_corpus_of_safe_migrations_has_no_finding() -> None:
 def test_postgresql_applies_the_corpus_up_and_down(fresh_pg_url: str) -> None:
     """The corpus is real SQL: every Up in order, then every Down in reverse order."""
     files = sorted(CORPUS.glob("*.sql"))
-    sources = [_read(f.read_text()) for f in files]
+    sources = [parse(f.read_text(), f.name, 0, f.name) for f in files]
     with psycopg.connect(fresh_pg_url, autocommit=True) as conn:
         for source in sources:
             _apply(conn, [s.sql for s in source.up], source.transaction)
         for source in reversed(sources):
-            _apply(conn, [s.sql for s in source.down], source.transaction)
+            _apply(conn, [s.sql for s in source.down or ()], source.transaction)
         left = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
     assert left == (0,)
 

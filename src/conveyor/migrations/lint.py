@@ -44,21 +44,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conveyor.core.lint.catalogue import ERROR, RULES, WARNING, Finding, Hit
+from conveyor.core.migrations import Statement
 
 if TYPE_CHECKING:
     from conveyor.core.lint.state import RunState
 
 INSTALL_HINT = "pip install 'conveyor-deploy[lint]'"
 
-_GOOSE = re.compile(r"^\s*--\s*\+goose\s+(.*?)\s*$", re.IGNORECASE)
-_CONTRACT = re.compile(r"^\s*--\s*conveyor:contract\b", re.IGNORECASE)
+_GOOSE = re.compile(r"^\s*--\s*\+goose\b", re.IGNORECASE)
+_GOOSE_UP = re.compile(r"^\s*--\s*\+goose\s+up\s*$", re.IGNORECASE)
 _ALLOW = re.compile(
     r"^\s*--\s*conveyor:allow\b\s*(?P<rules>[A-Za-z0-9_\-\s,]*?)\s*"
     r"(?:\bbecause\b\s*(?P<reason>.*?))?\s*$",
     re.IGNORECASE,
 )
 _VERSION = re.compile(r"^(\d+)_")
-CONTRACT_DIR = "contract"
 
 
 class LintUnavailable(Exception):
@@ -175,109 +175,48 @@ def _require() -> None:
 # --- reading a file: goose sections and statements -----------------------------------------
 
 
-@dataclass(frozen=True)
-class _Statement:
-    sql: str
-    line: int
-
-    @property
-    def end_line(self) -> int:
-        return self.line + self.sql.count("\n")
+def _end_line(statement: Statement) -> int:
+    return statement.line + statement.sql.count("\n")
 
 
 @dataclass
 class _Source:
-    up: list[_Statement]
-    down: list[_Statement]
+    up: list[Statement]
+    down: list[Statement]
     transaction: bool
     contract: bool
     up_line: int  # the `-- +goose Up` line; 0 in a plain SQL file
     problems: list[tuple[str, int, str]]  # (rule, line, message)
 
 
-def _read(text: str) -> _Source:
-    """The goose structure of a migration file.
+def _read(text: str, path: str) -> _Source:
+    """The goose structure of a migration file, read by the runner's own reader
+    (conveyor.migrations.goose): the lint checks the statements the runner will run. A file
+    without goose annotations is read as one Up section, run statement by statement."""
+    from conveyor.migrations.goose import MigrationFileError, parse
 
-    Sections are found line by line; statements are split on the `;` tokens of PostgreSQL's own
-    scanner (so quotes, dollar quotes and comments are understood), except that what lies between
-    StatementBegin and StatementEnd is one statement."""
     lines = text.split("\n")
-    section: dict[int, str] = {}  # line -> "up" / "down" for the lines of each section
-    blocks: list[tuple[int, int]] = []
-    problems: list[tuple[str, int, str]] = []
-    current: str | None = None
-    seen: set[str] = set()
-    transaction, up_line, block_start = True, 0, 0
-    goose = False
-    for number, raw in enumerate(lines, 1):
-        match = _GOOSE.match(raw)
-        if match is None:
-            if current is not None:
-                section[number] = current
-            continue
-        goose = True
-        word = " ".join(match.group(1).split()).lower()
-        if word in ("up", "down"):
-            if word in seen or (word == "up" and "down" in seen):
-                problems.append(("goose-annotation", number, f"-- +goose {word} out of order"))
-            current = word
-            seen.add(word)
-            up_line = up_line or (number if word == "up" else 0)
-        elif word == "no transaction":
-            transaction = False
-        elif word == "statementbegin":
-            block_start = number
-        elif word == "statementend" and block_start:
-            blocks.append((block_start, number))
-            block_start = 0
-        else:
-            problems.append(("goose-annotation", number, f"unknown annotation -- +goose {word}"))
-    if goose and "up" not in seen:
-        problems.append(("goose-annotation", 1, "no `-- +goose Up` section"))
-    if not goose:
-        section = {n: "up" for n in range(1, len(lines) + 1)}
-    parts: dict[str, list[_Statement]] = {"up": [], "down": []}
-    for name in parts:
-        kept = "\n".join(ln if section.get(i) == name else "" for i, ln in enumerate(lines, 1))
-        parts[name] = _split(kept, blocks, problems)
-    contract = any(_CONTRACT.match(ln) for ln in lines)
-    return _Source(parts["up"], parts["down"], goose and transaction, contract, up_line, problems)
-
-
-def _split(
-    text: str, blocks: list[tuple[int, int]], problems: list[tuple[str, int, str]]
-) -> list[_Statement]:
-    from pglast.parser import ParseError, scan
-
-    def line_of(offset: int) -> int:
-        return text.count("\n", 0, offset) + 1
-
+    goose = any(_GOOSE.match(raw) for raw in lines)
+    up_line = next((n for n, raw in enumerate(lines, 1) if _GOOSE_UP.match(raw)), 0)
+    shift = 0 if goose else 1
     try:
-        tokens = [t for t in scan(text) if t.name not in ("SQL_COMMENT", "C_COMMENT")]
-    except ParseError as exc:
-        problems.append(("syntax-error", line_of(_location(exc)), str(exc.args[0])))
-        return []
-    statements: list[_Statement] = []
-    start: int | None = None
-    end = 0
-    for token in tokens:
-        line = line_of(token.start)
-        inside = any(a < line < b for a, b in blocks)
-        if token.name == "ASCII_59" and not inside:
-            if start is not None:
-                statements.append(_Statement(text[start : end + 1], line_of(start)))
-            start = None
-            continue
-        if start is not None and any(a < line_of(start) < b < line for a, b in blocks):
-            # A StatementEnd line passed without a `;`: the block ends the statement.
-            statements.append(_Statement(text[start : end + 1], line_of(start)))
-            start = None
-        if start is None:
-            start = token.start
-        end = token.end
-    if start is not None:
-        statements.append(_Statement(text[start : end + 1], line_of(start)))
-    return statements
+        migration = parse(text if goose else "-- +goose Up\n" + text, path, 0, path)
+    except MigrationFileError as exc:
+        rule = "syntax-error" if "never closed" in exc.message else "goose-annotation"
+        line = max(1, (exc.line or 1) - shift)
+        return _Source([], [], goose, False, up_line, [(rule, line, exc.message)])
+
+    def moved(statements: Iterable[Statement] | None) -> list[Statement]:
+        return [Statement(s.sql, s.line - shift) for s in statements or ()]
+
+    return _Source(
+        moved(migration.up),
+        moved(migration.down),
+        goose and migration.transaction,
+        migration.contract,
+        up_line,
+        [],
+    )
 
 
 def _location(exc: Exception) -> int:
@@ -294,7 +233,7 @@ class _Allow:
     reason: str
     line: int
     scope: str
-    target: _Statement | None = None
+    target: Statement | None = None
     used: bool = False
 
 
@@ -340,7 +279,7 @@ def _allows(
         if source.up_line and number < source.up_line:
             whole.append(_Allow(rules, reason, number, "file"))
             continue
-        target = next((s for s in statements if s.line <= number <= s.end_line), None)
+        target = next((s for s in statements if s.line <= number <= _end_line(s)), None)
         if target is None:
             later = [s for s in statements if s.line > number]
             target = min(later, key=lambda s: s.line) if later else None
@@ -413,8 +352,9 @@ def _lint_one(
     from conveyor.core.lint.destructive import destroys
     from conveyor.core.lint.rules import check
     from conveyor.core.lint.state import FileState
+    from conveyor.migrations.goose import CONTRACT_DIR
 
-    source = _read(text)
+    source = _read(text, path)
     if contract is None:
         contract = source.contract or Path(path).parent.name == CONTRACT_DIR
     findings: list[Finding] = [
@@ -470,7 +410,7 @@ _PROBLEM_FIX = {
 }
 
 
-def _parsed(statement: _Statement, path: str, findings: list[Finding]) -> list[Any]:
+def _parsed(statement: Statement, path: str, findings: list[Finding]) -> list[Any]:
     """The statement's parse trees (one, or none when it does not parse: a finding then)."""
     from pglast import parse_sql
     from pglast.parser import ParseError
@@ -496,7 +436,7 @@ def _parsed(statement: _Statement, path: str, findings: list[Finding]) -> list[A
 
 def _place(
     hit: Hit,
-    statement: _Statement,
+    statement: Statement,
     path: str,
     allows: Sequence[_Allow],
     findings: list[Finding],
