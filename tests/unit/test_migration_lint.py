@@ -194,12 +194,17 @@ def test_lint_migration_is_what_the_deploy_checks_before_applying() -> None:
         "ALTER TABLE t DROP COLUMN a, ADD COLUMN c text;\n",
         contract=True,
     )
-    # Alone, its SET NOT NULL is flagged; after the migration that validated the CHECK, it is
-    # not, and that migration's own TRUNCATE is not this one's finding.
-    assert [(f.rule, f.level, f.allowed) for f in lint_migration(pending)] == [
-        ("set-not-null-without-check", "error", None),
-        ("allow-unused", "warning", None),
+    # After the migration that validated the CHECK, its SET NOT NULL is safe (and that
+    # migration's own TRUNCATE is not this one's finding); with no earlier migrations at all,
+    # an error; with the history unknown (earlier not given), a warning: never a refusal for
+    # what an earlier file may have made safe.
+    assert [(f.rule, f.level) for f in lint_migration(pending, earlier=[])] == [
+        ("set-not-null-without-check", "error"),
+        ("allow-unused", "warning"),
     ]
+    [unknown, _] = lint_migration(pending)
+    assert (unknown.rule, unknown.level) == ("set-not-null-without-check", "warning")
+    assert "earlier migration" in unknown.message
     items = lint_migration(pending, earlier=[check])
     assert [(i.rule, i.line, i.level, i.allowed) for i in items] == [
         ("allow-unused", 4, "warning", None)

@@ -13,7 +13,7 @@ API (what `conveyor migrate` and the deploy call before applying anything):
     report.exit_code   # 1 when an error-level finding remains, else 0
     is_destructive(migration.down)  # True when a Down section loses data (statements or strings)
 
-    for item in lint_migration(m, earlier=applied_and_pending_before_m):
+    for item in lint_migration(m, earlier=the_migrations_before_m):   # applied ones included
         item.rule, item.path, item.line, item.level   # "error" / "warning"
         item.allowed                                  # the reason of an allowed one, else None
 
@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -319,15 +319,29 @@ def lint_migrations(migrations: Iterable[Any]) -> LintReport:
     )
 
 
-def lint_migration(migration: Any, earlier: Iterable[Any] = ()) -> list[Finding | Allowed]:
+def lint_migration(migration: Any, earlier: Iterable[Any] | None = None) -> list[Finding | Allowed]:
     """What the deploy checks before applying `migration`: its findings, then its allowed
     findings (each with .rule, .path, .line, .message or .reason, .level, .allowed).
 
     `earlier`: the migrations before it, applied ones included; what they established counts
-    (a CHECK validated there lets this one SET NOT NULL), their own findings do not."""
+    (a CHECK validated there lets this one SET NOT NULL), their own findings do not. Without
+    them (None) that history is unknown: a SET NOT NULL without a CHECK in this file is then a
+    warning, not an error, so that a deploy is not refused for what an earlier file made safe."""
     path = str(migration.path)
-    report = lint_migrations([*earlier, migration]).for_path(path)
-    return [*report.findings, *report.allowed]
+    report = lint_migrations([*(earlier or ()), migration]).for_path(path)
+    findings = report.findings
+    if earlier is None:
+        findings = [
+            replace(
+                f,
+                severity=WARNING,
+                message=f"{f.message} (unless a CHECK validated by an earlier migration proves it)",
+            )
+            if f.rule == "set-not-null-without-check"
+            else f
+            for f in findings
+        ]
+    return [*findings, *report.allowed]
 
 
 def lint_files(items: Iterable[tuple[str, str]], contract: bool | None = None) -> LintReport:
