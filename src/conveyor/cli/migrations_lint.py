@@ -28,16 +28,16 @@ migrations_app = typer.Typer(
 app.add_typer(migrations_app, name="migrations")
 
 
-@migrations_app.command("lint", cls=Command)
+# The paths are the command's extra arguments, not a typed list[Path] argument: a list would
+# take typer's pydantic coercion (see cli/coercion.py), which every other option is spared.
+@migrations_app.command(
+    "lint",
+    cls=Command,
+    options_metavar="[OPTIONS] [PATH]...",
+    context_settings={"allow_extra_args": True},
+)
 def lint(
-    paths: Annotated[
-        list[Path] | None,
-        typer.Argument(
-            metavar="[PATH]...",
-            help="Files or directories (.sql, recursively). Default: [migrations] dir of the "
-            "nearest conveyor.toml, else ./migrations.",
-        ),
-    ] = None,
+    ctx: typer.Context,
     rules: Annotated[bool, typer.Option("--rules", help="List the rules and exit.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -45,6 +45,9 @@ def lint(
     blue/green switch: each finding names the rule, file:line, what locks or breaks, and the
     safe alternative. A finding is allowed in the file with
     `-- conveyor:allow RULE because <reason>` on the line above the statement.
+
+    PATH: files or directories (.sql, recursively). Default: [migrations] dir of the nearest
+    conveyor.toml, else ./migrations.
 
     Exit 1 when an error-level finding remains, 0 otherwise; 2 when a path cannot be read.
 
@@ -71,7 +74,7 @@ def lint(
 
     if not available():
         fail(f"the migrations lint needs pglast (GPL-3.0-or-later): {INSTALL_HINT}")
-    targets = paths or [_default_dir()]
+    targets = [Path(arg) for arg in ctx.args] or [_default_dir()]
     try:
         items = collect(targets)
     except LintPathError as exc:
