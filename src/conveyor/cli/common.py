@@ -54,6 +54,7 @@ COMMAND_ORDER = (
     "start",
     "manifest",
     "schema",
+    "render",
     "lock",
     "unlock",
     "locks",
