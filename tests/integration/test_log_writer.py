@@ -208,3 +208,62 @@ def test_logs_shows_the_apps_lines_and_json_gives_each_its_time_and_stream(
     assert records[0]["stream"] == "conveyor" and "start web blue v1" in records[0]["line"]
     listening = [r for r in records if "listening on" in r["line"]]
     assert listening and all(r["stream"] == "stderr" and r["time"] for r in listening)
+
+
+def test_secret_values_never_reach_the_log_nor_the_writers_argv_or_environment(
+    tmp_path: Path,
+) -> None:
+    secret = "s3cr3t-" + os.urandom(24).hex()
+    log = tmp_path / "blue.log"
+    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        out, err, writer = logshim.start(log_fd, str(log), {"API_KEY": secret})
+    finally:
+        os.close(log_fd)
+    try:
+        shown = (Path(f"/proc/{writer.pid}/cmdline").read_bytes(),)
+        shown += (Path(f"/proc/{writer.pid}/environ").read_bytes(),)
+        assert not any(secret.encode() in part for part in shown)
+        os.write(out, f"key={secret}\n".encode())
+        os.write(err, f"{secret} on stderr\n".encode())
+        # A line longer than the limit whose cut would fall inside the value.
+        filler = b"y" * (logshim.LIMIT - 10)
+        os.write(out, filler + secret.encode() + b" end\n")
+        os.write(out, f"last words {secret}".encode())  # no newline: written at close
+    finally:
+        os.close(out)
+        os.close(err)
+    assert writer.wait(timeout=20) == 0
+    content = log.read_bytes()
+    assert secret.encode() not in content
+    # Not even in pieces: no cut leaves part of the value on either side.
+    assert secret[:20].encode() not in content and secret[-20:].encode() not in content
+    texts = [line.text for line in lines_of(log)]
+    assert "key=[secret:API_KEY]" in texts
+    assert "[secret:API_KEY] on stderr" in texts
+    assert (filler.decode() + "[secret:API_KEY] end") in texts
+    assert "last words [secret:API_KEY]" in texts
+
+
+def test_a_service_printing_its_secret_is_logged_redacted(tmp_path: Path) -> None:
+    secret = "tok_" + os.urandom(20).hex()
+    runtime = LocalRuntime(tmp_path / "logs")
+    w = Workload(
+        app="shop",
+        environment="dev",
+        service="worker",
+        color="blue",
+        version="v1",
+        artifact=str(tmp_path),
+        command='sh -c \'echo "token is $API_TOKEN"; echo "$API_TOKEN" >&2\'',
+        port=None,
+        env={"PATH": os.environ["PATH"], "API_TOKEN": secret},
+        secrets={"API_TOKEN": secret},
+    )
+    h = runtime.start_sync(w)
+    log = Path(str(h.ref["log"]))
+    wait_for(lambda: len([x for x in lines_of(log) if x.stream != "conveyor"]) >= 2, 10)
+    runtime.stop_sync(h, 1.0)
+    assert secret not in log.read_text()
+    assert "token is [secret:API_TOKEN]" in runtime.tail(h, 5)
+    assert secret not in repr(w)

@@ -33,7 +33,10 @@ class Workload:
     containers). `command` may hold the `{port}` placeholder and `port` is the port the app
     should listen on: 0 lets the runtime choose, None means the service takes no traffic (a
     worker). `env` is the service's whole environment; the runtime adds only `PORT`.
-    `options` are the runtime's own settings from the service's configuration.
+    `options` are the runtime's own settings from the service's configuration. `secrets`
+    (name -> value) are the secret values the workload was given, in `env` too (or in files
+    whose paths are in `env`): a runtime replaces them in the logs it writes or shows, and
+    never puts them on a command line.
     """
 
     app: str
@@ -44,8 +47,9 @@ class Workload:
     artifact: str
     command: str | None
     port: int | None
-    env: Mapping[str, str]
+    env: Mapping[str, str] = field(repr=False)
     options: Mapping[str, Any] = field(default_factory=dict)
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ class LocalRuntime:
             shown = "-" if port is None else str(port)
             header = f"--- {_utc_now()} start {w.service} {w.color} {w.version} port={shown} ---"
             os.write(log_fd, logshim.record("conveyor", header.encode()))
-            stdout, stderr, writer = logshim.start(log_fd, str(log_path))
+            stdout, stderr, writer = logshim.start(log_fd, str(log_path), w.secrets)
             self._writers.append(writer)
             try:
                 # "exec" makes the shell replace itself with the command, so the pid we record

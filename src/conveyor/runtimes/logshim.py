@@ -16,9 +16,15 @@ its newline. A line longer than LIMIT bytes is cut into P pieces (at a UTF-8 cha
 boundary) and its last piece is F: readers join them (conveyor.runtimes.logfile). A last line
 without a newline is written as F when its stream closes; until then a line is held whole.
 
-Run as a script, with the standard library alone (`python -I -S logshim.py OUT ERR LOG [PATH]`,
-the file descriptors of the two pipes' read ends and of the log opened for appending; PATH only
-names the log in `ps`): it starts in a few milliseconds and imports nothing of conveyor.
+Run as a script, with the standard library alone (`python -I -S logshim.py OUT ERR LOG [PATH
+[SECRETS]]`, the file descriptors of the two pipes' read ends and of the log opened for
+appending; PATH only names the log in `ps`): it starts in a few milliseconds and imports nothing
+of conveyor but, when the app has secrets, conveyor/secrets/redact.py (standard library only).
+
+Secrets: the app's secret values reach the writer through SECRETS, the descriptor of a memfd
+holding them as JSON ({name: value}), never its argv or environment (which `ps` and /proc show).
+Every value is replaced with `[secret:NAME]` before a line is written; a line longer than LIMIT
+is cut where no value is cut in two, so a value never reaches the log in pieces.
 
 Killed (kill -9), it can no longer take the app's output: the app's next write to stdout or
 stderr fails with EPIPE (or SIGPIPE ends it, for programs that do not ignore it, as Python
@@ -36,6 +42,9 @@ import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
+    from collections.abc import Mapping
+
+    from conveyor.secrets.redact import Redactor
 
 # Longest line written as one record (bytes); as Docker and containerd (16 KiB).
 LIMIT = 16 * 1024
@@ -62,20 +71,34 @@ def _cut(data: bytes) -> int:
     return end if end > LIMIT - 4 else LIMIT
 
 
-def split(stream: str, data: bytes, at_ns: int) -> tuple[bytes, bytes]:
-    """The records of the whole lines (and LIMIT-long pieces) in `data`, and what is left."""
+def split(
+    stream: str, data: bytes, at_ns: int, redactor: Redactor | None = None
+) -> tuple[bytes, bytes]:
+    """The records of the whole lines (and LIMIT-long pieces) in `data`, and what is left.
+
+    With a redactor, known secret values are replaced; a piece of a long line is cut only once
+    a value that may begin in it has arrived whole, and never inside one.
+    """
     out = []
+    clean = redactor.raw if redactor else _same
+    hold = redactor.longest if redactor else 0
     while True:
         newline = data.find(b"\n", 0, LIMIT + 1)
         if newline != -1:
-            out.append(record(stream, data[:newline], False, at_ns))
+            out.append(record(stream, clean(data[:newline]), False, at_ns))
             data = data[newline + 1 :]
-        elif len(data) > LIMIT:
+        elif len(data) > LIMIT + hold:
             end = _cut(data)
-            out.append(record(stream, data[:end], True, at_ns))
+            if redactor:
+                end = redactor.safe_cut(data, end)
+            out.append(record(stream, clean(data[:end]), True, at_ns))
             data = data[end:]
         else:
             return b"".join(out), data
+
+
+def _same(data: bytes) -> bytes:
+    return data
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -90,9 +113,9 @@ def write_all(fd: int, data: bytes) -> None:
             return
 
 
-def run(streams: dict[int, str], log_fd: int) -> None:
+def run(streams: dict[int, str], log_fd: int, redactor: Redactor | None = None) -> None:
     """Copy each pipe in `streams` (fd -> stream name) into records on `log_fd`, until all of
-    them are closed."""
+    them are closed; with a redactor, secret values are replaced."""
     held = dict.fromkeys(streams, b"")
     selector = selectors.DefaultSelector()
     for fd in streams:
@@ -106,44 +129,46 @@ def run(streams: dict[int, str], log_fd: int) -> None:
                 chunk = b""
             now = time.time_ns()
             if chunk:
-                records, held[fd] = split(streams[fd], held[fd] + chunk, now)
+                records, held[fd] = split(streams[fd], held[fd] + chunk, now, redactor)
             else:
                 # Closed: the last line, even without its newline, is whole now.
                 selector.unregister(fd)
                 os.close(fd)
                 rest = held.pop(fd)
+                if rest and redactor:
+                    rest = redactor.raw(rest)
                 records = record(streams[fd], rest, False, now) if rest else b""
             if records:
                 write_all(log_fd, records)
 
 
-def start(log_fd: int, log_path: str) -> tuple[int, int, subprocess.Popen[bytes]]:
+def start(
+    log_fd: int, log_path: str, secrets: Mapping[str, str] | None = None
+) -> tuple[int, int, subprocess.Popen[bytes]]:
     """Start the log writer of one process that appends to `log_fd` (the log at `log_path`).
 
     Returns the write ends of its stdout and stderr pipes, for the app (the caller closes its
     copies once the app has them), and the writer's Popen (the caller reaps it). The writer
-    holds the read ends and the log; nobody else does.
+    holds the read ends and the log; nobody else does. `secrets` (name -> value) are redacted
+    from what it writes; they reach it through an inherited memfd.
     """
     import subprocess
 
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
+    fds = [out_read, err_read]
+    argv = [sys.executable, "-I", "-S", __file__, str(out_read), str(err_read), str(log_fd)]
+    argv.append(log_path)
     try:
+        if secrets:
+            fds.append(_secrets_fd(secrets))
+            argv.append(str(fds[-1]))
         writer = subprocess.Popen(
-            [
-                sys.executable,
-                "-I",
-                "-S",
-                __file__,
-                str(out_read),
-                str(err_read),
-                str(log_fd),
-                log_path,
-            ],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            pass_fds=(out_read, err_read, log_fd),
+            pass_fds=(*fds, log_fd),
             start_new_session=True,  # it outlives the agent, as the app does
         )
     except BaseException:
@@ -151,14 +176,42 @@ def start(log_fd: int, log_path: str) -> tuple[int, int, subprocess.Popen[bytes]
         os.close(err_write)
         raise
     finally:
-        os.close(out_read)
-        os.close(err_read)
+        for fd in fds:
+            os.close(fd)
     return out_write, err_write, writer
+
+
+def _secrets_fd(secrets: Mapping[str, str]) -> int:
+    """An anonymous in-memory file holding the values, read from its start: no path, no pipe
+    buffer to fill, gone with the last descriptor."""
+    import json
+
+    fd = os.memfd_create("conveyor-secrets", os.MFD_CLOEXEC)
+    write_all(fd, json.dumps(dict(secrets)).encode())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _read_secrets(fd: int) -> Redactor | None:
+    """The redactor of the values in the memfd `fd` (closed after)."""
+    import json
+
+    with os.fdopen(fd, "rb") as f:
+        values = json.loads(f.read() or b"{}")
+    if not values:
+        return None
+    # redact.py is standard library only; this script runs without conveyor on sys.path.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.join(os.path.dirname(here), "secrets"))
+    from redact import Redactor  # type: ignore[import-not-found,unused-ignore]
+
+    return Redactor(values)  # type: ignore[no-any-return,unused-ignore]
 
 
 def main(argv: list[str]) -> int:
     out_fd, err_fd, log_fd = (int(a) for a in argv[:3])
-    run({out_fd: "stdout", err_fd: "stderr"}, log_fd)
+    redactor = _read_secrets(int(argv[4])) if len(argv) > 4 else None
+    run({out_fd: "stdout", err_fd: "stderr"}, log_fd, redactor)
     return 0
 
 
