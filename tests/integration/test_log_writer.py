@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from conftest import Project, wait_for
@@ -248,15 +249,8 @@ def test_secret_values_never_reach_the_log_nor_the_writers_argv_or_environment(
 def test_a_service_printing_its_secret_is_logged_redacted(tmp_path: Path) -> None:
     secret = "tok_" + os.urandom(20).hex()
     runtime = LocalRuntime(tmp_path / "logs")
-    w = Workload(
-        app="shop",
-        environment="dev",
-        service="worker",
-        color="blue",
-        version="v1",
-        artifact=str(tmp_path),
-        command='sh -c \'echo "token is $API_TOKEN"; echo "$API_TOKEN" >&2\'',
-        port=None,
+    w = replace(
+        workload(tmp_path, 'sh -c \'echo "token is $API_TOKEN"; echo "$API_TOKEN" >&2\''),
         env={"PATH": os.environ["PATH"], "API_TOKEN": secret},
         secrets={"API_TOKEN": secret},
     )
