@@ -33,6 +33,14 @@ CREATE TABLE audit (id int);
 INSERT INTO audit
   VALUES ('not a number');
 """
+# A Down section that loses no data.
+NOTE = """\
+-- +goose Up
+CREATE VIEW user_names AS SELECT name FROM users;
+
+-- +goose Down
+DROP VIEW user_names;
+"""
 CONCURRENT = """\
 -- +goose NO TRANSACTION
 -- +goose Up
@@ -92,7 +100,7 @@ def test_up_status_and_down_in_goose_table(fresh_pg_url: str, tmp_path: Path, st
     assert steps.deployment_versions(store, "shop", "dev", dep) == [1, 2]
 
     # down: the newest only; its Down drops a column, so it needs force
-    with pytest.raises(steps.DownRefused, match=r"002_email.sql:5: drops"):
+    with pytest.raises(steps.DownRefused, match=r"002_email\.sql:5: drops"):
         steps.down(root, CFG, fresh_pg_url, target(store), said.append)
     assert set(steps.applied(fresh_pg_url)) == {1, 2}
     undone = steps.down(root, CFG, fresh_pg_url, target(store), said.append, force=True)
@@ -352,3 +360,31 @@ def test_backup_and_restore_round_trip(fresh_pg_url: str, tmp_path: Path, store:
     kept = backups.listed(home / "backups" / "dev")
     assert len(kept) == 2 and taken.name not in [b.name for b in kept]
     assert len(list((home / "backups" / "dev").iterdir())) == 4  # .dump + .json each
+
+
+def test_a_rollback_undoes_only_what_its_deployment_applied(
+    fresh_pg_url: str, tmp_path: Path, store: Store
+) -> None:
+    root = tree(tmp_path, {"001_users.sql": USERS})
+    first = deployment(store)
+    steps.apply(
+        steps.pending(root, CFG, fresh_pg_url).expand, fresh_pg_url, target(store, first), print
+    )
+    root = tree(tmp_path, {"002_email.sql": EMAIL, "003_note.sql": NOTE})
+    second = deployment(store)
+    todo = steps.pending(root, CFG, fresh_pg_url)
+    steps.apply(todo.expand, fresh_pg_url, target(store, second), print)
+    versions = steps.deployment_versions(store, "shop", "dev", second)
+    assert versions == [2, 3]
+    with pytest.raises(steps.DownRefused, match=r"002_email\.sql:5: drops"):
+        steps.down(root, CFG, fresh_pg_url, target(store), print, versions=versions)
+    assert set(steps.applied(fresh_pg_url)) == {1, 2, 3}  # nothing undone, not even 003
+    undone = steps.down(
+        root, CFG, fresh_pg_url, target(store), print, versions=versions, force=True
+    )
+    assert [a.version for a in undone] == [3, 2]
+    assert set(steps.applied(fresh_pg_url)) == {1}
+    assert steps.deployment_versions(store, "shop", "dev", second) == []
+    assert steps.deployment_versions(store, "shop", "dev", first) == [1]
+    history = [(c.version, c.direction, c.deployment_id) for c in changes(store, "shop", "dev")]
+    assert history[-2:] == [(3, "down", None), (2, "down", None)]
