@@ -388,3 +388,20 @@ def test_a_rollback_undoes_only_what_its_deployment_applied(
     assert steps.deployment_versions(store, "shop", "dev", first) == [1]
     history = [(c.version, c.direction, c.deployment_id) for c in changes(store, "shop", "dev")]
     assert history[-2:] == [(3, "down", None), (2, "down", None)]
+
+
+def test_a_lint_error_refuses_and_an_allowance_is_returned(
+    fresh_pg_url: str, tmp_path: Path
+) -> None:
+    drop = "-- +goose Up\nALTER TABLE users DROP COLUMN name;\n"
+    root = tree(tmp_path, {"001_users.sql": USERS, "002_drop.sql": drop})
+    with pytest.raises(steps.LintRefused, match=r"002_drop\.sql:2: drop-column-in-expand"):
+        steps.pending(root, CFG, fresh_pg_url)
+    assert steps.applied(fresh_pg_url) == {}
+    allowed = "-- conveyor:allow drop-column-in-expand because v3 never reads it\n" + drop
+    root = tree(tmp_path, {"002_drop.sql": allowed})
+    todo = steps.pending(root, CFG, fresh_pg_url)
+    assert todo.linted
+    assert [(a.rule, a.path, a.reason) for a in todo.allowances] == [
+        ("drop-column-in-expand", "migrations/002_drop.sql", "v3 never reads it")
+    ]
