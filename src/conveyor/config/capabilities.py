@@ -2,8 +2,9 @@
 
 A canary needs a router that splits traffic by weight; explicit stickiness needs one that keeps a
 user on a color; the built-in error_rate and latency_p99_ms checks need one that counts responses
-per color; a preview port needs one that can open a second address. Found at load time with the
-file, line and key, never half-way through a deployment.
+per color, and latency_p99_ms a latency histogram per color as well; a preview port needs one that
+can open a second address. Found at load time with the file, line and key, never half-way through
+a deployment.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 
 from conveyor.config.errors import Issue
 from conveyor.config.models import BUILTIN_METRICS, Config, ResolvedEnvironment
-from conveyor.routers.kinds import COUNTERS, PREVIEW, STICKY, WEIGHTS
+from conveyor.routers.kinds import COUNTERS, LATENCY, PREVIEW, STICKY, WEIGHTS
 
 
 def router_issues(
@@ -49,6 +50,13 @@ def router_issues(
                 (*where("analysis"), str(i), "metric"),
                 f"{check.metric} is measured from the router's counters per color",
             )
+            if check.metric == "latency_p99_ms" and COUNTERS in features:
+                lacks(
+                    LATENCY,
+                    (*where("analysis"), str(i), "metric"),
+                    "latency_p99_ms is measured from the router's latency histogram per color "
+                    "(use a prometheus or http check for latency)",
+                )
     for name, svc in env.services.items():
         if svc.preview_port is not None:
             lacks(

@@ -96,6 +96,7 @@ def resolve_environment(
         gates=overrides.gates(config.app.timezone),
         runtime=config.runtime,
         migrations=migrations,
+        router=config.router,
     )
     return env, []
 

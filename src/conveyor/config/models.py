@@ -674,10 +674,22 @@ class ProxyConfig(_Model):
     header_timeout: PositiveDuration = 10.0
 
 
+class HaproxyConfig(_Model):
+    # [router.haproxy]: used when kind = "haproxy" (docs/haproxy.md). A change takes effect at the
+    # route's next apply (its HAProxy is replaced seamlessly); `binary` when one next starts.
+    binary: str = "/usr/sbin/haproxy"
+    maxconn: AtLeastOne = 4096  # per route (each route has its own HAProxy)
+    connect_timeout: PositiveDuration = 5.0
+    server_timeout: PositiveDuration = 60.0  # request sent -> response (HAProxy answers 504)
+    client_timeout: PositiveDuration = 75.0  # idle client, and keep-alive between requests
+    request_timeout: PositiveDuration = 10.0  # a request head, once begun (408)
+
+
 class RouterConfig(_Model):
     # Which router moves traffic between colors (routers/registry.py makes it; what each can do
     # is in routers/kinds.py).
     kind: Literal["builtin", "haproxy", "kubernetes", "gateway-api"] = "builtin"
+    haproxy: HaproxyConfig = Field(default_factory=HaproxyConfig)
 
 
 class RuntimeConfig(_Model):
@@ -891,6 +903,7 @@ class ResolvedEnvironment(_Model):
     gates: GatesConfig = Field(default_factory=GatesConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     migrations: MigrationsConfig | None = None
+    router: RouterConfig = Field(default_factory=RouterConfig)
 
     def web_services(self) -> dict[str, ServiceConfig]:
         return {name: svc for name, svc in self.services.items() if svc.kind == "web"}

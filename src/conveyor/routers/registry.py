@@ -21,6 +21,12 @@ def _builtin(paths: Paths) -> Router:
     return BuiltinRouter(paths.home, paths.proxy_socket, paths.proxy_pidfile, paths.proxy_log)
 
 
+def _haproxy(paths: Paths) -> Router:
+    from conveyor.routers.haproxy import HaproxyRouter
+
+    return HaproxyRouter(paths.home, paths.logs / "haproxy.log")
+
+
 def _kubernetes(paths: Paths) -> Router:
     from conveyor.routers.kubernetes import KubernetesRouter
 
@@ -35,6 +41,7 @@ def _gateway_api(paths: Paths) -> Router:
 
 FACTORIES: dict[str, Factory] = {
     "builtin": _builtin,
+    "haproxy": _haproxy,
     "kubernetes": _kubernetes,
     "gateway-api": _gateway_api,
 }
