@@ -54,8 +54,7 @@ def router_issues(
                 lacks(
                     LATENCY,
                     (*where("analysis"), str(i), "metric"),
-                    "latency_p99_ms is measured from the router's latency histogram per color "
-                    "(use a prometheus or http check for latency)",
+                    "latency_p99_ms is measured from the router's latency histogram per color",
                 )
     for name, svc in env.services.items():
         if svc.preview_port is not None:
