@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_rollout_e2e import ERROR_RATE, background_deploy, deployment, fresh_requests
 
 from conftest import Project, alive, proc, temp_project, unavailable, wait_for
 from conveyor.loadgen import LoadGenerator
-from test_rollout_e2e import ERROR_RATE, background_deploy, deployment, fresh_requests
 
 HAPROXY = '\n[router]\nkind = "haproxy"\n'
 
