@@ -75,14 +75,17 @@ def test_commands_bring_the_new_colors_up_before_draining_the_old() -> None:
     assert done[-1] == "set server be/blue state drain"
 
 
-def test_answers_of_the_runtime_api() -> None:
-    assert api.answer_ok("set server be/blue state ready", "\n")
-    assert not api.answer_ok("set server be/nope state ready", "No such server.\n\n")
-    assert not api.answer_ok("set server be/blue weight 300", "Absolute weight can only be ...")
-    addr = "set server be/green addr 127.0.0.1 port 5"
-    assert api.answer_ok(addr, "no need to change the addr, port changed from '1' to '5'\n")
-    assert api.answer_ok(addr, "IP changed from '127.0.0.2' to '127.0.0.1'\n")
-    assert not api.answer_ok(addr, "Invalid addr.\n")
+def test_refusals_in_the_answer_to_joined_commands() -> None:
+    # What HAProxy 2.6 answered to five commands joined by ";" (two refused).
+    answer = (
+        "no need to change the addr, port changed from '1' to '7' by 'stats socket command'\n\n"
+        "\nNo such server.\n\n\nAbsolute weight can only be between 0 and 256 inclusive.\n\n"
+    )
+    assert api.refusals(answer) == [
+        "No such server.",
+        "Absolute weight can only be between 0 and 256 inclusive.",
+    ]
+    assert api.refusals("\n\n\nIP changed from '127.0.0.2' to '127.0.0.1'\n\n") == []
 
 
 def test_show_stat_becomes_conveyors_counters() -> None:

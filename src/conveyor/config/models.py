@@ -679,6 +679,7 @@ class HaproxyConfig(_Model):
     # route's next apply (its HAProxy is replaced seamlessly); `binary` when one next starts.
     binary: str = "/usr/sbin/haproxy"
     maxconn: AtLeastOne = 4096  # per route (each route has its own HAProxy)
+    threads: AtLeastOne = 1  # per route's HAProxy (one thread carries ~100k req/s, docs/proxy.md)
     connect_timeout: PositiveDuration = 5.0
     server_timeout: PositiveDuration = 60.0  # request sent -> response (HAProxy answers 504)
     client_timeout: PositiveDuration = 75.0  # idle client, and keep-alive between requests

@@ -69,10 +69,14 @@ class RuntimeApi:
                 await writer.wait_closed()
         return data.decode("utf-8", "replace")
 
-    async def run(self, command: str) -> None:
-        answer = await self.call(command)
-        if not api.answer_ok(command, answer):
-            raise RouterError(f"haproxy refused {command!r}: {answer.strip()}")
+    async def run(self, commands: list[str]) -> None:
+        """Several commands in one round trip (the switch is one call, not one per command)."""
+        if not commands:
+            return
+        answer = await self.call("; ".join(commands))
+        refused = api.refusals(answer)
+        if refused:
+            raise RouterError(f"haproxy refused {'; '.join(refused)} (in {'; '.join(commands)})")
 
     async def rows(self) -> dict[str, Mapping[str, str]]:
         answer = await self.call("show stat")
@@ -209,8 +213,7 @@ class HaproxyRouter:
             if pid is None or layout != inst.layout:
                 await self._start(inst, split, layout, replacing=pid)
             else:
-                for command in api.commands(split, layout.servers):
-                    await inst.api.run(command)
+                await inst.api.run(api.commands(split, layout.servers))
             inst.split = split
             inst.layout = layout
             # The configuration always says where things are now: a restart starts right.

@@ -29,6 +29,7 @@ ERRORS = ("eresp", "econ")
 DEFAULTS: Mapping[str, Any] = {
     "binary": "/usr/sbin/haproxy",
     "maxconn": 4096,
+    "threads": 1,
     "connect_timeout": 5.0,
     "server_timeout": 60.0,
     "client_timeout": 75.0,
@@ -104,6 +105,7 @@ def config_text(split: Split, stats_socket: str) -> str:
         "# Written by conveyor for route " + split.route + "; it is replaced, not edited.",
         "global",
         f"    maxconn {int(s['maxconn'])}",
+        f"    nbthread {int(s['threads'])}",
         # The runtime API: weights, states, addresses and `show stat`, without a reload; the
         # listening sockets are handed to a replacing process (-x) so no connection is refused.
         f"    stats socket {stats_socket} mode 600 level admin expose-fd listeners",
@@ -164,14 +166,15 @@ def commands(split: Split, declared: Sequence[str]) -> list[str]:
     return out
 
 
-def answer_ok(command: str, answer: str) -> bool:
-    """Whether the runtime API accepted `command` (answers are free text)."""
-    text = answer.strip()
-    if not text:
-        return True
-    if " addr " in command:
-        return text.startswith(("IP changed", "no need to change", "port changed"))
-    return False
+def refusals(answer: str) -> list[str]:
+    """What the runtime API refused in the answer to `;`-joined set commands (free text: an
+    accepted `set` answers nothing, or how an address or port changed)."""
+    accepted = ("no need to change", "IP changed", "port changed")
+    return [
+        line.strip()
+        for line in answer.splitlines()
+        if line.strip() and not line.strip().startswith(accepted)
+    ]
 
 
 def parse_stat(text: str) -> list[dict[str, str]]:
