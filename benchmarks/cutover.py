@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import signal
@@ -36,7 +37,8 @@ from conveyor.loadgen import LoadGenerator, percentile
 
 # Fast health checks and a short drain: the benchmark measures the switch, not the boot.
 BENCH_CONFIG = CONFIG.replace('start_timeout = "4s"', 'start_timeout = "20s"')
-UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+# wrk prints durations and latencies with these units; as milliseconds.
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 
 
 @dataclass
@@ -59,7 +61,7 @@ class Figures:
 
 
 def parse_wrk(text: str) -> dict[str, float]:
-    total = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s)", text)
+    total = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m|h)", text)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     p99 = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)", text, re.MULTILINE)
@@ -173,6 +175,7 @@ def main() -> int:
     parser.add_argument("--builtin", action="store_true", help="use the built-in load generator")
     args = parser.parse_args()
     console = Console(highlight=False, width=130)
+    console.print(f"load average at the start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
     routers = ["builtin", "haproxy"] if args.router == "both" else [args.router]
     results = [through(router, args, console) for router in routers]
     tool = "built-in generator" if args.builtin or not shutil.which("wrk") else "wrk"
@@ -200,7 +203,7 @@ def main() -> int:
                 sw,
             )
     console.print(table)
-    if len(results) == 2:
+    if len(results) == 2 and all(r.rate and r.p99_ms for r, _ in results):
         (b, _), (h, _) = results
         console.print(
             f"haproxy / builtin: req/s {h.rate / b.rate:.2f}, p99 {h.p99_ms / b.p99_ms:.2f}"

@@ -282,18 +282,28 @@ def test_a_new_layout_replaces_the_process_and_keeps_the_counters(tmp_path: Path
     run(main())
 
 
-def test_a_port_in_use_is_a_router_error_naming_the_address(tmp_path: Path) -> None:
+def test_a_port_in_use_is_a_router_error_and_the_running_route_stays(tmp_path: Path) -> None:
     async def main() -> None:
-        async with router(tmp_path) as r:
+        async with upstreams(versioned("blue")) as (blue,), router(tmp_path) as r:
             with socket.socket() as taken:
                 taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 taken.bind((LOCAL, 0))
                 taken.listen()
                 port = taken.getsockname()[1]
                 with pytest.raises(RouterError) as err:
-                    await r.apply(split(port, ("blue", 1234, 100)))
-            assert f"{LOCAL}:{port} did not start" in str(err.value)
-            assert "cannot bind" in str(err.value)
+                    await r.apply(split(port, ("blue", blue.port, 100)))
+                assert f"{LOCAL}:{port} did not start" in str(err.value)
+                assert "cannot bind" in str(err.value)
+                # A running route asked to move to that port stays where it is, as it was.
+                free = await free_port()
+                await r.apply(split(free, ("blue", blue.port, 100)))
+                pid = r.instances[ROUTE].pid()
+                config = r.instances[ROUTE].config.read_text()
+                with pytest.raises(RouterError, match="cannot bind"):
+                    await r.apply(split(port, ("blue", blue.port, 100)))
+                assert r.instances[ROUTE].pid() == pid
+                assert r.instances[ROUTE].config.read_text() == config
+                assert await fetch(free) == (200, "blue")
             with pytest.raises(RouterError, match="HAProxy not found at /nowhere/haproxy"):
                 await r.apply(
                     split(await free_port(), ("blue", 1234, 100), binary="/nowhere/haproxy")

@@ -230,14 +230,26 @@ class HaproxyRouter:
                 f"HAProxy not found at {binary} (install the haproxy package, or set "
                 "[router.haproxy] binary)"
             )
+        base: dict[str, dict[str, int]] = {}
         if replacing is not None:
             # What the old process counted is added to what the new one will: one window.
+            base = dict(inst.base)
             with contextlib.suppress(ProxyUnavailable):
                 for color, row in (await inst.api.rows()).items():
-                    inst.base[color] = api.add(inst.base.get(color, {}), api.raw_counters(row))
-        else:
-            inst.base = {}
+                    base[color] = api.add(base.get(color, {}), api.raw_counters(row))
+        previous = inst.config.read_text() if inst.config.exists() else None
         _write(inst.config, api.config_text(split, str(inst.socket)))
+        try:
+            await self._spawn(inst, split, binary, replacing)
+        except RouterError:
+            if previous is not None and replacing is not None:
+                _write(inst.config, previous)  # the old process goes on with its configuration
+            raise
+        inst.base = base
+
+    async def _spawn(
+        self, inst: Instance, split: Split, binary: str, replacing: int | None
+    ) -> None:
         argv = [binary, "-D", "-p", str(inst.pidfile), "-f", str(inst.config)]
         if replacing is not None:
             argv += ["-x", str(inst.socket), "-sf", str(replacing)]
