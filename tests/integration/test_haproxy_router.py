@@ -265,8 +265,12 @@ def test_adding_and_removing_a_route_under_load_leaves_the_other_route_alone(
 
 
 def test_a_new_layout_replaces_the_process_and_keeps_the_counters(tmp_path: Path) -> None:
+    # A deep project directory: the stats socket's path would be too long for HAProxy there.
+    home = tmp_path / ("deep" * 20)
+    home.mkdir()
+
     async def main() -> None:
-        async with upstreams(versioned("blue")) as (blue,), router(tmp_path) as r:
+        async with upstreams(versioned("blue")) as (blue,), router(home) as r:
             port = await free_port()
             await r.apply(split(port, ("blue", blue.port, 100)))
             for _ in range(5):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -157,3 +160,28 @@ def test_haproxy_settings_reach_the_split_options(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert f"{path}:12: router.haproxy.maxconn" in str(err.value)
+
+
+def test_a_stats_socket_path_too_long_for_haproxy_moves_to_a_private_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor.routers.base import RouterError
+    from conveyor.routers.haproxy import MAX_SOCKET_PATH, socket_path
+
+    runtime = Path(tempfile.mkdtemp(prefix="cvx", dir="/tmp"))  # short, as /run/user/<uid> is
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    assert socket_path(Path("/srv/shop/.conveyor/haproxy/0123abcd")) == Path(
+        "/srv/shop/.conveyor/haproxy/0123abcd/stats.sock"
+    )
+    deep = tmp_path / ("d" * 100) / "haproxy" / "0123abcd"
+    path = socket_path(deep)
+    assert path.parent == runtime / f"conveyor-{os.getuid()}"
+    assert len(str(path)) <= MAX_SOCKET_PATH and path == socket_path(deep)  # stable
+    assert path != socket_path(deep.with_name("4567ef01"))
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    path.parent.chmod(0o770)  # a directory others may enter is refused
+    try:
+        with pytest.raises(RouterError, match="mode 0700"):
+            socket_path(deep)
+    finally:
+        shutil.rmtree(runtime)

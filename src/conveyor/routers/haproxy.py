@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -107,7 +108,7 @@ class Instance:
 
     @property
     def socket(self) -> Path:
-        return self.dir / "stats.sock"
+        return socket_path(self.dir)
 
     @property
     def state(self) -> Path:
@@ -303,6 +304,7 @@ class HaproxyRouter:
         async with self._lock:
             inst = self._instance(route)
             await _stop(inst)
+            inst.socket.unlink(missing_ok=True)  # it may live outside the directory
             shutil.rmtree(inst.dir, ignore_errors=True)
             self.instances.pop(route, None)
 
@@ -357,6 +359,27 @@ async def _stop(inst: Instance) -> None:
                 os.kill(pid, signal.SIGTERM)
             break
         await asyncio.sleep(0.02)
+
+
+# HAProxy refuses a unix socket path longer than this (sun_path less its own suffixes).
+MAX_SOCKET_PATH = 97
+
+
+def socket_path(directory: Path) -> Path:
+    """The route's stats socket: in its directory when the path is short enough for HAProxy,
+    else in a private directory of this user under $XDG_RUNTIME_DIR or the temp directory,
+    named by a hash of the route's directory (the same path for a restarted agent)."""
+    inside = directory / "stats.sock"
+    if len(str(inside)) <= MAX_SOCKET_PATH:
+        return inside
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    private = base / f"conveyor-{os.getuid()}"
+    private.mkdir(mode=0o700, exist_ok=True)
+    st = private.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        # Someone else's directory, or one others can enter: the admin socket stays out of it.
+        raise RouterError(f"{private} must belong to this user with mode 0700 (it holds sockets)")
+    return private / f"{hashlib.sha256(str(directory).encode()).hexdigest()[:16]}.sock"
 
 
 def _write(path: Path, text: str) -> None:
