@@ -101,10 +101,10 @@ def test_db_upgrade_brings_a_0_1_database_up_and_records_the_writer(project: Pro
     shutil.copy(FIXTURES / "state-0.1.db", project.home / "state.db")
     code, out = project.json("db", "upgrade")
     assert code == 0, out
-    assert (out["before"], out["after"], out["upgraded"]) == (["0001"], ["0004"], True)
+    assert (out["before"], out["after"], out["upgraded"]) == (["0001"], ["0006"], True)
     assert out["writer"] == __version__
     proc = project.cli("db", "upgrade")
-    assert proc.returncode == 0 and "is up to date (0004)" in proc.stdout
+    assert proc.returncode == 0 and "is up to date (0006)" in proc.stdout
     # The history written by 0.1 is still there.
     assert project.db("SELECT COUNT(*) FROM deployments")[0][0] > 0
 
@@ -124,7 +124,7 @@ def test_a_schema_newer_than_this_conveyor_is_refused_naming_its_writer(
         Store.open(url)
     message = str(refused.value)
     assert "schema revision 0099, written by conveyor 9.9.0" in message
-    assert f"this conveyor {__version__} knows revisions up to 0004" in message
+    assert f"this conveyor {__version__} knows revisions up to 0006" in message
     # The agent refuses to start on it, and says why.
     (tmp_path / "conveyor.toml").write_text(f'[app]\nname = "shop"\n[state]\nurl = "{url}"\n')
     agent = subprocess.run(

@@ -223,6 +223,7 @@ def test_a_database_behind_head_is_upgraded(tmp_path: Path) -> None:
             *("check_results", "approvals", "release_tags"),
             *("environment_locks", "audit_log", "conveyor_meta"),
             "schema_changes",
+            "release_images",
         ):
             db.execute(f"DROP TABLE {table}")
         db.execute(

@@ -19,6 +19,7 @@ from conveyor.health import probe_http
 from conveyor.markers import for_start
 from conveyor.runtimes.base import Endpoint, Handle, RunState, Runtime, Workload
 from conveyor.store.db import InstanceRecord, ReleaseRecord, Store
+from conveyor.store.images import workload_options
 
 Key = tuple[str, str, str]  # (environment, service, color)
 HandleId = tuple[str, tuple[tuple[str, str | int], ...]]
@@ -100,7 +101,11 @@ class Fleet:
             command=svc.command,
             port=port if svc.kind == "web" else None,
             env={**self.service_env(env, name, svc, version, color), **for_start(self.project)},
-            options={**svc.runtime_options(), "runtime": env.runtime.model_dump()},
+            options={
+                **svc.runtime_options(),
+                "runtime": env.runtime.model_dump(),
+                **workload_options(self.store, env.app, version, name),
+            },
         )
         handle = await self.runtime.start(workload)
         self.handles[(env.name, name, color)] = handle

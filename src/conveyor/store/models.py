@@ -235,3 +235,16 @@ class SchemaChangeRow(Base):
     seconds: Mapped[float] = mapped_column(Float)
     actor: Mapped[str] = mapped_column(String(200))
     at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ReleaseImageRow(Base):
+    """The image each container service of a release runs (store/images.py)."""
+
+    __tablename__ = "release_images"
+
+    app: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    service: Mapped[str] = mapped_column(String(200), primary_key=True)
+    image: Mapped[str] = mapped_column(String(300))
+    image_id: Mapped[str] = mapped_column(String(100))
+    built: Mapped[bool] = mapped_column(Boolean)
