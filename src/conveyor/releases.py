@@ -439,8 +439,17 @@ class ReleaseStore:
         self.objects = home / "releases" / "objects"
         self.trees = home / "releases" / "trees"
 
-    def create(self, source: Path, version: str | None, now: datetime) -> NewRelease:
-        """Snapshot `source` as release `version` (default: short commit or UTC timestamp)."""
+    def create(
+        self,
+        source: Path,
+        version: str | None,
+        now: datetime,
+        prepare: Callable[[ReleaseRecord, Path], None] | None = None,
+    ) -> NewRelease:
+        """Snapshot `source` as release `version` (default: short commit or UTC timestamp).
+
+        `prepare(record, tree)` runs on the stored snapshot before the release is recorded
+        (conveyor.images builds its images there): if it raises, no release is recorded."""
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
         source = source.resolve()
@@ -484,6 +493,8 @@ class ReleaseStore:
         record = ReleaseRecord(
             app=self.app, version=version, commit=commit, digest=digest, size=size, created_at=now
         )
+        if prepare is not None:
+            prepare(record, self.tree(record))
         same = [r.version for r in self.store.list_releases(self.app) if r.digest == digest]
         try:
             self.store.add_release(record)

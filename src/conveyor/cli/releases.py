@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -20,6 +21,11 @@ from conveyor.cli.common import (
     when,
 )
 from conveyor.cli.output import console, emit_json, fail, stderr
+
+if TYPE_CHECKING:
+    from conveyor.config import Config
+    from conveyor.store.db import ReleaseRecord
+    from conveyor.store.images import ReleaseImage
 
 # --- init -------------------------------------------------------------------------------------
 
@@ -112,20 +118,29 @@ def release_create(
 ) -> None:
     """Snapshot the app's source into an immutable, content-addressed release.
 
+    With [runtime] kind = "docker" or "swarm", services with `image` get their image with the
+    release: built from the snapshot (`build`) and tagged <image>:<version>, or resolved here;
+    its id is recorded (build output goes to stderr).
+
     Example:
 
         conveyor release create --version v2
     """
+    from conveyor.images import ImageError
     from conveyor.releases import ReleaseError, ReleaseStore
+    from conveyor.store.images import record as record_images
 
     proj = project()
     cfg = proj.config()
     store = proj.store()
+    made: list[ReleaseImage] = []
     try:
         new = ReleaseStore(proj.paths.home, store, cfg.app.name).create(
-            proj.dir, version, datetime.now(UTC)
+            proj.dir, version, datetime.now(UTC), _images_of(cfg, made)
         )
-    except ReleaseError as exc:
+        if made:
+            record_images(store, cfg.app.name, new.record.version, made)
+    except (ReleaseError, ImageError) as exc:
         fail(str(exc))
     finally:
         store.close()
@@ -150,6 +165,7 @@ def release_create(
                 "uncommitted": [{"path": p, "change": k} for p, k in new.uncommitted],
                 "same_content_as": list(new.same_content_as),
                 "tags": list(new.tags),
+                "images": images_json(made),
                 "warnings": warnings,
             }
         )
@@ -158,6 +174,9 @@ def release_create(
     if new.tags:
         commit += f" (tagged {', '.join(new.tags)})"
     console.print(f"release {rec.version}: {rec.digest[:19]}…{commit} ({size_text(rec.size)})")
+    for img in made:
+        how = "built" if img.built else "resolved"
+        console.print(f"image of {img.service}: {img.image} ({how}) {img.image_id}", markup=False)
     if new.left_out:
         console.print(
             f"left out: {', '.join(new.left_out)} (secrets are never released without git; "
@@ -171,6 +190,24 @@ def release_create(
         stderr.print(Text.assemble(("warning:", "bold yellow"), " ", warning), soft_wrap=True)
 
 
+def _images_of(cfg: Config, made: list[ReleaseImage]) -> Callable[[ReleaseRecord, Path], None]:
+    """The release's image step: builds into `made`, streaming the build output to stderr."""
+
+    def prepare(rec: ReleaseRecord, tree: Path) -> None:
+        from conveyor.images import release_images
+
+        def progress(line: str) -> None:
+            stderr.print(line, markup=False, highlight=False, soft_wrap=True)
+
+        made.extend(release_images(cfg, rec.version, rec.digest, tree, progress))
+
+    return prepare
+
+
+def images_json(images: list[ReleaseImage]) -> dict[str, dict[str, Any]]:
+    return {i.service: {"image": i.image, "id": i.image_id, "built": i.built} for i in images}
+
+
 @app.command()
 def releases(json_out: JsonOpt = False) -> None:
     """List releases, newest first.
@@ -179,19 +216,29 @@ def releases(json_out: JsonOpt = False) -> None:
 
         conveyor releases --json
     """
+    from conveyor.store.images import of_app as images_of_app
+
     proj = project()
     cfg = proj.config()
     store = proj.store()
     try:
         recs = store.list_releases(cfg.app.name)
+        images = images_of_app(store, cfg.app.name)
     finally:
         store.close()
     if json_out:
-        emit_json([release_json(r) for r in recs])
+        emit_json(
+            [{**release_json(r), "images": images_json(images.get(r.version, []))} for r in recs]
+        )
         return
     from rich.table import Table
 
-    table = Table("version", "digest", "commit", "created", box=None)
+    columns = ["version", "digest", "commit", "created"] + (["images"] if images else [])
+    table = Table(*columns, box=None)
     for r in recs:
-        table.add_row(r.version, r.digest[:19], (r.commit or "")[:12], when(r.created_at))
+        row = [r.version, r.digest[:19], (r.commit or "")[:12], when(r.created_at)]
+        if images:
+            shown = (f"{i.service} {i.image_id[:19]}" for i in images.get(r.version, []))
+            row.append(", ".join(shown))
+        table.add_row(*row)
     console.print(table)

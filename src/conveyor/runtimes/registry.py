@@ -32,7 +32,24 @@ def _kubernetes(log_dir: Path, settings: Mapping[str, Any]) -> Runtime:
     return KubernetesRuntime(settings)
 
 
-FACTORIES: dict[str, Factory] = {"local": _local, "kubernetes": _kubernetes}
+def _docker(log_dir: Path, settings: Mapping[str, Any]) -> Runtime:
+    from conveyor.runtimes.docker import DockerRuntime
+
+    return DockerRuntime(log_dir, settings)
+
+
+def _swarm(log_dir: Path, settings: Mapping[str, Any]) -> Runtime:
+    from conveyor.runtimes.swarm import SwarmRuntime
+
+    return SwarmRuntime(log_dir, settings)
+
+
+FACTORIES: dict[str, Factory] = {
+    "local": _local,
+    "docker": _docker,
+    "swarm": _swarm,
+    "kubernetes": _kubernetes,
+}
 
 
 class Runtimes:
