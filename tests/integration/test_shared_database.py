@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, text
 
 from conftest import Project, temp_project, wait_for
 from conveyor import __version__
-from conveyor.store.db import NewerSchema, Store, normalize_url
+from conveyor.store.db import NewerSchema, Store, normalize_url, schema_heads
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -101,7 +101,11 @@ def test_db_upgrade_brings_a_0_1_database_up_and_records_the_writer(project: Pro
     shutil.copy(FIXTURES / "state-0.1.db", project.home / "state.db")
     code, out = project.json("db", "upgrade")
     assert code == 0, out
-    assert (out["before"], out["after"], out["upgraded"]) == (["0001"], ["0006"], True)
+    assert (out["before"], out["after"], out["upgraded"]) == (
+        ["0001"],
+        sorted(schema_heads() or ()),
+        True,
+    )
     assert out["writer"] == __version__
     proc = project.cli("db", "upgrade")
     assert proc.returncode == 0 and "is up to date (0006)" in proc.stdout

@@ -769,6 +769,7 @@ def test_notifications(tmp_path: Path) -> None:
         "rolled_back",
         "aborted",
         "crash_loop",
+        "break_glass",
     )
     assert (first.format, first.timeout, first.retries) == ("auto", 5.0, 3)
     assert (second.format, second.events, second.timeout, second.retries) == (

@@ -112,8 +112,9 @@ def test_template_mentions_every_key() -> None:
     keys += ["command", "kind", "port", "preview_port", "listen", "env", "stop_timeout"]
     keys += ["workdir", "health", "hooks", "notifications"]
     # Documented in prose rather than as a key line: it is the alternative to `cookie`, and
-    # the two cannot both be uncommented; `field` is described in the http example.
-    prose = {"header", "field", "min"}
+    # the two cannot both be uncommented (so is `url_secret`, to `url`); `field` is described in
+    # the http example.
+    prose = {"header", "field", "min", "url_secret"}
     for key in keys:
         if key in prose:
             assert re.search(rf"\b{key}\b", text), key

@@ -224,6 +224,7 @@ def test_a_database_behind_head_is_upgraded(tmp_path: Path) -> None:
             *("environment_locks", "audit_log", "conveyor_meta"),
             "schema_changes",
             "release_images",
+            *("secret_keyring", "secret_versions", "secret_cache"),
         ):
             db.execute(f"DROP TABLE {table}")
         db.execute(

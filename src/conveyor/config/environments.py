@@ -18,6 +18,7 @@ from conveyor.config.models import (
     ServiceConfig,
 )
 from conveyor.config.pydantic_errors import issues_from_validation
+from conveyor.config.secrets import resolve_secrets
 from conveyor.core.gates import check_order
 
 # Hosts that bind every address, so they collide with any other host on the same port.
@@ -80,11 +81,16 @@ def resolve_environment(
     )
     issues.extend(problems)
     issues.extend(_order_issues(config, name))
+    secrets, found = resolve_secrets(
+        config.secrets, overrides.secrets, name, config.source.absolute().parent
+    )
+    issues.extend(found)
     if issues:
         return None, issues
     issues.extend(_listen_conflicts(name, services, overrides))
     if issues:
         return None, issues
+    assert secrets is not None  # no issues: resolved
     env = ResolvedEnvironment(
         name=name,
         app=config.app.name,
@@ -97,6 +103,7 @@ def resolve_environment(
         runtime=config.runtime,
         migrations=migrations,
         router=config.router,
+        secrets=secrets,
     )
     return env, []
 

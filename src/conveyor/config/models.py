@@ -36,6 +36,7 @@ from conveyor.config.errors import (
     toml_type,
 )
 from conveyor.config.migrations import MigrationsConfig
+from conveyor.config.secrets import SecretName, SecretNames, SecretsConfig, SecretsSettings
 from conveyor.core.durations import parse_duration
 from conveyor.core.gates import parse_freeze
 
@@ -169,6 +170,10 @@ class ServiceConfig(_Model):
     preview_port: int | None = None
     listen: str = "127.0.0.1"
     env: dict[str, str] = Field(default_factory=dict)
+    # Secrets given to the service when it starts (docs/secrets.md): as environment variables,
+    # or with as_file = true as 0600 files whose paths are in the environment.
+    secrets: SecretNames = Field(default_factory=list)
+    as_file: bool = False
     health: HealthConfig = Field(default_factory=HealthConfig)
     stop_timeout: Duration = 10.0
     workdir: str = "."
@@ -264,6 +269,19 @@ class ServiceConfig(_Model):
                 raise ValueError(f"invalid environment variable name {name!r}")
             if name == "PORT" and info.data.get("kind") == "web":
                 raise ValueError("PORT is set by conveyor to each color's own port: remove it")
+        return value
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets_not_in_env(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        env = info.data.get("env") or {}
+        for index, name in enumerate(value):
+            if name in env:
+                raise LocatedValueError(
+                    f"{name} is both a secret and a plain env value: remove it from env "
+                    f"(`conveyor secrets set {name}` keeps its value)",
+                    str(index),
+                )
         return value
 
     @field_validator("workdir")
@@ -633,7 +651,15 @@ class HooksConfig(_Model):
 
 
 Event = Literal[
-    "started", "switched", "step", "succeeded", "failed", "rolled_back", "aborted", "crash_loop"
+    "started",
+    "switched",
+    "step",
+    "succeeded",
+    "failed",
+    "rolled_back",
+    "aborted",
+    "crash_loop",
+    "break_glass",
 ]
 EVENTS: tuple[Event, ...] = get_args(Event)
 
@@ -646,8 +672,16 @@ def _check_event(value: object) -> object:
     return value
 
 
+def _check_webhook_url(value: str) -> str:
+    return _check_http_url(value) if value else value
+
+
 class NotificationConfig(_Model):
-    url: Annotated[str, AfterValidator(_check_http_url)]
+    # The webhook's URL, or the name of the secret that holds it (a Slack webhook URL is a
+    # credential: it has no place in a committed conveyor.toml). The engine resolves url_secret
+    # into url before it sends anything.
+    url: Annotated[str, AfterValidator(_check_webhook_url)] = ""
+    url_secret: SecretName | None = None
     events: list[Annotated[Event, BeforeValidator(_check_event)]] = Field(
         default_factory=lambda: list(EVENTS)
     )
@@ -661,6 +695,21 @@ class NotificationConfig(_Model):
         if not value:
             raise ValueError("events must not be empty (leave it out to get every event)")
         return value
+
+    @model_validator(mode="after")
+    def _url_or_secret(self) -> NotificationConfig:
+        if self.url and self.url_secret:
+            raise LocatedValueError(
+                "url and url_secret are alternatives: keep one (url_secret keeps the URL out "
+                "of conveyor.toml)",
+                "url_secret",
+            )
+        if not self.url and not self.url_secret:
+            raise ValueError(
+                "set url, or url_secret (the name of a secret holding the URL: "
+                "`conveyor secrets set SLACK_WEBHOOK_URL --env ...`)"
+            )
+        return self
 
 
 class ProxyConfig(_Model):
@@ -846,6 +895,7 @@ class EnvironmentConfig(_Model):
     freeze: list[FreezeText] = Field(default_factory=list)
     timezone: TimeZone | None = None
     require_tag: bool = False
+    secrets: SecretsConfig | None = None
 
     @field_validator("checks")
     @classmethod
@@ -905,6 +955,7 @@ class ResolvedEnvironment(_Model):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     migrations: MigrationsConfig | None = None
     router: RouterConfig = Field(default_factory=RouterConfig)
+    secrets: SecretsSettings = Field(default_factory=SecretsSettings)
 
     def web_services(self) -> dict[str, ServiceConfig]:
         return {name: svc for name, svc in self.services.items() if svc.kind == "web"}
@@ -924,6 +975,7 @@ class Config(_Model):
     migrations: MigrationsConfig | None = None
     checks: dict[CheckName, CheckConfig] = Field(default_factory=dict)
     access: AccessConfig = Field(default_factory=AccessConfig)
+    secrets: SecretsConfig = Field(default_factory=SecretsConfig)
     environments: dict[EnvironmentName, EnvironmentConfig] = Field(
         default_factory=dict, validate_default=True
     )

@@ -339,7 +339,8 @@ path = {health_path}
 # Webhooks told about deploys (Slack incoming webhooks get a Slack message, others JSON).
 # [[notifications]]
 # url = "https://hooks.slack.com/services/T000/B000/XXXX"
-# events = ["started", "switched", "step", "succeeded", "failed", "rolled_back", "aborted", "crash_loop"]
+#   (or url_secret = "SLACK_WEBHOOK_URL" instead of url: the URL kept as a secret, docs/secrets.md)
+# events = ["started", "switched", "step", "succeeded", "failed", "rolled_back", "aborted", "crash_loop", "break_glass"]
 # format = "auto"                      # "json", "slack", or "auto" (slack for hooks.slack.com)
 # timeout = "5s"
 # retries = 3

@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -248,3 +249,58 @@ class ReleaseImageRow(Base):
     image: Mapped[str] = mapped_column(String(300))
     image_id: Mapped[str] = mapped_column(String(100))
     built: Mapped[bool] = mapped_column(Boolean)
+
+
+# --- secrets (conveyor.store.secrets) ------------------------------------------------------------
+
+
+class SecretKeyringRow(Base):
+    """Which master key an app's secrets are written under: its check value, never the key.
+
+    kind "key": a raw key (CONVEYOR_MASTER_KEY or the key file); "passphrase": derived with
+    Argon2id from a passphrase and `salt`.
+    """
+
+    __tablename__ = "secret_keyring"
+
+    app: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    salt: Mapped[str | None] = mapped_column(String(64))
+    check: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SecretVersionRow(Base):
+    """One version of one secret, encrypted (conveyor.secrets.crypto); removed: a tombstone."""
+
+    __tablename__ = "secret_versions"
+    __table_args__ = (
+        UniqueConstraint("app", "environment", "name", "version", name="uq_secret_versions_slot"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    app: Mapped[str] = mapped_column(String(200))
+    environment: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    nonce: Mapped[bytes | None] = mapped_column(LargeBinary)
+    ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    removed: Mapped[bool] = mapped_column(Boolean)
+    action: Mapped[str] = mapped_column(String(16))  # set, rotate, import, rm
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SecretCacheRow(Base):
+    """The last value a remote provider gave for a name, encrypted: for a break-glass read."""
+
+    __tablename__ = "secret_cache"
+
+    app: Mapped[str] = mapped_column(String(200), primary_key=True)
+    environment: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[str] = mapped_column(String(200))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    fetched_at: Mapped[datetime] = mapped_column(UTCDateTime())
