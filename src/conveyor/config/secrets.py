@@ -106,8 +106,9 @@ class VaultSecrets(_Model):
     """Vault KV version 2: field NAME of the secret at `path` under `mount` (token: VAULT_TOKEN)."""
 
     url: Annotated[str, AfterValidator(_not_blank("url"))]
+    # Declared after url, before path: pydantic reports missing keys in this order.
     mount: str = "secret"
-    path: str = ""
+    path: Annotated[str, AfterValidator(_not_blank("path"))]
     namespace: str | None = None
 
 

@@ -48,6 +48,7 @@ EMOJI = {
     "rolled_back": "⏪",
     "aborted": "🛑",
     "crash_loop": "🔁",
+    "break_glass": "🔓",
 }
 
 
@@ -112,6 +113,8 @@ def summary(notice: Notice) -> str:
             text = f"{who} deployment to {env} aborted"
         case "crash_loop":
             text = f"{who} is crash-looping in {env}"
+        case "break_glass":  # conveyor.secrets.breakglass: the reason says who read what
+            text = f"break-glass read of a secret of {notice.app} in {env}"
         case _:
             text = f"{who} {notice.event} in {env}"
     return f"{EMOJI.get(notice.event, 'ℹ️')} {text}"  # noqa: RUF001 - the information emoji

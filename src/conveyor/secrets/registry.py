@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from conveyor.config.secrets import SecretsSettings
-from conveyor.secrets.base import Provider, ProviderUnavailable, SecretValue
+from conveyor.secrets.base import Provider, ProviderUnavailable, SecretError, SecretValue
 from conveyor.secrets.local import LocalProvider, LocalSecrets
 from conveyor.secrets.providers import CommandProvider, DotenvProvider, EnvProvider
 
@@ -47,11 +47,27 @@ def _command(ctx: ProviderContext) -> Provider:
     return CommandProvider(ctx.settings.command, ctx.app, ctx.environment, ctx.settings.timeout)
 
 
+def _aws(ctx: ProviderContext) -> Provider:
+    from conveyor.secrets.aws import AwsProvider  # boto3 is an extra: imported when listed
+
+    settings = ctx.settings.aws.model_dump() if ctx.settings.aws is not None else {}
+    return AwsProvider.from_settings(settings, ctx.settings.timeout)
+
+
+def _vault(ctx: ProviderContext) -> Provider:
+    from conveyor.secrets.vault import VaultProvider  # hvac too
+
+    settings = ctx.settings.vault.model_dump() if ctx.settings.vault is not None else {}
+    return VaultProvider.from_settings(settings, ctx.settings.timeout)
+
+
 PROVIDERS: dict[str, ProviderFactory] = {
     "local": _local,
     "env": _env,
     "dotenv": _dotenv,
     "command": _command,
+    "aws": _aws,
+    "vault": _vault,
 }
 # Providers whose values are copied, encrypted, into the local store as they are fetched: the
 # ones that can be unreachable (a break-glass read falls back on the copy).
@@ -77,5 +93,5 @@ def make(kind: str, ctx: ProviderContext) -> Provider:
         return Unavailable(kind, f"this conveyor has no {kind} provider{hint}")
     try:
         return factory(ctx)
-    except ProviderUnavailable as exc:  # a missing package, found when it is made
+    except SecretError as exc:  # a missing package, or settings it refuses
         return Unavailable(kind, str(exc))

@@ -33,6 +33,7 @@ from conveyor.store import audit
 from conveyor.store.db import Store
 
 FOUND, MISSING, FAILED = "found", "missing", "failed"
+BOUND_MARGIN = 1.0
 
 
 def required_names(env: ResolvedEnvironment) -> list[str]:
@@ -91,6 +92,8 @@ class Resolver:
     prompt: Prompt | None = None
     project_dir: Path | None = None
     clock: Clock = field(default=lambda: datetime.now(UTC))
+    # The audit log's action for each call: a deploy's resolution, or `conveyor secrets get`.
+    audit_action: str = "secrets.resolve"
     local: LocalSecrets = field(init=False)
     _providers: dict[tuple[str, str], Provider] = field(init=False, default_factory=dict)
 
@@ -165,11 +168,12 @@ class Resolver:
             found.attempts.append(Attempt(name, kind, outcome, detail, time.monotonic() - started))
 
         try:
-            value = await asyncio.wait_for(provider.get(name, version), timeout)
+            # A margin over the provider's own bound (command, aws, vault): its message says more.
+            value = await asyncio.wait_for(provider.get(name, version), timeout + BOUND_MARGIN)
         except TimeoutError:
             attempt(FAILED, f"timed out after {timeout:g}s")
         except SecretError as exc:  # ProviderUnavailable, or a value that does not decrypt
-            attempt(FAILED, str(exc))
+            attempt(FAILED, str(exc).removeprefix(f"{kind}: "))
         else:
             if value is not None:
                 attempt(FOUND, f"version {value.version}")
@@ -194,10 +198,11 @@ class Resolver:
             why = "; ".join(f"{a.provider}: {a.detail}" for a in tried) or "no provider"
             parts.append(f"{name} for {environment}: {why}")
         first = missing[0]
-        hint = (
-            f"(`conveyor secrets set {first} --env {environment}` stores it; "
-            f"`conveyor secrets doctor --env {environment}` shows every provider)"
-        )
+        doctor = f"`conveyor secrets doctor --env {environment}` shows every provider"
+        if any(a.outcome == FAILED for a in found.attempts if a.name in missing):
+            hint = f"({doctor})"
+        else:  # nobody has it: it was never stored
+            hint = f"(`conveyor secrets set {first} --env {environment}` stores it; {doctor})"
         head = "secret" if len(missing) == 1 else f"{len(missing)} secrets"
         return f"{head} not resolved: " + " | ".join(parts) + " " + hint
 
@@ -208,7 +213,7 @@ class Resolver:
             self.store,
             at=self.clock(),
             actor=self.actor,
-            action="secrets.resolve",
+            action=self.audit_action,
             app=self.app,
             environment=environment,
             target=", ".join(names),
