@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from conveyor.cli.common import Command, EnvReq, JsonOpt, Project, acting_user, app, project, when
 from conveyor.cli import secrets_scan
+from conveyor.cli.common import Command, EnvReq, JsonOpt, Project, acting_user, app, project, when
 from conveyor.cli.output import clean, console, emit_json, fail, json_mode
 
 if TYPE_CHECKING:
