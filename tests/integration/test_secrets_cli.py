@@ -18,7 +18,7 @@ import pytest
 
 from conftest import Project
 
-VALUE = "postgres://shop:Tr0ub4dor&3-horse@127.0.0.1/shop"
+VALUE = "postgres://shop:Tr0ub4dor&3-horse@127.0.0.1/shop"  # conveyor:allow-secret because a made-up value the test plants
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from conveyor.secrets.local import LocalSecrets
 from conveyor.store import audit
 from conveyor.store.db import Store
 
-VALUE = "sk_live_4eC39HqLyjWDarjtT1zdp7dc"
+VALUE = "sk_live_4eC39HqLyjWDarjtT1zdp7dc"  # conveyor:allow-secret because a made-up value the test plants
 
 
 @pytest.fixture(autouse=True)
