@@ -227,3 +227,27 @@ def test_a_value_moved_to_another_app_is_detected(store: Store, tmp_path: Path) 
     )
     with pytest.raises(SecretError, match="copied"):
         blog.read("dev", "A")
+
+
+def test_names_resolved_together_ask_for_the_passphrase_once(store: Store, tmp_path: Path) -> None:
+    import asyncio
+
+    from conveyor.config.secrets import SecretsSettings
+    from conveyor.secrets.resolve import Resolver
+
+    os.environ[ENV_PASSPHRASE] = "correct horse battery staple"
+    try:
+        local(store, tmp_path).write("dev", {"A": "a", "B": "b", "C": "c"}, "alice")
+    finally:
+        del os.environ[ENV_PASSPHRASE]
+    asked: list[str] = []
+
+    def prompt(text: str) -> str:
+        asked.append(text)
+        return "correct horse battery staple"
+
+    settings = SecretsSettings.model_construct(providers=("local",), timeout=30.0)
+    resolver = Resolver(store, "shop", settings, tmp_path / "home", "alice", prompt=prompt)
+    found = asyncio.run(resolver.resolve("dev", ["A", "B", "C"]))
+    assert {name: v.value for name, v in found.items()} == {"A": "a", "B": "b", "C": "c"}
+    assert len(asked) == 1

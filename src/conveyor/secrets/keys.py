@@ -18,6 +18,7 @@ import binascii
 import os
 import stat
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -137,6 +138,9 @@ class KeySource:
         self._prompt = prompt
         self._project_dir = project_dir
         self._key: MasterKey | None = None
+        # The resolver asks for several names at once, each in a thread: one prompt, one
+        # Argon2id derivation, one key file.
+        self._lock = threading.Lock()
 
     @property
     def file(self) -> Path:
@@ -144,9 +148,10 @@ class KeySource:
 
     def get(self, create: bool = True) -> MasterKey | None:
         """The checked key; None when there is none yet and `create` is False."""
-        if self._key is None:
-            self._key = self._load(create)
-        return self._key
+        with self._lock:
+            if self._key is None:
+                self._key = self._load(create)
+            return self._key
 
     def _load(self, create: bool) -> MasterKey | None:
         ring = self._secrets.keyring(self._app)
