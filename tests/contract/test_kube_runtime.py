@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +53,9 @@ def workload(version: str = "v1", color: str = "blue", **options: Any) -> Worklo
     )
 
 
-class WithSecrets(Workload):
-    """A workload with the engine's `secrets` (the names among env whose values are secret)."""
-
-    secrets: dict[str, str] = {"DATABASE_PASSWORD": SECRET}
-
-
 def secret_workload(**kw: Any) -> Workload:
-    w = workload(**kw)
-    return WithSecrets(**{f: getattr(w, f) for f in w.__dataclass_fields__})
+    """A workload with the engine's `secrets` (the names among env whose values are secret)."""
+    return replace(workload(**kw), secrets={"DATABASE_PASSWORD": SECRET})
 
 
 def run(coro: Any) -> Any:

@@ -39,7 +39,7 @@ POLL = 0.25  # how often a stop looks whether the pods are gone
 def spec_of(w: Workload, namespace: str, start: str) -> m.ColorSpec:
     """The workload as a color's objects see it (ManifestError when it cannot be one)."""
     o = w.options
-    secrets: Mapping[str, str] = getattr(w, "secrets", None) or {}
+    secrets: Mapping[str, str] = w.secrets
     return m.ColorSpec(
         app=w.app,
         environment=w.environment,
@@ -106,7 +106,7 @@ class KubernetesRuntime:
             spec = spec_of(w, namespace, start)
             name = m.color_name(w.service, w.color)
             await kube.owned("Deployment", name, m.selector(w.app, w.environment, w.service))
-            secrets: Mapping[str, str] = getattr(w, "secrets", None) or {}
+            secrets: Mapping[str, str] = w.secrets
             applied: dict[str, Any] = {}
             for obj in m.color_objects(spec, secrets):
                 result = await kube.apply(obj)
