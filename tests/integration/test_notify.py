@@ -22,8 +22,16 @@ import pytest
 from conftest import unavailable
 from conveyor import __version__
 from conveyor.config.models import NotificationConfig
-from conveyor.engine.notify import Notice, Notifier, public_origin, summary, uses_slack
+from conveyor.engine.notify import (
+    Notice,
+    Notifier,
+    deliver,
+    public_origin,
+    summary,
+    uses_slack,
+)
 from conveyor.runtimes import free_port
+from conveyor.secrets.redact import Redactor
 
 EVENTS = ["started", "switched", "step", "succeeded", "failed", "rolled_back", "aborted"]
 AT = datetime(2024, 5, 17, 9, 30, 5, tzinfo=UTC)
@@ -348,3 +356,17 @@ def test_https_verifies_the_certificate(tmp_path: Path, caplog: pytest.LogCaptur
     with caplog.at_level(logging.WARNING, logger="conveyor.notify"):
         run(scenario)
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+
+
+def test_known_secret_values_are_redacted_from_the_payload() -> None:
+    async def scenario() -> None:
+        async with receiving(Receiver()) as receiver:
+            value = "hunter2-but-longer"
+            redactor = Redactor({"DB_PASSWORD": value})
+            shown = notice("failed", reason=f"hook said {value}")
+            assert await deliver(config(receiver.url), shown, redactor)
+            body = receiver.requests[0].body
+            assert value not in body.decode()
+            assert json.loads(body)["reason"] == "hook said [secret:DB_PASSWORD]"
+
+    run(scenario)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.config import HealthConfig, ResolvedEnvironment
+from conveyor.engine.context import utcnow
 from conveyor.engine.engine import Engine
 from conveyor.paths import Paths
 from conveyor.releases import ReleaseStore
@@ -256,14 +257,19 @@ class Rig:
         return [(d.version, d.kind, d.outcome) for d in reversed(deps)]
 
 
-def make_rig(tmp: Path, extra: str = "", base: str = FAST) -> Rig:
+def make_rig(
+    tmp: Path, extra: str = "", base: str = FAST, wall: Callable[[], datetime] = utcnow
+) -> Rig:
+    """`wall`: the wall clock the engine records and times standby windows by."""
     home = tmp / ".conveyor"
     paths = Paths(home)
     paths.ensure()
     store = Store.open("sqlite://")
     runtime = MemoryRuntime()
     router = MemoryRouter()
-    engine = Engine(tmp, paths, store, runtime=runtime, router=router, probe=runtime.probe)
+    engine = Engine(
+        tmp, paths, store, runtime=runtime, router=router, probe=runtime.probe, wall=wall
+    )
     rig = Rig(engine, runtime, router, store, tmp)
     rig.configure(extra, base)
     return rig

@@ -61,3 +61,27 @@ def test_nothing_known_changes_nothing() -> None:
     assert not r
     assert r.text("anything") == "anything"
     assert r.raw(b"anything") == b"anything"
+
+
+def test_log_records_and_their_tracebacks_are_redacted() -> None:
+    import io
+    import logging
+
+    from conveyor.engine.secrets import RedactingFilter
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(RedactingFilter(Redactor({"TOKEN": "tok-123456"})))
+    logger = logging.getLogger("test.redact")
+    logger.addHandler(handler)
+    try:
+        logger.error("sent %s", "tok-123456")
+        try:
+            raise ValueError("bad tok-123456")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    assert "tok-123456" not in out.getvalue()
+    assert "sent [secret:TOKEN]" in out.getvalue()
+    assert "ValueError: bad [secret:TOKEN]" in out.getvalue()

@@ -27,6 +27,7 @@ from conveyor.doctor import check
 from conveyor.engine.engine import Engine
 from conveyor.engine.errors import EngineError
 from conveyor.engine.outcome import Emit, Outcome
+from conveyor.engine.secrets import redact_logs
 from conveyor.engine.status import history_row
 from conveyor.paths import Paths
 from conveyor.store.db import (
@@ -349,7 +350,14 @@ class Agent:
             force = bool(req.get("force", False))
             return _outcome(await self.engine.deploy(req["env"], req["version"], emit, force=force))
         if op == "rollback":
-            return _outcome(await self.engine.rollback(req["env"], emit))
+            outcome = await self.engine.rollback(
+                req["env"],
+                emit,
+                keep_secrets=bool(req.get("keep_secrets", False)),
+                migrations_down=req.get("migrations") == "down",
+                force=bool(req.get("force", False)),
+            )
+            return _outcome(outcome)
         if op == "promote":
             data = self.engine.promote(req["env"], bool(req.get("full", False)))
             return {"ok": True, "exit": 0, "data": data}
@@ -394,7 +402,7 @@ class Agent:
             outcome = "refused"  # nothing ran: locked, nothing to promote, bad input
         target = req.get("version") or data.get("version") or req["env"]
         facts: dict[str, Any] = {"exit": result.get("exit"), "deployment": deployment}
-        for key in ("force", "full", "reason", "override_freeze"):
+        for key in ("force", "full", "reason", "override_freeze", "keep_secrets", "migrations"):
             if req.get(key) is not None:
                 facts[key] = req[key]
         if data.get("outcome"):
@@ -528,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(FileNotFoundError):
             paths.agent_pidfile.unlink()
         return 1
+    redact_logs(agent.engine.ctx.secrets.redactor)  # agent.log never holds a secret value
     asyncio.run(agent.run())
     with contextlib.suppress(FileNotFoundError):
         paths.agent_pidfile.unlink()

@@ -135,17 +135,61 @@ def _after_the_lock(
 
 
 @app.command()
-def rollback(env: EnvReq, json_out: JsonOpt = False) -> None:
+def rollback(
+    env: EnvReq,
+    keep_secrets: Annotated[
+        bool,
+        typer.Option(
+            "--keep-secrets",
+            help="Keep the current secret versions (one was rotated because it leaked): the "
+            "previous version is redeployed with them instead of getting its own back.",
+        ),
+    ] = False,
+    migrations: Annotated[
+        str,
+        typer.Option(
+            "--migrations",
+            metavar="keep|down",
+            help="down: once traffic is back, undo the migrations the rolled-back deployment "
+            "applied (their Down sections, newest first). keep (default): leave them.",
+        ),
+    ] = "keep",
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="With --migrations down: run Down sections that drop data."),
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="With --migrations down: do not ask first.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
     """Go back to the previous version: instantly to the standby color when it still runs,
-    otherwise by redeploying the previous successful version blue/green.
+    otherwise by redeploying the previous successful version blue/green. The previous
+    version gets back the secret versions it ran with, unless --keep-secrets. Migrations stay
+    applied (the previous version works with expand migrations) unless --migrations down.
 
     Example:
 
-        conveyor rollback --env dev
+        conveyor rollback --env production --migrations down --yes
     """
+    if migrations not in ("keep", "down"):
+        fail(f"--migrations must be keep or down (got {migrations!r})")
+    if force and migrations != "down":
+        fail("--force only applies to --migrations down")
     proj = project()
     proj.checked(env)
-    result = agent_call(proj, {"op": "rollback", "env": env}, json_out)
+    if migrations == "down" and not yes:
+        if not sys.stdin.isatty():
+            fail(f"--migrations down changes the database schema of {env}: pass --yes")
+        typer.confirm(f"Roll back {env} and undo its latest migrations?", abort=True)
+    request = {
+        "op": "rollback",
+        "env": env,
+        "keep_secrets": keep_secrets,
+        "migrations": migrations,
+        "force": force,
+    }
+    result = agent_call(proj, request, json_out)
     finish(result, json_out, "rolled back {environment} from {previous_version} to {version}")
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from conveyor.aio import cancel_and_wait
 from conveyor.config import AnalysisCheck, ResolvedEnvironment
 from conveyor.core.analysis import Measurement, Verdict
 from conveyor.metrics import Sources, Target
 from conveyor.routers.base import Router
+from conveyor.secrets.redact import Redactor
 
 log = logging.getLogger("conveyor.analysis")
 
@@ -18,8 +20,16 @@ OnMeasure = Callable[[str, Measurement], None]
 
 
 class AnalysisRunner:
-    def __init__(self, router: Router, now: Callable[[], float], on_measure: OnMeasure) -> None:
+    def __init__(
+        self,
+        router: Router,
+        now: Callable[[], float],
+        on_measure: OnMeasure,
+        redactor: Redactor | None = None,
+    ) -> None:
         self._now = now
+        # A command check's output (in the detail) may quote a secret value.
+        self._redactor = redactor or Redactor()
         self._on_measure = on_measure
         # One set of sources for all checks: they share the proxy's stats and sliding windows.
         self._sources = Sources(router)
@@ -53,6 +63,8 @@ class AnalysisRunner:
             except Exception as exc:  # a broken source is no evidence about the release
                 log.exception("measuring %s failed", name)
                 m = Measurement(name, Verdict.INCONCLUSIVE, None, f"measurement failed: {exc}", now)
+            if self._redactor:
+                m = replace(m, detail=self._redactor.text(m.detail))
             self._on_measure(name, m)
 
 

@@ -19,6 +19,7 @@ from conveyor.engine.fleet import Fleet
 from conveyor.engine.journal import Journal
 from conveyor.engine.locks import Locks
 from conveyor.engine.project import ProjectConfig
+from conveyor.engine.secrets import DeploySecrets
 from conveyor.engine.traffic import Traffic
 from conveyor.paths import Paths
 from conveyor.releases import ReleaseError, ReleaseStore
@@ -50,6 +51,11 @@ class Context:
     locks: Locks
     journal: Journal
     clock: Clock = field(default_factory=Clock)
+
+    @property
+    def secrets(self) -> DeploySecrets:
+        """Resolving secrets, and the redactor every text shown or stored goes through."""
+        return self.fleet.secrets
 
     def tree(self, release: ReleaseRecord) -> Path:
         """The release's files on disk, unpacked on first use."""

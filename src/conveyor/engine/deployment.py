@@ -25,6 +25,8 @@ from conveyor.engine.analysis import AnalysisRunner, add_checks, check_name
 from conveyor.engine.context import Context, wall_time
 from conveyor.engine.fleet import handle_id
 from conveyor.engine.hooks import HookResult, run_hook
+from conveyor.engine.migrate import ERRORS as MIGRATION_ERRORS
+from conveyor.engine.migrate import Migrator
 from conveyor.engine.notify import Notice, Notifier
 from conveyor.engine.outcome import Emit
 from conveyor.engine.traffic import ROUTER_ERRORS
@@ -33,6 +35,7 @@ from conveyor.metrics.base import Target
 from conveyor.ports import free_port
 from conveyor.routers.base import Backend, Split, route_name
 from conveyor.runtimes.base import Endpoint, Handle, RuntimeStartError
+from conveyor.secrets.base import SecretError, SecretValue
 from conveyor.store.db import InstanceRecord, ReleaseRecord
 
 log = logging.getLogger("conveyor.engine")
@@ -52,6 +55,12 @@ class Deployment:
     emit: Emit
     old: dict[str, InstanceRecord]
     previous_version: str | None
+    # The secrets resolved for this release (every service's, hooks get them all).
+    secrets: dict[str, SecretValue] = field(default_factory=dict)
+    # Said with the outcome: "only the secrets changed: DB_URL local:3 -> local:4".
+    note: str = ""
+    # The app database's expand migrations, before anything starts ([migrations]).
+    migrator: Migrator | None = None
     queue: asyncio.Queue[r.Event] = field(default_factory=asyncio.Queue)
     new: dict[str, Handle] = field(default_factory=dict)
     state: r.Rollout | None = None
@@ -76,12 +85,18 @@ class Deployment:
     # --- the loop -------------------------------------------------------------------------------
 
     async def run(self, plans: tuple[r.ServicePlan, ...]) -> r.Rollout:
-        self.notifier = Notifier(list(self.env.notifications))
+        self.notifier = Notifier(
+            list(self.env.notifications), self.ctx.secrets.redactor, self._webhook_url
+        )
         try:
             if self.env.hooks.pre_deploy is not None:
                 result = await self._hook("pre_deploy")
                 if not result.ok:
                     return self._refused(f"pre_deploy hook failed: {result.detail}")
+            if self.migrator is not None and self.migrator.configured:
+                failure = await self._migrate()
+                if failure is not None:
+                    return self._refused(failure)
             options = self._options(plans)
             self._record_plan(options)
             state, actions = r.begin(plans, self.ctx.clock.now(), options)
@@ -112,6 +127,22 @@ class Deployment:
             return await self._crashed(exc)
         finally:
             await self._cleanup()
+
+    async def _migrate(self) -> str | None:
+        """Pending expand migrations; the reason the deployment fails, if they do."""
+        assert self.migrator is not None
+        started = time.monotonic()
+        try:
+            await self.migrator.expand(self.tree)
+        except MIGRATION_ERRORS as exc:
+            return f"migrations failed, nothing was started or switched: {exc}"
+        log.info("deployment #%d migrated in %.2fs", self.id, time.monotonic() - started)
+        return None
+
+    async def _webhook_url(self, name: str) -> str:
+        """A webhook URL kept as a secret (url_secret), resolved when a notice is sent."""
+        values = await self.ctx.secrets.resolve(self.env, [name], None, "webhook")
+        return values[name].value
 
     async def _crashed(self, exc: Exception) -> r.Rollout:
         reason = f"internal error: {exc}; see {self.ctx.paths.agent_log}"
@@ -232,6 +263,8 @@ class Deployment:
 
     def _finish(self, action: r.Finish) -> None:
         reason = action.reason
+        if self.note:
+            reason += f" ({self.note})"
         if action.outcome == "rolled_back" and self.death_to_switch:
             ms = max(self.death_to_switch.values())
             reason += f"; switched back to {self.previous_version} in {ms:.0f} ms"
@@ -311,8 +344,13 @@ class Deployment:
         )
         if self.previous_version:
             env["CONVEYOR_PREVIOUS_VERSION"] = self.previous_version
+        # A hook is about the whole release: it gets every service's secrets (a migration or
+        # smoke test needs the database URL); its output is redacted like theirs.
+        env.update({n: v.value for n, v in self.secrets.items()})
         self._record("hook", f"running the {name} hook")
-        result = await run_hook(name, hook, self.tree, env, self.log_path)
+        result = await run_hook(
+            name, hook, self.tree, env, self.log_path, self.ctx.secrets.redactor
+        )
         lines = "".join(f"\n  {line}" for line in result.output[-LOG_TAIL_LINES:])
         self._record(
             "hook",
@@ -341,8 +379,10 @@ class Deployment:
         svc = self.env.services[name]
         fleet = self.ctx.fleet
         try:
-            handle = await fleet.spawn(self.env, name, color, self.release.version, self.tree)
-        except (RuntimeStartError, OSError) as exc:
+            handle = await fleet.spawn(
+                self.env, name, color, self.release.version, self.tree, secrets=self.secrets
+            )
+        except (RuntimeStartError, OSError, SecretError) as exc:
             self.queue.put_nowait(r.Crash(name, f"could not start: {exc}", self.ctx.clock.now()))
             return
         self.new[name] = handle
@@ -595,7 +635,9 @@ class Deployment:
                     ),
                 )
             )
-        self.analysis = AnalysisRunner(self.ctx.traffic.router, self.ctx.clock.now, self._measured)
+        self.analysis = AnalysisRunner(
+            self.ctx.traffic.router, self.ctx.clock.now, self._measured, self.ctx.secrets.redactor
+        )
         add_checks(self.analysis, self.env, [t for _, t in targets])
         self.analysis.start()
 

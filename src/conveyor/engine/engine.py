@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,8 +25,23 @@ from conveyor.engine.errors import Refused, UserError
 from conveyor.engine.fleet import Fleet, Probe, probe_endpoint
 from conveyor.engine.journal import Journal
 from conveyor.engine.locks import Locks
+from conveyor.engine.migrate import Migrator, undo_rolled_back
 from conveyor.engine.outcome import Emit, Outcome
 from conveyor.engine.project import ProjectConfig
+from conveyor.engine.secrets import (
+    EVENT,
+    DeploySecrets,
+    Pin,
+    Resolve,
+    changes,
+    default_resolve,
+    needed,
+    pins,
+    pins_of,
+    redacting,
+    refuse_literal_credentials,
+    unresolved,
+)
 from conveyor.engine.supervisor import Supervisor
 from conveyor.engine.traffic import ROUTER_ERRORS, Traffic
 from conveyor.markers import project_id
@@ -34,6 +50,7 @@ from conveyor.routers.base import Router
 from conveyor.routers.registry import make_router
 from conveyor.runtimes.base import Runtime
 from conveyor.runtimes.registry import Runtimes
+from conveyor.secrets.base import SecretError, SecretValue
 from conveyor.store.db import ReleaseRecord, Store
 
 log = logging.getLogger("conveyor.engine")
@@ -61,21 +78,29 @@ class Engine:
         router: Router | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         probe: Probe = probe_endpoint,
+        resolve: Resolve | None = None,
+        wall: Callable[[], datetime] = utcnow,
     ) -> None:
-        clock = Clock(now=monotonic, utcnow=utcnow)
+        clock = Clock(now=monotonic, utcnow=wall)
         project = ProjectConfig(project_dir)
+        secrets = DeploySecrets(
+            paths.home / "run" / "secrets",
+            resolve or default_resolve(store, project_dir, paths.home),
+        )
         self.ctx = Context(
             project=project,
             paths=paths,
             store=store,
-            fleet=Fleet(runtime or Runtimes(paths.logs), store, probe, project_id(paths.home)),
+            fleet=Fleet(
+                runtime or Runtimes(paths.logs), store, probe, project_id(paths.home), secrets
+            ),
             traffic=Traffic(
                 router or make_router(configured_router(project), paths),
                 paths.home / "routes.json",
                 clock.now,
             ),
             locks=Locks(store, lambda: project.app, clock.utcnow),
-            journal=Journal(store, clock.utcnow),
+            journal=Journal(store, clock.utcnow, secrets.redactor),
             clock=clock,
         )
         self.supervisor = Supervisor(self.ctx, self._automatic_rollback)
@@ -95,9 +120,15 @@ class Engine:
         kind: Kind = "deploy",
         reason: str = "",
         force: bool = False,
+        pinned: Mapping[str, Pin] | None = None,
     ) -> Outcome:
         """Make `version` live in `env_name`. Redeploying the live version needs `force` (it
-        restarts it blue/green, and the older standby makes room for the live one)."""
+        restarts it blue/green, and the older standby makes room for the live one), unless
+        its secrets have new versions since: then it is what picks them up.
+
+        The services' secrets are resolved first (the `pinned` versions, e.g. a rollback's,
+        else the current ones); one that cannot be fails the deployment before anything starts.
+        """
         ctx = self.ctx
         env = ctx.project.environment(env_name)
         release = ctx.store.get_release(env.app, version)
@@ -108,20 +139,50 @@ class Engine:
                 f"unknown release {version!r}{hint}; create it with "
                 f"`conveyor release create --version {version}`"
             )
+        if kind == "deploy":
+            refuse_literal_credentials(ctx.project.load())
+        emit = redacting(emit, ctx.secrets.redactor)
         active = [r for r in ctx.store.instances(env.app, env_name) if r.role == "active"]
-        if kind == "deploy" and not force and active and all(r.version == version for r in active):
-            raise UserError(
-                f"{version} is already live in {env_name}; use `conveyor deploy {version} "
-                f"--env {env_name} --force` to restart it blue/green"
-            )
+        again = (
+            kind == "deploy" and not force and active and all(r.version == version for r in active)
+        )
+        names = needed(env)
+        if again and not names:
+            raise UserError(self._already_live(version, env_name, False))
         ctx.traffic.check_ports(env, ctx.project.file)
         tree = ctx.tree(release)
         with ctx.locks.hold(env_name, f"{kind} of {version}"):
             try:
-                return await self._deploy(env, release, tree, emit, kind, reason)
+                try:
+                    values = await ctx.secrets.resolve(env, names, pinned, f"{kind} of {version}")
+                except SecretError as exc:
+                    previous = active[0].version if active else None
+                    return unresolved(
+                        ctx.journal, env, release.version, kind, previous, reason, emit, exc
+                    )
+                live_deployment = next((r.deployment_id for r in active if r.deployment_id), None)
+                changed = changes(pins_of(ctx.store, live_deployment), values)
+                note = ""
+                if again:
+                    if not changed:
+                        raise UserError(self._already_live(version, env_name, True))
+                    note = f"only the secrets changed: {'; '.join(changed)}"
+                    reason = reason or note
+                outcome = await self._deploy(env, release, tree, emit, kind, reason, values, note)
+                outcome.data = ctx.secrets.redactor.data(outcome.data)
+                outcome.reason = ctx.secrets.redactor.text(outcome.reason)
+                return outcome
             finally:
                 self.deployments.pop(env_name, None)
                 self.supervisor.watch_exits()  # the colors it left live, from now on
+
+    @staticmethod
+    def _already_live(version: str, env_name: str, secrets: bool) -> str:
+        same = " with the same secret versions" if secrets else ""
+        return (
+            f"{version} is already live in {env_name}{same}; use "
+            f"`conveyor deploy {version} --env {env_name} --force` to restart it blue/green"
+        )
 
     async def _deploy(
         self,
@@ -131,6 +192,8 @@ class Engine:
         emit: Emit,
         kind: Kind,
         reason: str,
+        secrets: dict[str, SecretValue],
+        note: str = "",
     ) -> Outcome:
         ctx = self.ctx
         live = {(i.service, i.color): i for i in ctx.store.instances(env.app, env.name)}
@@ -146,7 +209,19 @@ class Engine:
                 f"deployment #{dep_id})",
             }
         )
-        dep = Deployment(ctx, dep_id, env, release, tree, emit, active, previous)
+        if secrets:
+            shown = ", ".join(f"{n} ({v.provider} {v.version})" for n, v in sorted(secrets.items()))
+            notes = [str(n) for n in getattr(secrets, "notes", ())]  # fallbacks that happened
+            ctx.journal.record(
+                dep_id,
+                EVENT,
+                f"secrets: {shown}" + "".join(f"; {n}" for n in notes),
+                {"secrets": pins(secrets), "notes": notes},
+                emit=emit,
+            )
+        dep = Deployment(ctx, dep_id, env, release, tree, emit, active, previous, secrets, note)
+        if env.migrations is not None:
+            dep.migrator = Migrator(ctx, env, emit, dep_id, secrets)
         self.deployments[env.name] = dep
         plans = []
         for name, svc in env.services.items():
@@ -176,6 +251,8 @@ class Engine:
             )
         state = await dep.run(tuple(plans))
         outcome = str(state.phase) if state.terminal else "failed"
+        if outcome == "succeeded" and dep.migrator is not None:
+            await dep.migrator.contract_unless_standby(tree)
         data: dict[str, Any] = {
             "environment": env.name,
             "version": release.version,
@@ -223,16 +300,41 @@ class Engine:
 
     # --- rollback -------------------------------------------------------------------------------
 
-    async def rollback(self, env_name: str, emit: Emit) -> Outcome:
-        return await self._rollback(env_name, emit, "")
+    async def rollback(
+        self,
+        env_name: str,
+        emit: Emit,
+        keep_secrets: bool = False,
+        migrations_down: bool = False,
+        force: bool = False,
+    ) -> Outcome:
+        """`conveyor rollback`; with `migrations_down`, once traffic is back, the Down sections
+        of the migrations the rolled-back deployment applied run, newest first (one that
+        destroys data only with `force`)."""
+        ctx = self.ctx
+        env = ctx.project.environment(env_name)
+        rows = ctx.store.instances(env.app, env_name)
+        rolled = next((r for r in rows if r.role == "active" and r.deployment_id), None)
+        outcome = await self._rollback(env_name, emit, "", keep_secrets=keep_secrets)
+        if migrations_down and outcome.exit_code == 0 and rolled is not None:
+            await undo_rolled_back(ctx, env, rolled, outcome, emit, force)
+        return outcome
 
     async def _rollback(
-        self, env_name: str, emit: Emit, reason: str, died_at: float | None = None
+        self,
+        env_name: str,
+        emit: Emit,
+        reason: str,
+        died_at: float | None = None,
+        keep_secrets: bool = False,
     ) -> Outcome:
         """To the standby colors at once if they run, else by redeploying the previous release.
 
         `reason` (automatic rollbacks, interrupted deployments) goes into the history, and so
-        does the time from `died_at` (a crash's moment) to the switch.
+        does the time from `died_at` (a crash's moment) to the switch. The previous release
+        gets the secret versions it ran with, unless `keep_secrets` (a secret rotated because
+        it leaked): then it is redeployed with the current ones, even when its standby runs
+        (the standby holds the old values).
         """
         ctx = self.ctx
         env = ctx.project.environment(env_name)
@@ -246,11 +348,22 @@ class Engine:
         if found.mode == "none":
             raise Refused(f"cannot roll back {env_name}: {found.reason}")
         assert found.version is not None
+        if keep_secrets and found.mode == "switch" and needed(env):
+            found = r.RollbackPlan(
+                "redeploy",
+                found.version,
+                (),
+                f"redeploying {found.version} with the current secret versions (--keep-secrets)",
+            )
+        assert found.version is not None
         if found.mode == "redeploy":
             current = rollback_mod.current_version(ctx.store.instances(env.app, env.name))
             emit({"step": "plan", "message": found.reason})
+            pinned = None
+            if not keep_secrets:
+                pinned = pins_of(ctx.store, rollback_mod.last_live(ctx, env, found.version))
             outcome = await self.deploy(
-                env_name, found.version, emit, kind="rollback", reason=found.reason
+                env_name, found.version, emit, kind="rollback", reason=found.reason, pinned=pinned
             )
             if outcome.exit_code == 0:
                 ctx.journal.mark_rolled_back(env.app, env.name, current, outcome.deployment_id)
@@ -332,14 +445,21 @@ class Engine:
         if rows:
             running = ", ".join(sorted({r.version for r in rows}))
             raise Refused(f"{env_name} is running ({running}): nothing to start")
-        version = None
-        for dep in ctx.store.list_deployments(env.app, env_name, limit=200):
-            if dep.outcome == "succeeded":
-                version = dep.version
-                break
-        if version is None:
+        last = next(
+            (
+                dep
+                for dep in ctx.store.list_deployments(env.app, env_name, limit=200)
+                if dep.outcome == "succeeded"
+            ),
+            None,
+        )
+        if last is None:
             raise Refused(f"nothing ever went live in {env_name}: deploy a release first")
-        return await self.deploy(env_name, version, emit, kind="start", reason="started again")
+        # With the secret versions it ran with when it was stopped.
+        pinned = pins_of(ctx.store, rollback_mod.last_live(ctx, env, last.version))
+        return await self.deploy(
+            env_name, last.version, emit, kind="start", reason="started again", pinned=pinned
+        )
 
     # --- status ---------------------------------------------------------------------------------
 
@@ -353,6 +473,10 @@ class Engine:
             row = next((r for r in rows if r.service == entry["name"] and r.role == "active"), None)
             if entry["active"] is not None and row is not None:
                 entry["active"]["restarts"] = self.supervisor.restarts_of(row)
+                pinned = pins_of(ctx.store, row.deployment_id) or {}
+                entry["active"]["secrets"] = {
+                    n: {"provider": p[0], "version": p[1]} for n, p in sorted(pinned.items())
+                }
         return {
             "last_deployment": status_mod.last_finished(ctx.store, env.app, env_name),
             "environment": env_name,

@@ -7,17 +7,20 @@ Nothing here knows what kind of runtime runs them: addresses come from the handl
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from conveyor.config import HealthConfig, ResolvedEnvironment, ServiceConfig
+from conveyor.engine.secrets import DeploySecrets
 from conveyor.environ import inherited
 from conveyor.health import probe_http
 from conveyor.markers import for_start
 from conveyor.runtimes.base import Endpoint, Handle, RunState, Runtime, Workload
+from conveyor.secrets.base import SecretValue
 from conveyor.store.db import InstanceRecord, ReleaseRecord, Store
 from conveyor.store.images import workload_options
 
@@ -42,10 +45,17 @@ def handle_id(handle: Handle) -> HandleId:
 
 class Fleet:
     def __init__(
-        self, runtime: Runtime, store: Store, probe: Probe = probe_endpoint, project: str = ""
+        self,
+        runtime: Runtime,
+        store: Store,
+        probe: Probe = probe_endpoint,
+        project: str = "",
+        secrets: DeploySecrets | None = None,
     ) -> None:
         self.runtime = runtime
         self.store = store
+        # Resolving secrets, their files (as_file) and the redactor of everything shown.
+        self.secrets = secrets or DeploySecrets(Path(os.devnull))
         self.probe_endpoint = probe
         # The project's marker (conveyor.markers): every workload carries it, so that its
         # processes are found even when the store no longer knows them.
@@ -88,9 +98,15 @@ class Fleet:
         version: str,
         tree: Path,
         port: int | None = 0,
+        secrets: Mapping[str, SecretValue] | None = None,
     ) -> Handle:
-        """Start one color; `port` 0 lets the runtime choose, a number asks for that one."""
+        """Start one color; `port` 0 lets the runtime choose, a number asks for that one.
+
+        `secrets` holds (at least) the values of the secrets the service names: they reach it
+        through its environment, or files named there (as_file). SecretError if one is missing.
+        """
         svc = env.services[name]
+        carried, given = self.secrets.hand_over(env.name, name, color, svc, secrets or {})
         workload = Workload(
             app=env.app,
             environment=env.name,
@@ -100,14 +116,23 @@ class Fleet:
             artifact=str(tree),
             command=svc.command,
             port=port if svc.kind == "web" else None,
-            env={**self.service_env(env, name, svc, version, color), **for_start(self.project)},
+            env={
+                **self.service_env(env, name, svc, version, color),
+                **carried,
+                **for_start(self.project),
+            },
             options={
                 **svc.runtime_options(),
                 "runtime": env.runtime.model_dump(),
                 **workload_options(self.store, env.app, version, name),
             },
+            secrets=given,
         )
-        handle = await self.runtime.start(workload)
+        try:
+            handle = await self.runtime.start(workload)
+        except BaseException:
+            self.secrets.remove(env.name, name, color)
+            raise
         self.handles[(env.name, name, color)] = handle
         return handle
 
@@ -200,11 +225,13 @@ class Fleet:
         handle = self.handles.pop(key_of(row), None) or self.handle(row)
         if handle is not None:
             await self._stop(handle, grace)
+        self.secrets.remove(*key_of(row))
         self.store.delete_instance(row.app, row.environment, row.service, row.color)
 
     async def stop_started(self, app: str, key: Key, handle: Handle, grace: float) -> None:
         """Stop a color this agent started (it may not be recorded yet) and forget it."""
         await self._stop(handle, grace)
+        self.secrets.remove(*key)
         if self.handles.get(key) is handle:
             self.handles.pop(key, None)
         self.store.delete_instance(app, *key)
@@ -214,6 +241,7 @@ class Fleet:
         handle = self.handles.pop(key_of(row), None) or self.handle(row)
         if handle is not None:
             await self._stop(handle, grace)
+        self.secrets.remove(*key_of(row))
 
     async def _stop(self, handle: Handle, grace: float) -> None:
         self.stopping.add(handle_id(handle))

@@ -9,7 +9,8 @@ command that really wants a daemon detaches it with `setsid`).
 Output is read from a pipe asynchronously so a chatty hook never blocks the event loop, and
 it is streamed: every line goes to the log file as it arrives and only the last few are kept
 in memory, whatever the volume. The environment is passed through as given and never logged:
-it holds the service's secrets.
+it holds the service's secrets, and every known secret value in the output is replaced with
+`[secret:NAME]` before a line is written or kept.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import BinaryIO
 
 from conveyor.config.models import HookConfig
 from conveyor.procs import read_proc_stat
+from conveyor.secrets.redact import Redactor
 
 # Lines kept for the result (shown in `conveyor status` and notifications).
 TAIL_LINES = 20
@@ -69,7 +71,8 @@ def _signal_name(number: int) -> str:
 class _OutputSink:
     """Splits the hook's byte stream into lines, appends them to the log, keeps the tail."""
 
-    def __init__(self, name: str, log: BinaryIO) -> None:
+    def __init__(self, name: str, log: BinaryIO, redactor: Redactor | None = None) -> None:
+        self._redactor = redactor or Redactor()
         self._prefix = f"[{name}] ".encode()
         self._log = log
         self._partial = b""
@@ -95,6 +98,10 @@ class _OutputSink:
     def _emit(self, lines: list[bytes]) -> None:
         if not lines:
             return
+        if self._redactor:
+            # Lines are whole here (or MAX_LINE pieces): a value split across two pieces of
+            # one over-long line is the one case left out.
+            lines = [self._redactor.raw(line) for line in lines]
         # One write per chunk rather than per line: 100k lines must not mean 100k syscalls.
         self._log.write(b"".join(self._prefix + line + b"\n" for line in lines))
         # Only the lines that can end up in the tail are worth decoding.
@@ -180,7 +187,12 @@ async def _finish_reading(reader: asyncio.Task[None], timeout: float) -> None:
 
 
 async def run_hook(
-    name: str, hook: HookConfig, cwd: Path, env: dict[str, str], log_path: Path
+    name: str,
+    hook: HookConfig,
+    cwd: Path,
+    env: dict[str, str],
+    log_path: Path,
+    redactor: Redactor | None = None,
 ) -> HookResult:
     """Run `hook.command`; never raises for the command's failures (they are in the result)."""
     started = time.monotonic()
@@ -223,7 +235,7 @@ async def run_hook(
             if isinstance(e, ValueError):
                 reason = "command or environment contains a NUL byte"
             return result(False, None, f"could not start: {reason}", [])
-        ok, code, detail, output = await _supervise(name, hook, proc, log)
+        ok, code, detail, output = await _supervise(name, hook, proc, log, redactor)
         return result(ok, code, detail, output)
     finally:
         log.close()
@@ -255,12 +267,13 @@ async def _supervise(
     hook: HookConfig,
     proc: asyncio.subprocess.Process,
     log: BinaryIO,
+    redactor: Redactor | None = None,
 ) -> tuple[bool, int | None, str, list[str]]:
     """Wait for the hook within its timeout; returns (ok, exit code, detail, output tail)."""
     # start_new_session makes the shell a session and group leader: its pid is the pgid.
     pgid = proc.pid
     assert proc.stdout is not None
-    sink = _OutputSink(name, log)
+    sink = _OutputSink(name, log, redactor)
     reader = asyncio.create_task(_pump(proc.stdout, sink))
     timed_out = False
     settled = False

@@ -16,14 +16,20 @@ from typing import Any
 
 from conveyor import identity
 from conveyor.engine.outcome import Emit
+from conveyor.secrets.redact import Redactor
 from conveyor.store import audit as audit_log
 from conveyor.store.db import ROLLED_BACK, Store
 
 
 class Journal:
-    def __init__(self, store: Store, utcnow: Callable[[], datetime]) -> None:
+    def __init__(
+        self, store: Store, utcnow: Callable[[], datetime], redactor: Redactor | None = None
+    ) -> None:
         self._store = store
         self._utcnow = utcnow
+        # Every known secret value is replaced before anything is written or shown: reasons
+        # quote hook and service output, and errors.
+        self._redactor = redactor or Redactor()
 
     def open(
         self,
@@ -35,9 +41,13 @@ class Journal:
         reason: str = "",
     ) -> int:
         """A new deployment, in progress; returns its id."""
+        reason = self._redactor.text(reason)
         return self._store.create_deployment(
             app, environment, version, kind, previous_version, self._utcnow(), reason=reason
         )
+
+    def redacted(self, text: str) -> str:
+        return self._redactor.text(text)
 
     def record(
         self,
@@ -49,7 +59,8 @@ class Journal:
         service: str | None = None,
     ) -> None:
         """Append an event; with `emit`, show it to whoever follows the deployment too."""
-        payload: dict[str, Any] = dict(data or {})
+        payload: dict[str, Any] = self._redactor.data(dict(data or {}))
+        reason = self._redactor.text(reason)
         if service:
             payload["service"] = service
         self._store.add_event(deployment_id, state, reason, payload, self._utcnow())
@@ -58,6 +69,7 @@ class Journal:
 
     def finish(self, deployment_id: int, outcome: str, reason: str) -> bool:
         """Give the deployment its outcome; False if it already had one (it keeps that one)."""
+        reason = self._redactor.text(reason)
         return self._store.finish_deployment(deployment_id, outcome, reason, self._utcnow())
 
     def rolled_back(self, deployment_id: int, by: int | None, why: str = "") -> None:
@@ -97,6 +109,6 @@ class Journal:
             environment=environment,
             target=target,
             outcome=outcome,
-            detail=detail,
-            data=data or {},
+            detail=self._redactor.text(detail),
+            data=self._redactor.data(data or {}),
         )

@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +26,8 @@ from urllib.parse import unquote, urlsplit
 
 from conveyor import __version__
 from conveyor.config.models import NotificationConfig
+from conveyor.secrets.base import SecretError
+from conveyor.secrets.redact import Redactor
 
 log = logging.getLogger("conveyor.notify")
 
@@ -281,9 +283,20 @@ async def post_json(url: str, body: bytes) -> int:
             await writer.wait_closed()
 
 
-async def _attempt(config: NotificationConfig, body: bytes) -> None:
+def url_secret(config: NotificationConfig) -> str | None:
+    """The secret that holds this webhook's URL (`url_secret`), if it is kept in the store."""
+    return config.url_secret or None
+
+
+def where(config: NotificationConfig) -> str:
+    """How logs name a webhook: scheme://host[:port], or the secret its URL is kept in."""
+    name = url_secret(config)
+    return f"the webhook in secret {name}" if name else public_origin(config.url or "")
+
+
+async def _attempt(config: NotificationConfig, body: bytes, url: str) -> None:
     try:
-        status = await asyncio.wait_for(post_json(config.url, body), config.timeout)
+        status = await asyncio.wait_for(post_json(url, body), config.timeout)
     except TimeoutError:
         raise DeliveryError(f"timed out after {config.timeout:g}s", retry=True) from None
     if 200 <= status < 300:
@@ -291,22 +304,34 @@ async def _attempt(config: NotificationConfig, body: bytes) -> None:
     raise DeliveryError(f"HTTP {status}", retry=status >= 500 or status == 429)
 
 
-async def deliver(config: NotificationConfig, notice: Notice) -> bool:
-    """Deliver one notice with retries; True when the webhook accepted it. Never raises."""
+async def deliver(
+    config: NotificationConfig,
+    notice: Notice,
+    redactor: Redactor | None = None,
+    url: str | None = None,
+) -> bool:
+    """Deliver one notice with retries; True when the webhook accepted it. Never raises.
+
+    `url`: the webhook's URL when it is kept as a secret (config.url otherwise). Every known
+    secret value in the payload is replaced with `[secret:NAME]`.
+    """
     payload = slack_body(notice) if uses_slack(config) else json_body(notice)
+    if redactor:
+        payload = redactor.data(payload)
     body = json.dumps(payload, default=str, ensure_ascii=False).encode()
+    target = url if url is not None else config.url
     attempts = 0
     while True:
         attempts += 1
         try:
-            await _attempt(config, body)
+            await _attempt(config, body, target)
             return True
         except DeliveryError as e:
             if not e.retry or attempts > config.retries:
                 log.warning(
                     "notification %r to %s failed after %d attempt%s: %s",
                     notice.event,
-                    public_origin(config.url),
+                    where(config),
                     attempts,
                     "" if attempts == 1 else "s",
                     e.detail,
@@ -325,9 +350,20 @@ class _Channel:
     busy: bool = False  # a notice has been taken off the queue and is being delivered
 
 
+# A webhook URL kept as a secret, resolved when a notice is sent (never logged).
+SecretURL = Callable[[str], Awaitable[str]]
+
+
 class Notifier:
-    def __init__(self, configs: list[NotificationConfig]) -> None:
+    def __init__(
+        self,
+        configs: list[NotificationConfig],
+        redactor: Redactor | None = None,
+        secret_url: SecretURL | None = None,
+    ) -> None:
         self._configs = list(configs)
+        self._redactor = redactor
+        self._secret_url = secret_url
         # Keyed by position: two entries may share a URL with different events or formats.
         self._channels: dict[int, _Channel] = {}
         self._closed = False
@@ -359,7 +395,7 @@ class Notifier:
                 log.warning(
                     "notification %r to %s dropped: %d already waiting",
                     notice.event,
-                    public_origin(config.url),
+                    where(config),
                     QUEUE_LIMIT,
                 )
 
@@ -379,14 +415,29 @@ class Notifier:
             notice = await channel.queue.get()
             channel.busy = True
             try:
-                await deliver(config, notice)
+                url = await self._url(config)
+                if url is not None:
+                    await deliver(config, notice, self._redactor, url)
             except Exception:
-                log.exception(
-                    "notification %r to %s failed", notice.event, public_origin(config.url)
-                )
+                log.exception("notification %r to %s failed", notice.event, where(config))
             finally:
                 channel.busy = False
                 channel.queue.task_done()
+
+    async def _url(self, config: NotificationConfig) -> str | None:
+        name = url_secret(config)
+        if name is None:
+            return config.url
+        if self._secret_url is None:
+            log.warning(
+                "notification to %s not sent: its secret cannot be read here", where(config)
+            )
+            return None
+        try:
+            return await self._secret_url(name)
+        except SecretError as exc:
+            log.warning("notification to %s not sent: %s", where(config), exc)
+            return None
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Let what is queued be delivered, for at most `timeout` seconds, then stop."""

@@ -15,6 +15,7 @@ from conveyor.config import ResolvedEnvironment
 from conveyor.core import rollout as r
 from conveyor.engine.context import Context
 from conveyor.engine.outcome import Emit, Outcome
+from conveyor.engine.secrets import EVENT, Pin, names_of, pins_of
 from conveyor.engine.traffic import ROUTER_ERRORS
 from conveyor.store.db import InstanceRecord
 
@@ -52,6 +53,20 @@ def _previous_version(ctx: Context, env: ResolvedEnvironment, current: str | Non
         if dep.outcome == "succeeded" and dep.kind != "stop" and dep.version != current:
             return dep.version
     return None
+
+
+def last_live(ctx: Context, env: ResolvedEnvironment, version: str) -> int | None:
+    """The deployment that last made `version` live in `env` (its secret versions are the ones
+    a rollback to it restores)."""
+    for dep in ctx.store.list_deployments(env.app, env.name, limit=200):
+        live = dep.outcome in ("succeeded", "rolled_back")
+        if dep.version == version and live and dep.kind in ("deploy", "rollback", "start"):
+            return dep.id
+    return None
+
+
+def _shown(pinned: dict[str, Pin]) -> str:
+    return ", ".join(f"{n} ({p[0]} {p[1]})" for n, p in sorted(pinned.items()))
 
 
 async def switch_back(
@@ -92,6 +107,12 @@ async def switch_back(
     switched_at = ctx.clock.utcnow().timestamp()
     dep_id = journal.open(env.app, env.name, found.version, "rollback", current, found.reason)
     journal.record(dep_id, "rollback", found.reason, emit=emit)
+    # The standby colors run with the secret versions of the deployment that started them:
+    # this rollback records those (restarts go by them), and its workers get them too.
+    pinned = pins_of(ctx.store, next((s.deployment_id for s in switched), None))
+    if pinned:
+        data = {n: {"provider": p[0], "version": p[1]} for n, p in pinned.items()}
+        journal.record(dep_id, EVENT, f"secrets: {_shown(pinned)}", {"secrets": data})
     if failure:
         journal.finish(dep_id, "failed", failure)
         return Outcome(1, dep_id, "failed", failure)
@@ -125,7 +146,8 @@ async def switch_back(
             continue
         tree = tree or ctx.tree(release)
         color = r.other_color(row.color)
-        handle = await fleet.spawn(env, row.service, color, found.version, tree)
+        values = await ctx.secrets.resolve(env, names_of(svc), pinned, "rollback")
+        handle = await fleet.spawn(env, row.service, color, found.version, tree, secrets=values)
         fleet.record(env.name, row.service, color, release, handle, "active", dep_id)
         replaced.append(row)
         journal.record(

@@ -68,6 +68,11 @@ def history_row(store: Store, d: DeploymentRecord, detail: bool) -> dict[str, An
         row["measurements"] = measurements(events)
         row["strategy"] = strategy(events)
         row["trigger"] = trigger(events) if d.outcome == "rolled_back" else None
+        # Which version of each secret it ran with (names, providers, versions; never values).
+        row["secrets"] = next(
+            (dict(e.data.get("secrets", {})) for e in reversed(events) if e.state == "secrets"),
+            {},
+        )
         row["events"] = [
             {"at": e.at.isoformat(), "state": e.state, "reason": e.reason, **e.data} for e in events
         ]

@@ -28,19 +28,31 @@ from conveyor.core.durations import format_duration
 from conveyor.engine.context import Context, wall_time
 from conveyor.engine.errors import EngineError, UserError
 from conveyor.engine.fleet import HandleId, Key, handle_id, key_of
+from conveyor.engine.locks import Locked
+from conveyor.engine.migrate import ERRORS as MIGRATION_ERRORS
+from conveyor.engine.migrate import Migrator, labels
 from conveyor.engine.notify import Notice, Notifier
 from conveyor.engine.outcome import Emit, Outcome
+from conveyor.engine.secrets import names_of, pins_of
 from conveyor.engine.traffic import ROUTER_ERRORS
 from conveyor.engine.watch import StandbyWatch
 from conveyor.releases import ReleaseError
 from conveyor.runtimes.base import Handle, RunState, RuntimeStartError
+from conveyor.secrets.base import SecretError
 from conveyor.store.db import DeploymentRecord, InstanceRecord
 
 log = logging.getLogger("conveyor.supervisor")
 
 # What bringing a color back may run into that is not a bug: a broken configuration, a missing
 # release, a runtime or router that refuses. Anything else is a bug and is logged as one.
-RESTART_ERRORS = (ConfigError, EngineError, RuntimeStartError, ReleaseError, *ROUTER_ERRORS)
+RESTART_ERRORS = (
+    ConfigError,
+    EngineError,
+    RuntimeStartError,
+    ReleaseError,
+    SecretError,
+    *ROUTER_ERRORS,
+)
 INTERRUPTED = "interrupted: the agent stopped during the deployment"
 
 # (environment, emit, reason, when the crash it answers happened or None) -> what it did
@@ -164,6 +176,7 @@ class Supervisor:
             return [f"stopped {what}: its deployment was interrupted"]
         handle = await ctx.fleet.adopt(row)
         if handle is not None:
+            await self._learn_secrets(cfg, row)
             return [f"adopted {what}, {handle.summary}"]
         if row.role == "standby" and row.standby_until and row.standby_until <= ctx.clock.utcnow():
             await ctx.traffic.standby_gone(row.environment, row.service, row.color)
@@ -175,8 +188,21 @@ class Supervisor:
             return [f"could not bring back {what}: {exc}"]
         return [f"restarted {what}: it was not running"]
 
+    async def _learn_secrets(self, cfg: Config, row: InstanceRecord) -> None:
+        """An adopted color runs with its deployment's secret versions: resolve them again so
+        that what this agent writes and shows is redacted of them too (best effort)."""
+        try:
+            env = cfg.environment(row.environment)
+            names = names_of(env.services.get(row.service))
+            if names:
+                pinned = pins_of(self.ctx.store, row.deployment_id)
+                await self.ctx.secrets.resolve(env, names, pinned, "adoption")
+        except (ConfigError, SecretError) as exc:
+            log.warning("secrets of an adopted color are not redacted: %s", exc)
+
     async def restart(self, env: ResolvedEnvironment, row: InstanceRecord) -> Handle:
-        """Start a recorded color again, on its old port if that is still free."""
+        """Start a recorded color again, on its old port if that is still free, with the
+        secret versions its deployment used."""
         ctx = self.ctx
         release = ctx.store.get_release(row.app, row.version)
         if release is None:
@@ -184,6 +210,8 @@ class Supervisor:
         svc = env.services.get(row.service)
         if svc is None:
             raise UserError(f"service {row.service} is no longer in the configuration")
+        pinned = pins_of(ctx.store, row.deployment_id)
+        secrets = await ctx.secrets.resolve(env, names_of(svc), pinned, "restart")
         old = ctx.fleet.endpoint(row)
         handle = await ctx.fleet.spawn(
             env,
@@ -192,6 +220,7 @@ class Supervisor:
             row.version,
             ctx.tree(release),
             port=old.port if old is not None else 0,
+            secrets=secrets,
         )
         ctx.fleet.record(
             env.name,
@@ -380,7 +409,7 @@ class Supervisor:
         )
         journal.record(dep_id, "crash_loop", reason, info, service=row.service)
         journal.finish(dep_id, "failed", reason)
-        notifier = Notifier(list(env.notifications))
+        notifier = Notifier(list(env.notifications), ctx.secrets.redactor, self._secret_url(env))
         notifier.send(
             Notice(
                 event="crash_loop",
@@ -398,6 +427,12 @@ class Supervisor:
         task.add_done_callback(self.notifying.discard)
         log.warning("%s", reason)
         return f"crash-looping: recorded in the history (#{dep_id})"
+
+    def _secret_url(self, env: ResolvedEnvironment) -> Callable[[str], Awaitable[str]]:
+        async def url(name: str) -> str:
+            return (await self.ctx.secrets.resolve(env, [name], None, "webhook"))[name].value
+
+        return url
 
     def restart_info(self, cur: Crashes, now: float) -> dict[str, Any] | None:
         """What status says of a color's restarts (None: none lately)."""
@@ -449,6 +484,7 @@ class Supervisor:
             return notes
         now = ctx.clock.utcnow()
         notes.extend(await self.watch_standby_window(cfg))
+        expired: set[str] = set()
         for row in ctx.store.instances(cfg.app.name):
             if ctx.locks.holder(row.environment) is not None or row.role == "starting":
                 continue
@@ -458,6 +494,7 @@ class Supervisor:
                 await ctx.traffic.standby_gone(row.environment, row.service, row.color)
                 await ctx.fleet.stop(row, svc.stop_timeout if svc else 10.0)
                 notes.append(f"stopped standby {what}: its standby time is over")
+                expired.add(row.environment)
             elif row.role == "active" and not await ctx.fleet.alive(row):
                 handle = ctx.fleet.handle(row)
                 if handle is not None:  # noted already if its watcher was told
@@ -469,7 +506,43 @@ class Supervisor:
                 await ctx.traffic.standby_gone(row.environment, row.service, row.color)
                 ctx.store.delete_instance(row.app, row.environment, row.service, row.color)
                 notes.append(f"standby {what} exited: a rollback will redeploy instead")
+        for env_name in sorted(expired):
+            notes.extend(await self.contract_after_standby(cfg, env_name))
         return notes
+
+    async def contract_after_standby(self, cfg: Config, env_name: str) -> list[str]:
+        """The standby window is over and the old color stopped: no old version can take
+        traffic again, so the live release's held contract migrations run now."""
+        ctx = self.ctx
+        try:
+            env = cfg.environment(env_name)
+        except ConfigError:
+            return []
+        rows = ctx.store.instances(cfg.app.name, env_name)
+        active = next((r for r in rows if r.role == "active" and r.deployment_id), None)
+        if env.migrations is None or active is None or any(r.role == "standby" for r in rows):
+            return []
+        release = ctx.store.get_release(active.app, active.version)
+        if release is None:
+            return []
+        migrator = Migrator(ctx, env, _quiet, active.deployment_id, {})
+        try:
+            with ctx.locks.hold(env_name, "contract migrations"):
+                applied = await migrator.contract(ctx.tree(release))
+        except Locked:
+            return []  # a deployment runs there: it decides (its own contract step)
+        except (*MIGRATION_ERRORS, EngineError) as exc:
+            assert active.deployment_id is not None
+            why = (
+                f"contract migrations failed: {exc}; `conveyor migrate contract --env "
+                f"{env_name}` runs them once fixed"
+            )
+            ctx.journal.record(active.deployment_id, "contract_failed", why)
+            log.error("%s: %s", env_name, why)
+            return [f"{env_name}: {why}"]
+        if not applied:
+            return []
+        return [f"{env_name}: applied contract migrations {labels(applied)}"]
 
     async def watch_standby_window(self, cfg: Config) -> list[str]:
         """While the previous version is on standby, a failing new version is switched back.

@@ -105,7 +105,9 @@ class StandbyWatch:
                     f"({state.failures} failed measurements in a row)"
                 )
 
-        runner = AnalysisRunner(self.ctx.traffic.router, self.ctx.clock.now, measured)
+        runner = AnalysisRunner(
+            self.ctx.traffic.router, self.ctx.clock.now, measured, self.ctx.secrets.redactor
+        )
         add_checks(runner, env, targets)
         watch = _Watch(key, runner, checks)
         self._watches[env.name] = watch
