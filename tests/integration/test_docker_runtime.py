@@ -10,6 +10,7 @@ import asyncio
 import http.client
 import io
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +263,27 @@ def test_stopping_a_color_prunes_older_images_but_keeps_the_newest_and_those_in_
         for img in docker_api.images.list(filters={"label": f"io.conveyor.app={PREFIX}-shop"})
     }
     assert left == {ids[2], ids[3]}
+
+
+def test_a_secret_the_app_prints_is_redacted_in_its_log_file_before_and_after_adoption(
+    runtime: DockerRuntime,
+    busybox_image: str,
+    tmp_path: Path,
+) -> None:
+    script = "while true; do echo token=$API_TOKEN; sleep 0.2; done"
+    w = workload(busybox_image, command=f'sh -c "{script}"', port=None)
+    h = asyncio.run(runtime.start(replace(w, secrets={"API_TOKEN": SECRET})))
+    log = tmp_path / "dev" / "web" / "blue.log"
+
+    def redacted_line(path: Path) -> bool:
+        return path.exists() and b"token=[secret:API_TOKEN]" in path.read_bytes()
+
+    wait_for(lambda: redacted_line(log), 30)
+    # A restarted agent knows the secret's name from the label and its value from the env.
+    elsewhere = tmp_path / "again"
+    again = DockerRuntime(elsewhere)
+    assert asyncio.run(again.adopt(Handle.from_json(h.to_json()))) == h
+    wait_for(lambda: redacted_line(elsewhere / "dev" / "web" / "blue.log"), 30)
+    asyncio.run(again.stop(h, 0))
+    for path in (log, elsewhere / "dev" / "web" / "blue.log"):
+        assert SECRET.encode() not in path.read_bytes()

@@ -3,6 +3,8 @@ PostgreSQL database of their own."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -152,3 +154,29 @@ def test_help_has_examples(proj: Project) -> None:
     ):
         out = proj.cli(*command, "--help")
         assert out.returncode == 0 and "Example:" in out.stdout, command
+
+
+def test_the_database_url_comes_from_the_secret_store(tmp_path: Path, fresh_pg_url: str) -> None:
+    home = tmp_path / "project"
+    home.mkdir()
+    project = Project(home)
+    project.env["XDG_CONFIG_HOME"] = str(tmp_path / "config")  # the key file, outside the project
+    project.env.pop("DATABASE_URL", None)
+    project.configure(extra='\n[migrations]\ndatabase_url_secret = "DATABASE_URL"\n')
+    write(home, {"001_users.sql": USERS})
+    # Without the secret: exit 2 naming where it looked and how to set it.
+    code, _ = project.json("migrate", "status", "--env", "dev")
+    assert code == 2
+    stored = subprocess.run(
+        [sys.executable, "-m", "conveyor", "secrets", "set", "DATABASE_URL", "--env", "dev"],
+        env=project.env,
+        cwd=home,
+        input=fresh_pg_url + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert stored.returncode == 0, stored.stderr
+    code, data = project.json("migrate", "up", "--env", "dev")
+    assert code == 0, data
+    assert query(fresh_pg_url, "select to_regclass('users') is not null") == [(True,)]

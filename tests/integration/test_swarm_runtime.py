@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +98,24 @@ def test_the_health_check_follows_the_health_settings() -> None:
     assert "http://127.0.0.1:8080/up" in check["test"][1]
     assert (check["interval"], check["timeout"]) == (500_000_000, 2_000_000_000)
     assert health_check(w, None) is None
+
+
+def test_a_secret_the_service_prints_is_redacted_in_its_log_before_and_after_adoption(
+    runtime: SwarmRuntime, busybox_image: str, tmp_path: Path
+) -> None:
+    script = "while true; do echo token=$API_TOKEN; sleep 0.2; done"
+    w = swarm_workload(busybox_image, command=f'sh -c "{script}"', port=None)
+    h = asyncio.run(runtime.start(replace(w, secrets={"API_TOKEN": SECRET})))
+    log = tmp_path / "dev" / "web" / "blue.log"
+
+    def redacted_line(path: Path) -> bool:
+        return path.exists() and b"token=[secret:API_TOKEN]" in path.read_bytes()
+
+    wait_for(lambda: redacted_line(log), 60, "a redacted line in the log")
+    elsewhere = tmp_path / "again"
+    again = SwarmRuntime(elsewhere)
+    assert asyncio.run(again.adopt(Handle.from_json(h.to_json()))) == h
+    wait_for(lambda: redacted_line(elsewhere / "dev" / "web" / "blue.log"), 60, "after adoption")
+    asyncio.run(again.stop(h, 2))
+    for path in (log, elsewhere / "dev" / "web" / "blue.log"):
+        assert SECRET.encode() not in path.read_bytes()

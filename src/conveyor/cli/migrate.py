@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from conveyor.cli.common import Command, EnvReq, JsonOpt, Project, app, project
+from conveyor.cli.common import Command, EnvReq, JsonOpt, Project, acting_user, app, project
 from conveyor.cli.output import console, emit_json, fail, stderr
 
 if TYPE_CHECKING:
+    from conveyor.config import ResolvedEnvironment
     from conveyor.config.migrations import MigrationsConfig
     from conveyor.migrations.steps import Target
 
@@ -60,12 +61,40 @@ def context(env: str) -> Context:
     if resolved.migrations is None:
         fail(f"{proj.config_path.name} has no [migrations] table: nothing to migrate")
     try:
-        # The secret store's resolver is not in this conveyor yet: [migrations] database_url,
-        # else the environment variable named by database_url_secret.
-        url = database_url(resolved.migrations, env)
+        # [migrations] database_url, else the secret named by database_url_secret (the
+        # environment's providers, audited), else conveyor's environment variable of that name.
+        url = database_url(resolved.migrations, env, _secret_lookup(proj, resolved))
     except NoDatabase as exc:
         fail(str(exc))
     return Context(proj, resolved.app, env, resolved.migrations, url, masked(url))
+
+
+def _secret_lookup(proj: Project, resolved: ResolvedEnvironment) -> Any:
+    """A lookup of one secret through the environment's providers (None when nobody has it)."""
+    cfg = resolved.migrations
+    if cfg is None or cfg.database_url:
+        return None
+
+    def lookup(name: str, environment: str) -> str | None:
+        import asyncio
+
+        from conveyor.secrets.base import SecretError
+        from conveyor.secrets.resolve import Resolver
+
+        store = proj.store()
+        try:
+            resolver = Resolver(
+                store, resolved.app, resolved.secrets, proj.paths.home, acting_user(proj)
+            )
+            found = asyncio.run(resolver.check(environment, [name], purpose="migrate"))
+        except SecretError as exc:
+            fail(str(exc), 1)
+        finally:
+            store.close()
+        value = found.get(name)
+        return value.value if value is not None else None
+
+    return lookup
 
 
 def failed(exc: Exception) -> NoReturn:

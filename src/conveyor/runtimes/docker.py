@@ -27,6 +27,7 @@ from conveyor.ports import _bindable, free_port
 from conveyor.runtimes import docker_common as dc
 from conveyor.runtimes import docker_logs
 from conveyor.runtimes.base import Endpoint, Handle, RunState, RuntimeStartError, Workload
+from conveyor.secrets.redact import Redactor
 
 if TYPE_CHECKING:
     import docker
@@ -117,7 +118,7 @@ class DockerRuntime:
                 port = int(inner)
                 published = free_port(LOOPBACK)
                 ports = {f"{port}/tcp": (LOOPBACK, published)}
-        labels = dc.workload_labels(w)
+        labels = {**dc.workload_labels(w), **dc.secret_labels(w)}
         kwargs: dict[str, Any] = {
             "name": dc.object_name(w),
             "command": dc.command_of(w, port),
@@ -175,14 +176,17 @@ class DockerRuntime:
         docker_logs.header(
             path, f"--- {at} start {w.service} {w.color} {w.version} port={shown} {what} ---"
         )
-        self._copy_logs(path, ident, new=True)
+        self._copy_logs(path, ident, w.secrets, new=True)
 
-    def _copy_logs(self, path: Path, ident: str, new: bool = False) -> None:
+    def _copy_logs(
+        self, path: Path, ident: str, secrets: Mapping[str, str], new: bool = False
+    ) -> None:
         if ident in self._copying:
             return
         self._copying.add(ident)
         since = None if new else docker_logs.last_time(path)
-        docker_logs.follow(path, self._log_source(ident), ident[:12], since)
+        redactor = Redactor(secrets) if secrets else None
+        docker_logs.follow(path, self._log_source(ident), ident[:12], since, redactor)
 
     def _log_source(self, ident: str) -> docker_logs.Source:
         def source(stream: str, since: float | None) -> Any:
@@ -231,7 +235,8 @@ class DockerRuntime:
             c = self._container(h)
             if c is None or not c.attrs["State"].get("Running"):
                 return None
-            self._copy_logs(self.log_path(h), str(c.id))
+            secrets = dc.secrets_of(c.labels, c.attrs.get("Config", {}).get("Env"))
+            self._copy_logs(self.log_path(h), str(c.id), secrets)
             return h
 
         try:

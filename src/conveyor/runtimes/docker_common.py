@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import signal
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -257,3 +257,23 @@ def parse_time(value: str | None) -> float | None:
     zone = "+00:00" if match[3] == "Z" else match[3]
     fraction = f".{(match[2] or '0')[:6]}"
     return datetime.fromisoformat(match[1] + fraction + zone).timestamp()
+
+
+# The names (never the values) of the secrets among a workload's environment: a restarted agent
+# reads them back with the environment, so that it goes on redacting the workload's logs.
+SECRETS_LABEL = label("secrets")
+
+
+def secret_labels(w: Workload) -> dict[str, str]:
+    return {SECRETS_LABEL: ",".join(sorted(w.secrets))} if w.secrets else {}
+
+
+def secrets_of(labels: Mapping[str, str] | None, env: Iterable[str] | None) -> dict[str, str]:
+    """The secret values of an adopted workload: the labelled names, read from its env."""
+    names = set(filter(None, (labels or {}).get(SECRETS_LABEL, "").split(",")))
+    found: dict[str, str] = {}
+    for item in env or ():
+        key, sep, value = item.partition("=")
+        if sep and key in names:
+            found[key] = value
+    return found

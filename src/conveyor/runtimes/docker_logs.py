@@ -19,6 +19,7 @@ from pathlib import Path
 from conveyor.runtimes import logshim
 from conveyor.runtimes.docker_common import parse_time
 from conveyor.runtimes.logfile import tail_lines
+from conveyor.secrets.redact import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +65,24 @@ def _lines(chunks: Iterable[bytes]) -> Iterable[bytes]:
         yield held
 
 
-def follow(path: Path, source: Source, name: str, since: float | None) -> None:
+def follow(
+    path: Path,
+    source: Source,
+    name: str,
+    since: float | None,
+    redactor: Redactor | None = None,
+) -> None:
     """Copy stdout and stderr of one workload into `path`, in two daemon threads: all of it
-    (since None: a new workload), or what it wrote since then (adopted: the file's last time)."""
+    (since None: a new workload), or what it wrote since then (adopted: the file's last time).
+    Every line goes through `redactor` first: a secret the app prints never reaches the file."""
+    redact = redactor.raw if redactor else None
 
     def copy(stream: str) -> None:
         try:
-            for rec in records(stream, _lines(source(stream, since))):
+            lines = _lines(source(stream, since))
+            if redact is not None:
+                lines = (redact(line) for line in lines)
+            for rec in records(stream, lines):
                 _append(path, rec)
         except Exception as exc:
             log.debug("stopped copying %s of %s: %s", stream, name, exc)

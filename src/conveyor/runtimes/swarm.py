@@ -102,7 +102,7 @@ class SwarmRuntime(DockerRuntime):
                 kwargs["endpoint_spec"] = EndpointSpec(ports={published: (port, "tcp", "host")})
         if host:
             kwargs["networks"] = ["host"]
-        labels = dc.workload_labels(w)
+        labels = {**dc.workload_labels(w), **dc.secret_labels(w)}
         env = dc.container_env(w, port)
         limits = dc.limits(opts.get("resources") or {})
         if limits:
@@ -218,7 +218,11 @@ class SwarmRuntime(DockerRuntime):
         def find() -> Handle | None:
             if not self.state_sync(h).alive:
                 return None
-            self._copy_logs(self.log_path(h), str(h.ref["id"]))
+            service = self._service(h)
+            spec = service.attrs["Spec"] if service is not None else {}
+            env = spec.get("TaskTemplate", {}).get("ContainerSpec", {}).get("Env")
+            secrets = dc.secrets_of(spec.get("Labels"), env)
+            self._copy_logs(self.log_path(h), str(h.ref["id"]), secrets)
             return h
 
         try:
