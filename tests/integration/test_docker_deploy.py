@@ -5,6 +5,7 @@ anything stops. The containers use host networking and listen on 127.0.0.1.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,7 +56,8 @@ class ContainerProject:
     def __init__(self, project: Project, kind: str, base_image: str) -> None:
         self.p = project
         self.kind = kind
-        suffix = project.dir.name[-6:].lower()
+        # Not the temporary directory's name: it may hold "_", and "-_" is no valid image name.
+        suffix = uuid.uuid4().hex[:6]
         self.app = f"{PREFIX}-{kind}-{suffix}"
         self.image = f"{PREFIX}-{kind}-{suffix}-web"
         (project.dir / "Dockerfile").write_text(
@@ -130,18 +132,20 @@ def blue_green_under_load_then_rollback(cp: ContainerProject, docker_api: Any) -
     # What runs is the image recorded with the release, labelled as conveyor's.
     labels = {"label": f"io.conveyor.app={cp.app}"}
     if cp.kind == "docker":
-        running = {
-            c.labels["io.conveyor.version"]: c.image.id
-            for c in docker_api.containers.list(filters=labels)
-        }
+        objects = [(c.labels, c.image.id) for c in docker_api.containers.list(filters=labels)]
     else:
-        running = {
-            s.attrs["Spec"]["Labels"]["io.conveyor.version"]: s.attrs["Spec"]["TaskTemplate"][
-                "ContainerSpec"
-            ]["Image"]
+        objects = [
+            (s.attrs["Spec"]["Labels"], s.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"])
             for s in docker_api.services.list(filters=labels)
-        }
+        ]
+    running = {found["io.conveyor.version"]: image_id for found, image_id in objects}
     assert running["v1"] == image["id"]
+    # Each is labelled with the deployment that started it.
+    code, history = project.history("dev")
+    assert code == 0, history
+    started_by = {d["version"]: str(d["id"]) for d in history if d["kind"] == "deploy"}
+    for found, _ in objects:
+        assert found["io.conveyor.deployment"] == started_by[found["io.conveyor.version"]]
 
 
 @pytest.mark.parametrize("container_project", ["docker"], indirect=True)

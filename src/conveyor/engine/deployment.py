@@ -380,7 +380,13 @@ class Deployment:
         fleet = self.ctx.fleet
         try:
             handle = await fleet.spawn(
-                self.env, name, color, self.release.version, self.tree, secrets=self.secrets
+                self.env,
+                name,
+                color,
+                self.release.version,
+                self.tree,
+                secrets=self.secrets,
+                deployment_id=self.id,
             )
         except (RuntimeStartError, OSError, SecretError) as exc:
             self.queue.put_nowait(r.Crash(name, f"could not start: {exc}", self.ctx.clock.now()))

@@ -99,6 +99,7 @@ class Fleet:
         tree: Path,
         port: int | None = 0,
         secrets: Mapping[str, SecretValue] | None = None,
+        deployment_id: int | None = None,
     ) -> Handle:
         """Start one color; `port` 0 lets the runtime choose, a number asks for that one.
 
@@ -125,6 +126,8 @@ class Fleet:
                 **svc.runtime_options(),
                 "runtime": env.runtime.model_dump(),
                 **workload_options(self.store, env.app, version, name),
+                # Which deployment started it: container runtimes label their objects with it.
+                "deployment_id": deployment_id,
             },
             secrets=given,
         )

@@ -147,7 +147,9 @@ async def switch_back(
         tree = tree or ctx.tree(release)
         color = r.other_color(row.color)
         values = await ctx.secrets.resolve(env, names_of(svc), pinned, "rollback")
-        handle = await fleet.spawn(env, row.service, color, found.version, tree, secrets=values)
+        handle = await fleet.spawn(
+            env, row.service, color, found.version, tree, secrets=values, deployment_id=dep_id
+        )
         fleet.record(env.name, row.service, color, release, handle, "active", dep_id)
         replaced.append(row)
         journal.record(

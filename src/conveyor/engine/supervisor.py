@@ -221,6 +221,7 @@ class Supervisor:
             ctx.tree(release),
             port=old.port if old is not None else 0,
             secrets=secrets,
+            deployment_id=row.deployment_id,
         )
         ctx.fleet.record(
             env.name,

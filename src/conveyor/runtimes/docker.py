@@ -118,7 +118,7 @@ class DockerRuntime:
                 port = int(inner)
                 published = free_port(LOOPBACK)
                 ports = {f"{port}/tcp": (LOOPBACK, published)}
-        labels = {**dc.workload_labels(w), **dc.secret_labels(w)}
+        labels = {**dc.workload_labels(w), **dc.secret_labels(w), **dc.deployment_labels(w)}
         kwargs: dict[str, Any] = {
             "name": dc.object_name(w),
             "command": dc.command_of(w, port),

@@ -268,6 +268,12 @@ def secret_labels(w: Workload) -> dict[str, str]:
     return {SECRETS_LABEL: ",".join(sorted(w.secrets))} if w.secrets else {}
 
 
+def deployment_labels(w: Workload) -> dict[str, str]:
+    """The deployment that started it (none for a start outside one), for `docker ps --filter`."""
+    found = w.options.get("deployment_id")
+    return {label("deployment"): str(found)} if found is not None else {}
+
+
 def secrets_of(labels: Mapping[str, str] | None, env: Iterable[str] | None) -> dict[str, str]:
     """The secret values of an adopted workload: the labelled names, read from its env."""
     names = set(filter(None, (labels or {}).get(SECRETS_LABEL, "").split(",")))

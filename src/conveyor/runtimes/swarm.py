@@ -102,7 +102,7 @@ class SwarmRuntime(DockerRuntime):
                 kwargs["endpoint_spec"] = EndpointSpec(ports={published: (port, "tcp", "host")})
         if host:
             kwargs["networks"] = ["host"]
-        labels = {**dc.workload_labels(w), **dc.secret_labels(w)}
+        labels = {**dc.workload_labels(w), **dc.secret_labels(w), **dc.deployment_labels(w)}
         env = dc.container_env(w, port)
         limits = dc.limits(opts.get("resources") or {})
         if limits:
