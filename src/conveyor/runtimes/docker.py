@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conveyor.ports import _bindable, free_port
 from conveyor.runtimes import docker_common as dc
 from conveyor.runtimes import docker_logs
 from conveyor.runtimes.base import Endpoint, Handle, RunState, RuntimeStartError, Workload
@@ -37,7 +36,7 @@ log = logging.getLogger(__name__)
 
 # How often exited() looks at a container's state (a blocking wait would hold a thread).
 EXIT_POLL = 0.25
-LOOPBACK = "127.0.0.1"
+LOOPBACK = dc.LOOPBACK
 
 
 async def pumped(stream: Any) -> AsyncIterator[bytes]:
@@ -99,25 +98,11 @@ class DockerRuntime:
         choice = dc.image_of(w)
         image_id = dc.check_image(self.api, w, choice)
         host = opts.get("network") == "host"
-        port: int | None = None  # where the app listens (inside the container)
-        published: int | None = None  # where conveyor reaches it
+        # port: where the app listens (inside the container); published: where conveyor reaches it
+        port, published = dc.ports_of(w, host)
         ports: dict[str, tuple[str, int]] = {}
-        if w.port is not None:
-            if host:
-                port = w.port
-                if port == 0 or not _bindable(LOOPBACK, port):
-                    port = free_port(LOOPBACK)
-                published = port
-            else:
-                inner = opts.get("container_port")
-                if not inner:
-                    raise RuntimeStartError(
-                        f"{w.service}: bridge networking needs container_port (where the app "
-                        'listens inside the container), or set network = "host"'
-                    )
-                port = int(inner)
-                published = free_port(LOOPBACK)
-                ports = {f"{port}/tcp": (LOOPBACK, published)}
+        if published is not None and not host:
+            ports = {f"{port}/tcp": (LOOPBACK, published)}
         labels = {**dc.workload_labels(w), **dc.secret_labels(w), **dc.deployment_labels(w)}
         kwargs: dict[str, Any] = {
             "name": dc.object_name(w),

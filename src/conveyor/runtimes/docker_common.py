@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conveyor.markers import INSTANCE_ID, PROJECT_ID
+from conveyor.ports import _bindable, free_port
 from conveyor.runtimes.base import Handle, RuntimeStartError, Workload
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 # Every Docker API request gives up after this long (stop adds its grace period on top).
 API_TIMEOUT = 30.0
 PREFIX = "io.conveyor."
+# Where conveyor reaches a container's app: loopback only.
+LOOPBACK = "127.0.0.1"
 LABELS = ("project", "app", "environment", "service", "color", "version", "instance")
 # Stamped on the images `conveyor release create` builds: which app, service and release.
 IMAGE_LABELS = ("app", "service", "version", "release")
@@ -283,3 +286,23 @@ def secrets_of(labels: Mapping[str, str] | None, env: Iterable[str] | None) -> d
         if sep and key in names:
             found[key] = value
     return found
+
+
+def ports_of(w: Workload, host: bool) -> tuple[int | None, int | None]:
+    """(where the app listens, where conveyor reaches it) for a workload; (None, None) for a
+    worker. Host networking: the port asked for when free on loopback, else a free one. Bridge:
+    the container_port inside, published on a free loopback port."""
+    if w.port is None:
+        return None, None
+    if host:
+        port = w.port
+        if port == 0 or not _bindable(LOOPBACK, port):
+            port = free_port(LOOPBACK)
+        return port, port
+    inner = w.options.get("container_port")
+    if not inner:
+        raise RuntimeStartError(
+            f"{w.service}: bridge networking needs container_port (where the app "
+            'listens inside the container), or set network = "host"'
+        )
+    return int(inner), free_port(LOOPBACK)

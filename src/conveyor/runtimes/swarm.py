@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conveyor.ports import _bindable, free_port
 from conveyor.runtimes import docker_common as dc
 from conveyor.runtimes.base import Endpoint, Handle, RunState, RuntimeStartError, Workload
 from conveyor.runtimes.docker import LOOPBACK, DockerRuntime, pumped
@@ -79,27 +78,12 @@ class SwarmRuntime(DockerRuntime):
         opts = w.options
         image_id = dc.check_image(self.api, w, dc.image_of(w))
         host = opts.get("network") == "host"
-        port: int | None = None
-        published: int | None = None
+        port, published = dc.ports_of(w, host)
         kwargs: dict[str, Any] = {}
-        if w.port is not None:
-            if host:
-                port = w.port
-                if port == 0 or not _bindable(LOOPBACK, port):
-                    port = free_port(LOOPBACK)
-                published = port
-            else:
-                inner = opts.get("container_port")
-                if not inner:
-                    raise RuntimeStartError(
-                        f"{w.service}: bridge networking needs container_port (where the app "
-                        'listens inside the container), or set network = "host"'
-                    )
-                port = int(inner)
-                published = free_port(LOOPBACK)
-                # Host mode: each node publishes its own task's port (no routing mesh, whose
-                # virtual IP would hide which color answers).
-                kwargs["endpoint_spec"] = EndpointSpec(ports={published: (port, "tcp", "host")})
+        if published is not None and not host:
+            # Host mode: each node publishes its own task's port (no routing mesh, whose
+            # virtual IP would hide which color answers).
+            kwargs["endpoint_spec"] = EndpointSpec(ports={published: (port, "tcp", "host")})
         if host:
             kwargs["networks"] = ["host"]
         labels = {**dc.workload_labels(w), **dc.secret_labels(w), **dc.deployment_labels(w)}
