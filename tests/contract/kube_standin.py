@@ -464,7 +464,9 @@ class KubeStandIn:
         try:
             while True:
                 with self.lock:
-                    lines = self.logs.get(pod, [])
+                    # A copy: a line appended while these are written must be sent next time,
+                    # not counted as sent (that lost line timed a test out under load).
+                    lines = list(self.logs.get(pod, []))
                     alive = ("pods", ns, pod) in self.objects
                 for line in lines[sent:]:
                     req.wfile.write((line + "\n").encode())
