@@ -65,9 +65,19 @@ def test_tokens_and_roles_end_to_end(project: Project) -> None:
     proc = project.cli("access", "grant", "ci-bot", "deployer", "--env", "staging")
     assert proc.returncode == 0 and "ci-bot is deployer on staging" in proc.stdout
     proc = project.cli(
-        "tokens", "create", "--role", "deployer", "--env", "staging", "--user", "ci-bot",
-        "--expires", "30d", "--description", "CI pipeline",
-    )  # fmt: skip
+        "tokens",
+        "create",
+        "--role",
+        "deployer",
+        "--env",
+        "staging",
+        "--user",
+        "ci-bot",
+        "--expires",
+        "30d",
+        "--description",
+        "CI pipeline",
+    )
     assert proc.returncode == 0, proc.stderr
     ci_token = proc.stdout.strip()  # the token alone on stdout
     assert ci_token.startswith("cvy_") and "\n" not in ci_token

@@ -211,8 +211,15 @@ def _refusal(store: Store, token: str, now: datetime) -> str:
 
 def test_bindings_from_a_source_are_replaced_and_hand_made_ones_kept(store: Store) -> None:
     def entry(action: str, b: stored.BindingRecord) -> dict[str, object]:
-        return {"at": T0, "actor": "oidc", "action": action, "app": "shop",
-                "environment": b.environment, "target": b.subject, "outcome": "ok"}  # fmt: skip
+        return {
+            "at": T0,
+            "actor": "oidc",
+            "action": action,
+            "app": "shop",
+            "environment": b.environment,
+            "target": b.subject,
+            "outcome": "ok",
+        }
 
     service.grant(store, "bob", Role.viewer, None, "root", T0, ctx=CTX)  # by hand
     want = {(Role.deployer, "staging"): "team-deploy", (Role.viewer, None): "everyone"}
