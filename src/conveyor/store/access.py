@@ -13,7 +13,7 @@ never reaches the database.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -158,24 +158,7 @@ def add_token(
 ) -> TokenRecord:
     """Store a new token (its id must be new: ids are random, a clash is an IntegrityError)."""
     with store.writing() as session:
-        session.add(
-            ApiTokenRow(
-                id=rec.id,
-                owner=rec.owner,
-                role=str(rec.role),
-                environment=rec.environment,
-                digest=rec.digest,
-                description=rec.description,
-                created_at=rec.created_at,
-                created_by=rec.created_by,
-                expires_at=rec.expires_at,
-                last_used_at=rec.last_used_at,
-                last_used_from=rec.last_used_from,
-                revoked_at=rec.revoked_at,
-                revoked_by=rec.revoked_by,
-                kind=rec.kind,
-            )
-        )
+        session.add(ApiTokenRow(**{**asdict(rec), "role": str(rec.role)}))
         session.flush()
         _audit(session, audit_entry)
     return rec
@@ -427,17 +410,7 @@ def put_idempotent(store: Store, rec: IdempotencyRecord) -> IdempotencyRecord:
             found = session.get(IdempotencyKeyRow, (rec.actor, rec.key))
             if found is not None:
                 return _idempotent(found)
-            session.add(
-                IdempotencyKeyRow(
-                    actor=rec.actor,
-                    key=rec.key,
-                    environment=rec.environment,
-                    request_hash=rec.request_hash,
-                    deployment_id=rec.deployment_id,
-                    response=dict(rec.response),
-                    created_at=rec.created_at,
-                )
-            )
+            session.add(IdempotencyKeyRow(**{**asdict(rec), "response": dict(rec.response)}))
             session.flush()
             return rec
     except IntegrityError:  # another process inserted it between our read and write (PostgreSQL)
