@@ -4,6 +4,8 @@ it (authenticate, create/revoke tokens, grant/ungrant, the first admin). On SQLi
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -239,3 +241,32 @@ def test_bindings_from_a_source_are_replaced_and_hand_made_ones_kept(store: Stor
     ]
     actions = [e.action for e in audit.entries(store, app="shop", actor="oidc")]
     assert actions == ["access.grant", "access.revoke", "access.grant"]
+
+
+def test_racing_first_admins_and_idempotency_keys_have_one_winner(url: str) -> None:
+    """Eight threads, each with its own connection pool, at once: one first admin, one
+    remembered answer (the others get it back), on SQLite and PostgreSQL alike."""
+    Store.open(url).close()  # the schema, before the race
+    stores = [Store.open(url) for _ in range(8)]
+    barrier = threading.Barrier(len(stores))
+
+    def first_admin(i: int) -> bool:
+        barrier.wait(timeout=30)
+        return stored.add_first_admin(stores[i], f"user{i}", at=T0) is not None
+
+    def remember(i: int) -> IdempotencyRecord:
+        barrier.wait(timeout=30)
+        rec = IdempotencyRecord("ci", "key-1", "staging", f"h{i}", i, {"id": i}, T0)
+        return stored.put_idempotent(stores[i], rec)
+
+    try:
+        with ThreadPoolExecutor(len(stores)) as pool:
+            made = list(pool.map(first_admin, range(len(stores))))
+            kept = list(pool.map(remember, range(len(stores))))
+        assert made.count(True) == 1
+        assert [b.role for b in stored.list_bindings(stores[0])] == [Role.admin]
+        assert len({k.request_hash for k in kept}) == 1
+        assert stored.get_idempotent(stores[0], "ci", "key-1") == kept[0]
+    finally:
+        for s in stores:
+            s.close()
