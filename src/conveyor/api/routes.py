@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from conveyor.api import views, write
+from conveyor.api import approvals, tokens, views, write
 from conveyor.api.auth import (
     ApiError,
     authorize,
@@ -38,6 +38,8 @@ from conveyor.core.access import decide, permissions
 
 router = APIRouter()
 router.include_router(write.router)
+router.include_router(approvals.router)
+router.include_router(tokens.router)
 
 
 def config(request: Request) -> Config:
