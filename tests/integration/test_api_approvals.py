@@ -4,6 +4,8 @@ stream too) lets the deploy through; a rejection needs a comment."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from apikit import Events, serve, token
 
 from conftest import Project, wait_for
@@ -74,15 +76,20 @@ def test_waiting_deploy_self_approval_refused_then_approved(project: Project) ->
         assert viewer.get(f"/api/v1/deployments/{ref}").json()["deployment_id"] == dep
 
         admin = served.client(admin_tok)
-        entries = admin.get("/api/v1/audit", params={"environment": "production"}).json()
-        found = {(e["actor"], e["action"], e["outcome"]) for e in entries["entries"]}
+
+        def audited() -> tuple[list[dict[str, Any]], set[tuple[str, str, str]]] | None:
+            entries = admin.get("/api/v1/audit", params={"environment": "production"}).json()
+            found = {(e["actor"], e["action"], e["outcome"]) for e in entries["entries"]}
+            # The agent writes its entry once the deploy's answer is out.
+            return (entries["entries"], found) if ("dan", "deploy", "ok") in found else None
+
+        listed, found = wait_for(audited, what="the audit entry of the deploy")
         assert ("dan", "approve", "refused") in found  # the self-approval
         assert ("vic", "approve", "refused") in found  # the viewer
         assert ("amy", "approve", "ok") in found
         assert ("dan", "deploy", "refused") in found  # the first try, by the agent's gates
-        assert ("dan", "deploy", "ok") in found
         export = admin.get("/api/v1/audit/export", params={"environment": "production"})
         assert export.headers["content-type"].startswith("application/x-ndjson")
         lines = export.text.splitlines()
-        assert len(lines) == len(entries["entries"])
+        assert len(lines) == len(listed)
         assert served.client(dan_tok).get("/api/v1/audit/export").status_code == 403
