@@ -161,6 +161,26 @@ class ApprovalRow(Base):
     withdrawn_by: Mapped[str | None] = mapped_column(String(200))
 
 
+class DeploymentRequestRow(Base):
+    """A deploy asked for through the API and refused only for missing approvals: it waits in
+    the approvals inbox until it is deployed, rejected or withdrawn (conveyor.store.requests)."""
+
+    __tablename__ = "deployment_requests"
+    __table_args__ = (Index("ix_deployment_requests_app_state", "app", "state", "environment"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    app: Mapped[str] = mapped_column(String(200))
+    environment: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(64))
+    requested_by: Mapped[str] = mapped_column(String(200))
+    token_id: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))  # waiting | started | rejected
+    deployment_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class ReleaseTagRow(Base):
     __tablename__ = "release_tags"
 
@@ -304,3 +324,64 @@ class SecretCacheRow(Base):
     nonce: Mapped[bytes] = mapped_column(LargeBinary)
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     fetched_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# --- Access (issue 14; conveyor.store.access) ----------------------------------------------------
+
+
+class ApiTokenRow(Base):
+    """An API token: its public id and the SHA-256 digest of its secret, never the secret.
+
+    It grants `role` (on `environment`, or on every one when None) only while its owner holds
+    that role (conveyor.core.access)."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (Index("ix_api_tokens_owner", "owner"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    environment: Mapped[str | None] = mapped_column(String(200))
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 hex of the secret
+    description: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # None: never
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_from: Mapped[str | None] = mapped_column(String(200))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_by: Mapped[str | None] = mapped_column(String(200))
+    # "api": made by `tokens create` / POST /tokens, narrowed to role and environment;
+    # "session": a browser's login (OIDC), carrying every role its owner holds (role unused).
+    kind: Mapped[str] = mapped_column(String(16), default="api", server_default="api")
+
+
+class RoleBindingRow(Base):
+    """One role held by one subject, on one environment or (environment None) on all."""
+
+    __tablename__ = "role_bindings"
+    # NULLs are distinct in a unique constraint: conveyor.store.access also checks before adding.
+    __table_args__ = (
+        UniqueConstraint("subject", "role", "environment", name="uq_role_bindings_grant"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    environment: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(200))
+
+
+class IdempotencyKeyRow(Base):
+    """The answer the API gave to a request with an `Idempotency-Key`, to give it again."""
+
+    __tablename__ = "idempotency_keys"
+
+    actor: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    environment: Mapped[str] = mapped_column(String(200))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    deployment_id: Mapped[int | None] = mapped_column(Integer)
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
