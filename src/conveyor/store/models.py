@@ -304,3 +304,61 @@ class SecretCacheRow(Base):
     nonce: Mapped[bytes] = mapped_column(LargeBinary)
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     fetched_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# --- Access (issue 14; conveyor.store.access) ----------------------------------------------------
+
+
+class ApiTokenRow(Base):
+    """An API token: its public id and the SHA-256 digest of its secret, never the secret.
+
+    It grants `role` (on `environment`, or on every one when None) only while its owner holds
+    that role (conveyor.core.access)."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (Index("ix_api_tokens_owner", "owner"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    environment: Mapped[str | None] = mapped_column(String(200))
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 hex of the secret
+    description: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # None: never
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_from: Mapped[str | None] = mapped_column(String(200))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class RoleBindingRow(Base):
+    """One role held by one subject, on one environment or (environment None) on all."""
+
+    __tablename__ = "role_bindings"
+    # NULLs are distinct in a unique constraint: conveyor.store.access also checks before adding.
+    __table_args__ = (
+        UniqueConstraint("subject", "role", "environment", name="uq_role_bindings_grant"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    environment: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(200))
+
+
+class IdempotencyKeyRow(Base):
+    """The answer the API gave to a request with an `Idempotency-Key`, to give it again."""
+
+    __tablename__ = "idempotency_keys"
+
+    actor: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    environment: Mapped[str] = mapped_column(String(200))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    deployment_id: Mapped[int | None] = mapped_column(Integer)
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
