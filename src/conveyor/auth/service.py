@@ -14,6 +14,7 @@ Nothing here reads the clock: `now` comes in.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +30,30 @@ from . import tokens
 
 DEFAULT_EXPIRY = timedelta(days=90)
 MAX_DESCRIPTION = 500
+
+
+_EXPIRY_UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60}
+_EXPIRY_RE = re.compile(r"(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?")
+NEVER = "never"
+
+
+def parse_expiry(value: str) -> timedelta | None:
+    """A token's lifetime as written on a command line or in a request: "90d", "12h", "2w",
+    "1d12h", or "never" (None: the token does not expire). ValueError says what is accepted."""
+    text = value.strip().lower()
+    if text == NEVER:
+        return None
+    match = _EXPIRY_RE.fullmatch(text)
+    if not text or match is None:
+        raise ValueError(f"invalid expiry {value!r}: use 90d, 12h, 2w, 1d12h or never")
+    seconds = sum(
+        int(n) * _EXPIRY_UNITS[unit]
+        for n, unit in zip(match.groups(), "wdhm", strict=True)
+        if n is not None
+    )
+    if seconds <= 0:
+        raise ValueError(f"invalid expiry {value!r}: it must be longer than zero, or never")
+    return timedelta(seconds=seconds)
 
 
 class Unauthenticated(Exception):

@@ -16,6 +16,7 @@ import typer
 from conveyor.cli import releases, deploy, gates, show, manifest, locks, audit, agent, doctor, db  # noqa: F401 - they register commands
 from conveyor.cli import migrate  # noqa: F401 - registers its commands
 from conveyor.cli import secrets  # noqa: F401 - registers `conveyor secrets`
+from conveyor.cli import access  # noqa: F401 - registers `conveyor tokens` and `conveyor access`
 from conveyor.cli import render  # noqa: F401 - registers `conveyor render`
 from conveyor.cli import migrations_lint  # noqa: F401 - registers `migrations`
 

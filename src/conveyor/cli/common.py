@@ -60,6 +60,8 @@ COMMAND_ORDER = (
     "locks",
     "audit",
     "secrets",
+    "tokens",
+    "access",
     "agent",
     "doctor",
     "db",
