@@ -46,9 +46,7 @@ class CountingStreams:
 
 def main() -> None:
     port = int(sys.argv[1])
-    uvicorn.run(
-        CountingStreams(create_app()), host="127.0.0.1", port=port, log_level="warning"
-    )
+    uvicorn.run(CountingStreams(create_app()), host="127.0.0.1", port=port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -289,4 +289,6 @@ def approvals(src: Source, who: Principal) -> list[dict[str, Any]]:
 
 
 def tokens(src: Source, who: Principal) -> list[dict[str, Any]]:
-    return []
+    from conveyor.store.access import list_tokens
+
+    return [t.to_json() for t in list_tokens(src.store, owner=who.subject)]
