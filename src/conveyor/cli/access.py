@@ -205,18 +205,21 @@ def list_tokens(
         console.print("no tokens" + (f" of {clean(user)}" if user else ""), markup=False)
         return
     header = ("ID", "OWNER", "ROLE", "ENV", "CREATED", "EXPIRES", "LAST USED", "STATE")
-    rows: list[tuple[str, ...]] = [header] + [
-        (
-            t.id,
-            clean(t.owner),
-            str(t.role),
-            t.environment or "*",
-            when(t.created_at),
-            when(t.expires_at) if t.expires_at else "never",
-            when(t.last_used_at) + (f" from {t.last_used_from}" if t.last_used_from else ""),
-            _state(t, now),
-        )
-        for t in found
+    rows: list[tuple[str, ...]] = [
+        header,
+        *(
+            (
+                t.id,
+                clean(t.owner),
+                str(t.role),
+                t.environment or "*",
+                when(t.created_at),
+                when(t.expires_at) if t.expires_at else "never",
+                when(t.last_used_at) + (f" from {t.last_used_from}" if t.last_used_from else ""),
+                _state(t, now),
+            )
+            for t in found
+        ),
     ]
     # Plain columns, never wrapped nor cut: an id is copied from here into `tokens revoke`.
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
