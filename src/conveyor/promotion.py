@@ -27,7 +27,7 @@ from conveyor.core.gates import (
 from conveyor.engine.journal import Journal
 from conveyor.engine.outcome import Emit
 from conveyor.store.db import ReleaseRecord, Store
-from conveyor.store.facts import FactStore
+from conveyor.store.facts import ApprovalRecord, FactStore
 
 # How much history a decision reads per environment: enough to find a release's last success.
 HISTORY = 500
@@ -148,3 +148,63 @@ def admit(
             journal.record(event["deployment"], "freeze_overridden", freeze.detail, data, emit)
 
     return None, noting
+
+
+class ApprovalRefused(Exception):
+    """An approval or rejection that is not recorded (the refusal is in the audit log)."""
+
+
+def record_decision(
+    cfg: Config,
+    store: Store,
+    version: str,
+    env: str,
+    user: str,
+    decision: str,
+    comment: str,
+    now: datetime,
+    *,
+    requested_by: str | None = None,
+    via: dict[str, Any] | None = None,
+) -> ApprovalRecord:
+    """Approve or reject `version` for `env` as `user`: what `conveyor approve|reject` and the
+    API's approvals endpoint both do, audited either way.
+
+    Refused (ApprovalRefused): an approval by someone not among the environment's approvers, and
+    an approval by `requested_by` (whoever asked for the deployment being approved: the gates
+    would not count it, so it is refused outright rather than recorded as if it helped).
+    `via` adds the API's facts (token id, role, source address) to the audit entry.
+    """
+    from conveyor.store import audit
+
+    gates = cfg.environment(env).gates
+    data = {"via": via} if via else {}
+
+    def audited(outcome: str, detail: str) -> None:
+        audit.record(
+            store,
+            at=now,
+            actor=user,
+            action=decision,
+            app=cfg.app.name,
+            environment=env,
+            target=version,
+            outcome=outcome,
+            detail=detail,
+            data=data,
+        )
+
+    if decision == "approve" and gates.approvers and user not in gates.approvers:
+        audited("refused", "not an approver")
+        raise ApprovalRefused(
+            f"{user} is not one of {env}'s approvers ({', '.join(gates.approvers)}); "
+            "set CONVEYOR_USER if conveyor got your name wrong"
+        )
+    if decision == "approve" and requested_by is not None and requested_by == user:
+        audited("refused", "self-approval")
+        raise ApprovalRefused(
+            f"{user} asked for this deployment and cannot approve it: another approver must"
+        )
+    recorded = FactStore(store).decide(cfg.app.name, version, env, user, decision, now, comment)
+    audited("ok", comment)
+    return recorded

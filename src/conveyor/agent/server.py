@@ -407,6 +407,9 @@ class Agent:
                 facts[key] = req[key]
         if data.get("outcome"):
             facts["result"] = data["outcome"]
+        if isinstance(req.get("via"), dict):
+            # Sent through the HTTP API: its token id, the role used, the source address.
+            facts["via"] = {str(k): v for k, v in req["via"].items()}
         if result.get("lock"):
             facts["lock"] = result["lock"]
         actions = [AUDITED[req["op"]]]

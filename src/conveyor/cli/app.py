@@ -19,6 +19,7 @@ from conveyor.cli import secrets  # noqa: F401 - registers `conveyor secrets`
 from conveyor.cli import access  # noqa: F401 - registers `conveyor tokens` and `conveyor access`
 from conveyor.cli import render  # noqa: F401 - registers `conveyor render`
 from conveyor.cli import migrations_lint  # noqa: F401 - registers `migrations`
+from conveyor.cli import serve  # noqa: F401 - registers `conveyor serve`
 
 # isort: on
 from conveyor.cli.common import Command, app

@@ -63,6 +63,7 @@ COMMAND_ORDER = (
     "tokens",
     "access",
     "agent",
+    "serve",
     "doctor",
     "db",
     "migrate",

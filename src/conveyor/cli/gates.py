@@ -321,26 +321,15 @@ def _withdraw(version: str, env: str, decision: str, json_out: bool) -> None:
 
 
 def _decide(version: str, env: str, decision: str, comment: str, json_out: bool) -> None:
-    from conveyor.store.facts import FactStore
+    from conveyor.promotion import ApprovalRefused, record_decision
 
     proj, cfg, store, rec = _open(env, version)
     user = who(proj)
     gates = cfg.environment(env).gates
-    if decision == "approve" and gates.approvers and user not in gates.approvers:
-        try:
-            _audited(store, cfg, user, decision, env, rec.version, "refused", "not an approver")
-        finally:
-            store.close()
-        fail(
-            f"{user} is not one of {env}'s approvers ({', '.join(gates.approvers)}); "
-            "set CONVEYOR_USER if conveyor got your name wrong",
-            1,
-        )
     try:
-        recorded = FactStore(store).decide(
-            cfg.app.name, rec.version, env, user, decision, _now(), comment
-        )
-        _audited(store, cfg, user, decision, env, rec.version, "ok", comment)
+        recorded = record_decision(cfg, store, rec.version, env, user, decision, comment, _now())
+    except ApprovalRefused as exc:
+        fail(str(exc), 1)
     finally:
         store.close()
     if json_out:

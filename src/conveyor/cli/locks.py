@@ -41,59 +41,18 @@ def lock(
 
         conveyor lock --env production --reason "database maintenance until 14:00"
     """
-    from conveyor.engine.locks import held_message, process_owner
-    from conveyor.store import audit
-    from conveyor.store import locks as stored
-    from conveyor.store.locks import LockHeld, LockRecord
+    from conveyor.manual_locks import LockRefused
+    from conveyor.manual_locks import lock as take
 
     if not reason.strip():
         fail("--reason is required: say why, it is what others see when they are refused")
     proj = project()
     who = acting_user(proj)
     app_name, store = _open(proj, env)
-    host, pid, owner = process_owner()
-    now = _utcnow()
-    want = LockRecord(
-        app=app_name,
-        environment=env,
-        kind=stored.MANUAL,
-        what=reason.strip(),
-        holder=who,
-        owner=owner,
-        host=host,
-        pid=pid,
-        acquired_at=now,
-        expires_at=None,
-    )
     try:
-        try:
-            with store.writing() as session:
-                gone = stored.acquire(session, want, now)
-                audit.append(
-                    session,
-                    **_entry(
-                        who,
-                        app_name,
-                        env,
-                        "lock",
-                        "ok",
-                        reason.strip(),
-                        {"took_over": gone.to_json()} if gone else {},
-                    ),
-                )
-        except LockHeld as exc:
-            audit.record(
-                store,
-                **_entry(
-                    who,
-                    app_name,
-                    env,
-                    "lock",
-                    "refused",
-                    f"held by {exc.lock.holder}: {exc.lock.what}",
-                ),
-            )
-            fail(held_message(exc.lock, now), 1)
+        want = take(store, app_name, env, who, reason)
+    except LockRefused as exc:
+        fail(str(exc), 1)
     finally:
         store.close()
     if json_out:
@@ -122,90 +81,35 @@ def unlock(
 
         conveyor unlock --env production
     """
-    from conveyor.store import audit
-    from conveyor.store import locks as stored
+    from conveyor import manual_locks
 
     proj = project()
     who = acting_user(proj)
     app_name, store = _open(proj, env)
-    now = _utcnow()
     try:
-        with store.reading() as session:
-            current = stored.get(session, app_name, env)
+        current = manual_locks.current(store, app_name, env)
         if current is None:
             _say_unlocked(env, None, json_out, f"{env} was not locked")
             return
-        live = current.kind == stored.OPERATION and not current.expired(now)
-        if live and not force:
-            audit.record(
-                store,
-                **_entry(
-                    who,
-                    app_name,
-                    env,
-                    "unlock",
-                    "refused",
-                    f"held by a running operation ({current.what}); --force not given",
-                ),
-            )
-            fail(
-                f"{env} is held by a running {current.what} (by {current.holder} on "
-                f"{current.host}, pid {current.pid}); it is released when that ends. "
-                f"`conveyor unlock --env {env} --force` breaks it",
-                1,
-            )
-        if live and not yes:
+        live = manual_locks.is_live(current)
+        if live and force and not yes:
             if not sys.stdin.isatty() or json_mode():
                 fail(f"breaking the lock of a running {current.what} needs --yes")
             typer.confirm(
                 f"Break the lock of the running {current.what} in {env}? It goes on unprotected",
                 abort=True,
             )
-        with store.writing() as session:
-            gone = stored.remove(session, app_name, env)
-            if gone is None:  # released meanwhile
-                _say_unlocked(env, None, json_out, f"{env} was not locked")
-                return
-            action = "unlock.force" if live else "unlock"
-            audit.append(
-                session,
-                **_entry(
-                    who,
-                    app_name,
-                    env,
-                    action,
-                    "ok",
-                    f"released {gone.kind} lock of {gone.holder}: {gone.what}",
-                    {"lock": gone.to_json()},
-                ),
-            )
+        try:
+            gone = manual_locks.unlock(store, app_name, env, who, force)
+        except manual_locks.LockRefused as exc:
+            fail(str(exc), 1)
+        if gone is None:  # released meanwhile
+            _say_unlocked(env, None, json_out, f"{env} was not locked")
+            return
     finally:
         store.close()
     verb = "broke the lock of" if live else "unlocked"
     _say_unlocked(env, gone, json_out, f"{verb} {env} (held by {gone.holder}: {gone.what})")
-
-
-def _entry(
-    who: str,
-    app_name: str,
-    env: str,
-    action: str,
-    outcome: str,
-    detail: str,
-    data: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """An audit entry about the lock of `env`."""
-    return {
-        "at": _utcnow(),
-        "actor": who,
-        "action": action,
-        "app": app_name,
-        "environment": env,
-        "target": env,
-        "outcome": outcome,
-        "detail": detail,
-        "data": data or {},
-    }
 
 
 def _say_unlocked(env: str, gone: LockRecord | None, json_out: bool, text: str) -> None:

@@ -100,6 +100,9 @@ async def services(
             "standby": None,
             "url": f"http://{live.host}:{live.port}" if live is not None else configured,
         }
+        if live is not None:
+            # The traffic split the router applies now (the API shows it beside the desired one).
+            entry["weights"] = {b.color: b.weight for b in live.backends}
         if live is not None and entry["url"] != configured:
             entry["configured_url"] = configured
         if active is not None:

@@ -161,6 +161,26 @@ class ApprovalRow(Base):
     withdrawn_by: Mapped[str | None] = mapped_column(String(200))
 
 
+class DeploymentRequestRow(Base):
+    """A deploy asked for through the API and refused only for missing approvals: it waits in
+    the approvals inbox until it is deployed, rejected or withdrawn (conveyor.store.requests)."""
+
+    __tablename__ = "deployment_requests"
+    __table_args__ = (Index("ix_deployment_requests_app_state", "app", "state", "environment"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    app: Mapped[str] = mapped_column(String(200))
+    environment: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(64))
+    requested_by: Mapped[str] = mapped_column(String(200))
+    token_id: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))  # waiting | started | rejected
+    deployment_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class ReleaseTagRow(Base):
     __tablename__ = "release_tags"
 
