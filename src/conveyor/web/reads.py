@@ -1,294 +1,366 @@
-"""What each page shows, as plain dicts the templates read.
-
-INTERIM: read from the store directly until the API's read models (conveyor.api.views) land in
-this branch; then each function here becomes a translation of the matching view.
+"""What each page shows: the API's read models (conveyor.api.views, the same data as the JSON
+endpoints) shaped for the templates. Nothing here queries the store on its own account except
+the colors' versions, to name which version each router weight goes to.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
+from fastapi import Request
+
+from conveyor.api import views
+from conveyor.api.auth import (
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    ApiError,
+    principal_from_request,
+    server,
+)
+from conveyor.api.auth import csrf_token as api_csrf_token
+from conveyor.api.write import live_status
 from conveyor.config import Config
-from conveyor.core.access import Binding, Principal, Role, decide
-from conveyor.engine.status import measurements
-from conveyor.store import audit as audit_log
-from conveyor.store.db import DeploymentRecord, EventRecord, Store
-from conveyor.store.facts import FactStore
+from conveyor.core.access import Principal, decide
+from conveyor.store import requests as waiting_requests
+
+__all__ = ["ATTENTION", "CSRF_HEADER", "LOGIN_ACTION"]
 
 ATTENTION = ("waiting_for_approval", "paused", "degraded", "rolled_back")
-_STEP = re.compile(r"step (\d+)/\d+: (\d+)% of traffic")
+LOGIN_ACTION = "/login"  # the API's form endpoint (conveyor.api.auth.login)
+# Phases in which the new version's desired share is all of the traffic (the last step).
+SWITCHED = frozenset({"switching", "draining", "baking", "succeeded"})
+PROMOTABLE = frozenset({"step", "awaiting_promotion", "baking"})
 
 
-@dataclass(frozen=True)
-class Source:
-    store: Store
-    config: Config
-
-
-def _cell_state(dep: DeploymentRecord | None, events: list[EventRecord]) -> tuple[str, list[str]]:
-    if dep is None:
-        return "none", []
-    flags: list[str] = []
-    if dep.outcome == "in_progress":
-        last = events[-1].state if events else ""
-        if last in ("paused", "waiting"):
-            flags.append("paused")
-        return ("paused" if flags else "in_progress"), flags
-    if dep.outcome == "rolled_back":
-        flags.append("rolled_back")
-    return dep.outcome, flags
-
-
-def overview(src: Source, attention_only: bool) -> dict[str, Any]:
-    cfg = src.config
-    envs = list(cfg.environments)
-    services = list(cfg.services)
-    app = cfg.app.name
-    rows: list[dict[str, Any]] = []
-    per_env: dict[str, dict[str, Any]] = {}
-    for env in envs:
-        latest = src.store.list_deployments(app, env, limit=1)
-        dep = latest[0] if latest else None
-        events = src.store.events(dep.id) if dep and dep.outcome == "in_progress" else []
-        state, flags = _cell_state(dep, events)
-        active = {i.service: i for i in src.store.instances(app, env) if i.role == "active"}
-        per_env[env] = {"dep": dep, "state": state, "flags": flags, "active": active}
-    for svc in services:
-        cells = []
-        for env in envs:
-            info = per_env[env]
-            inst = info["active"].get(svc)
-            dep = info["dep"]
-            cells.append(
-                {
-                    "environment": env,
-                    "version": inst.version if inst else None,
-                    "since": inst.started_at.isoformat() if inst else None,
-                    "state": info["state"],
-                    "attention": info["flags"],
-                    "deployment_id": dep.id if dep else None,
-                }
-            )
-        if attention_only and not any(c["attention"] for c in cells):
-            continue
-        rows.append({"service": svc, "cells": cells})
-    return {"app": app, "environments": envs, "rows": rows}
-
-
-def _steps(events: list[EventRecord]) -> tuple[list[dict[str, Any]], int | None]:
-    plan = next((e for e in events if e.state == "plan"), None)
-    planned = plan.data.get("steps", []) if plan else []
-    reached = [m for e in events if e.state == "step" and (m := _STEP.search(e.reason))]
-    current = int(reached[-1][1]) - 1 if reached else None
-    weight = int(reached[-1][2]) if reached else None
-    steps = []
-    for i, step in enumerate(planned):
-        label = f"{step['weight']}% of traffic" + (
-            f", pause {step['pause']}" if step.get("pause") is not None else ""
-        )
-        state = "pending" if current is None or i > current else "done"
-        if i == current:
-            state = "current"
-        steps.append({"label": label, "state": state})
-    return steps, weight
-
-
-def deployment(src: Source, dep_id: int) -> dict[str, Any] | None:
-    dep = src.store.get_deployment(dep_id)
-    if dep is None:
+def principal(request: Request) -> Principal | None:
+    """Who the page is for; None without credentials (the page sends them to /login). Bad
+    credentials (expired, revoked) are audited by the API's check, then also None."""
+    if not request.cookies.get(SESSION_COOKIE) and not request.headers.get("authorization"):
         return None
-    events = src.store.events(dep_id)
-    steps, weight = _steps(events)
-    if any(e.state in ("switched", "succeeded") for e in events):
-        weight = 100
-    if any(e.state == "switched_back" for e in events) or dep.outcome in ("aborted",):
-        weight = 0
-    services = sorted({str(e.data["service"]) for e in events if e.data.get("service")})
-    traffic = []
-    if weight is not None:
-        for svc in services or ["web"]:
-            split = {"new": weight, "old": 100 - weight}
-            traffic.append({"service": svc, "desired": split, "actual": split})
-    last = events[-1] if events else None
-    waiting = last.reason if last and last.state in ("paused", "waiting") else None
-    in_progress = dep.outcome == "in_progress"
-    actions = ["promote", "abort"] if in_progress else []
-    if dep.outcome == "succeeded" and dep.previous_version:
-        actions.append("rollback")
-    if dep.outcome in ("failed", "aborted"):
-        actions.append("retry")
-    facts = FactStore(src.store)
-    approvals = [
-        {"actor": a.actor, "decision": a.decision, "comment": a.comment, "at": a.at.isoformat()}
-        for a in facts.approvals(dep.app, dep.environment)
-        if a.version == dep.version and not a.withdrawn
-    ]
-    checks = [
-        {
-            "name": m.get("name", "?"),
-            "threshold": m.get("threshold", m.get("max", "")),
-            "measurements": [
-                {"value": m.get("value"), "verdict": m.get("verdict"), "at": m.get("at", "")}
-            ],
+    try:
+        return principal_from_request(request)
+    except ApiError:
+        return None
+
+
+def csrf_token(request: Request) -> str:
+    return api_csrf_token(request)
+
+
+def config(request: Request) -> Config:
+    return server(request).config()
+
+
+def readable(who: Principal, cfg: Config) -> list[str]:
+    return [e for e in sorted(cfg.environments) if decide(who, "read", e).allowed]
+
+
+# --- the overview ------------------------------------------------------------------------------
+
+
+def overview(request: Request, who: Principal, attention_only: bool) -> dict[str, Any]:
+    """views.dashboard as a grid: one row per service, one cell per environment."""
+    cfg = config(request)
+    envs = readable(who, cfg)
+    data = views.dashboard(server(request).store, cfg)
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    services: list[str] = []
+    for s in data["services"]:
+        if s["environment"] not in envs:
+            continue
+        if s["service"] not in services:
+            services.append(s["service"])
+        flags = [name for name in ATTENTION if s["attention"].get(name)]
+        cells[(s["service"], s["environment"])] = {
+            "environment": s["environment"],
+            "version": s["release"],
+            "state": s["state"].replace(" ", "_"),
+            "since": s["since"],
+            "attention": flags,
+            "deployment_id": s["deployment_id"],
         }
-        for m in measurements(events)
-    ]
-    return {
-        "id": dep.id,
-        "app": dep.app,
-        "environment": dep.environment,
-        "version": dep.version,
-        "previous_version": dep.previous_version,
-        "kind": dep.kind,
-        "outcome": dep.outcome,
-        "strategy": next((e.data.get("strategy") for e in events if e.state == "plan"), None),
-        "started_at": dep.started_at.isoformat(),
-        "finished_at": dep.finished_at.isoformat() if dep.finished_at else None,
-        "reason": dep.reason,
-        "waiting": waiting,
-        "steps": steps,
-        "traffic": traffic,
-        "analysis": checks,
-        "approvals": approvals,
-        "actions": actions,
-        "events": [{"at": e.at.isoformat(), "state": e.state, "reason": e.reason} for e in events],
-    }
-
-
-def environment(src: Source, env: str) -> dict[str, Any] | None:
-    cfg = src.config
-    if env not in cfg.environments:
-        return None
-    app = cfg.app.name
-    history = src.store.list_deployments(app, env, limit=50)
-    resolved = cfg.environment(env)
-    gates = resolved.gates
-    lines = []
-    if gates.after:
-        lines.append({"name": "after", "text": f"a release must have succeeded in {gates.after}"})
-    if gates.approvals:
-        lines.append({"name": "approvals", "text": f"{gates.approvals} approval(s)"})
-    if gates.soak:
-        lines.append({"name": "soak", "text": f"{gates.soak:g}s in the previous environment"})
-    for check in gates.checks:
-        lines.append({"name": "check", "text": check})
-    for window in gates.freeze:
-        lines.append({"name": "freeze", "text": window})
-    from conveyor.store import locks
-
-    with src.store.reading() as session:
-        lock = locks.get(session, app, env)
-    active = [i for i in src.store.instances(app, env) if i.role == "active"]
-    return {
-        "name": env,
-        "lock": lock.to_json() if lock else None,
-        "gates": lines,
-        "live_version": active[0].version if active else None,
-        "history": [
-            {
-                "id": d.id,
-                "version": d.version,
-                "kind": d.kind,
-                "outcome": d.outcome,
-                "started_at": d.started_at.isoformat(),
-                "reason": d.reason,
-            }
-            for d in history
-        ],
-        "next_cursor": None,
-    }
-
-
-def audit(src: Source, filters: dict[str, Any]) -> list[dict[str, Any]]:
-    since = datetime.fromisoformat(filters["since"]) if filters.get("since") else None
-    rows = audit_log.entries(
-        src.store,
-        environment=filters.get("environment") or None,
-        actor=filters.get("actor") or None,
-        action=filters.get("action") or None,
-        since=since,
-        limit=200,
-    )
-    return [{**r.to_json(), "at": r.at.isoformat()} for r in reversed(rows)]
-
-
-# --- INTERIM: who asks, and where the data is, until conveyor.api.auth and the server's state
-# land in this branch (then these call them).
-
-CSRF_HEADER = "X-CSRF-Token"
-LOGIN_ACTION = "/api/v1/login"
-
-
-def principal(request: Any) -> Principal | None:
-    user = request.headers.get("X-Interim-User")
-    if user is None:
-        return None
-    role = Role(request.headers.get("X-Interim-Role", "viewer"))
-    return Principal(subject=user, bindings=(Binding(user, role, None),), scope=None, via="local")
-
-
-def csrf_token(request: Any) -> str:
-    return str(request.cookies.get("conveyor_csrf", ""))
-
-
-_SOURCES: dict[str, Source] = {}
-
-
-def source(request: Any) -> Source:
-    from conveyor.cli.common import project
-
-    proj = project()
-    key = str(proj.config_path)
-    if key not in _SOURCES:
-        _SOURCES[key] = Source(proj.store(), proj.config())
-    return _SOURCES[key]
-
-
-def approvals(src: Source, who: Principal) -> list[dict[str, Any]]:
-    cfg = src.config
-    app = cfg.app.name
-    facts = FactStore(src.store)
-    out: list[dict[str, Any]] = []
-    releases = src.store.list_releases(app)[-5:]
-    for env in cfg.environments:
-        gates = cfg.environment(env).gates
-        if not gates.approvals:
+    latest = {e["name"]: e["latest_deployment"] for e in data["environments"]}
+    rows = []
+    for svc in services:
+        row = [cells.get((svc, env)) or _empty(env) for env in envs]
+        if attention_only and not any(c["attention"] for c in row):
             continue
-        decided = facts.approvals(app, env)
-        live = {i.version for i in src.store.instances(app, env) if i.role == "active"}
-        for rel in releases:
-            if rel.version in live:
-                continue
-            mine = [a for a in decided if a.version == rel.version and not a.withdrawn]
-            approved = sum(1 for a in mine if a.decision == "approve")
-            if approved >= gates.approvals:
-                continue
-            allowed = decide(who, "approve", env)
-            out.append(
-                {
-                    "version": rel.version,
-                    "environment": env,
-                    "required": gates.approvals,
-                    "approved": approved,
-                    "approvals": [
-                        {"actor": a.actor, "decision": a.decision, "comment": a.comment}
-                        for a in mine
-                    ],
-                    "since": rel.created_at.isoformat(),
-                    "deployer": None,
-                    "can_decide": allowed.allowed,
-                    "why_not": allowed.reason,
-                    "post": f"/api/v1/environments/{env}/approvals",
-                    "fields": {"version": rel.version},
-                }
-            )
+        rows.append({"service": svc, "cells": row})
+    waiting = [w for w in data["waiting"] if w["environment"] in envs]
+    return {
+        "app": data["app"],
+        "environments": envs,
+        "latest": latest,
+        "rows": rows,
+        "waiting": waiting,
+    }
+
+
+def _empty(env: str) -> dict[str, Any]:
+    return {
+        "environment": env,
+        "version": None,
+        "state": "not_deployed",
+        "since": None,
+        "attention": [],
+        "deployment_id": None,
+    }
+
+
+# --- one deployment ------------------------------------------------------------------------------
+
+
+def deployment(request: Request, ref: str) -> dict[str, Any] | None:
+    """The deployment `ref` (an id), shaped for the page; None when there is none."""
+    if not ref.isdigit():
+        return None
+    cfg = config(request)
+    store = server(request).store
+    rec = store.get_deployment(int(ref))
+    if rec is None or rec.app != cfg.app.name:
+        return None
+    live = live_status(request, rec.environment) if rec.outcome == "in_progress" else None
+    data = views.deployment(store, cfg, rec.id, live)
+    if data is None:
+        return None
+    current = (live or {}).get("deployment") or {}
+    running = rec.outcome == "in_progress" and current.get("id") == rec.id
+    phase = str(current.get("phase") or "") if running else rec.outcome
+    colors = {
+        (i.service, i.color): i.version for i in store.instances(cfg.app.name, rec.environment)
+    }
+    data["phase"] = phase
+    plan = next((e for e in data["events"] if e["state"] == "plan"), None)
+    data["strategy"] = (plan or {}).get("data", {}).get("strategy")
+    data["waiting"] = current.get("waiting") or None if running else None
+    data["traffic"] = _traffic(data, rec.environment, phase, live, colors)
+    data["timeline"] = _timeline(data)
+    data["checks"] = _checks(data["analysis"])
+    actions = []
+    if running and phase in PROMOTABLE:
+        actions.append("promote")
+    if running:
+        actions.append("abort")
+    live_ids = {i.deployment_id for i in store.instances(cfg.app.name, rec.environment)}
+    if rec.outcome == "succeeded" and rec.id in live_ids and rec.previous_version:
+        actions.append("rollback")
+    if rec.outcome in ("failed", "aborted", "rolled_back"):
+        actions.append("retry")
+    data["actions"] = actions
+    return data
+
+
+def _traffic(
+    data: dict[str, Any],
+    env: str,
+    phase: str,
+    live: dict[str, Any] | None,
+    colors: dict[tuple[str, str], str],
+) -> list[dict[str, Any]]:
+    """Per web service: the new version's desired share (what the rollout asks for now) and its
+    actual share (what the router applies, from the agent), each with the rest on the old."""
+    version = data["version"]
+    if phase in SWITCHED:
+        desired: int | None = 100
+    elif phase == "step":
+        desired = int(data["traffic"].get("desired") or 0)
+    elif phase in ("rolled_back", "aborted", "failed", "rolling_back"):
+        desired = 0
+    else:
+        desired = 0 if data["outcome"] == "in_progress" else None
+    actual_by_service: dict[str, dict[str, int]] = data["traffic"].get("actual") or {}
+    out = []
+    services = sorted(actual_by_service) or sorted(
+        {str(e["service"]) for e in data["steps"] if e.get("service")}
+    )
+    for svc in services:
+        weights = actual_by_service.get(svc)
+        if weights:
+            total = sum(weights.values()) or 1
+            new = sum(w for c, w in weights.items() if colors.get((svc, c)) == version)
+            actual: int | None = round(100 * new / total)
+        else:
+            actual = desired  # finished: the router holds what the outcome says
+        if desired is None or actual is None:
+            continue
+        out.append(
+            {
+                "service": svc,
+                "desired": {"new": desired, "old": 100 - desired},
+                "actual": {"new": actual, "old": 100 - actual},
+            }
+        )
     return out
 
 
-def tokens(src: Source, who: Principal) -> list[dict[str, Any]]:
-    from conveyor.store.access import list_tokens
+def _timeline(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The planned steps, each done, current or pending."""
+    plan = next((e for e in data["events"] if e["state"] == "plan"), None)
+    planned = (plan or {}).get("data", {}).get("steps") or []
+    reached = sum(1 for e in data["events"] if e["state"] == "step")
+    finished = data["outcome"] != "in_progress"
+    steps = []
+    for i, step in enumerate(planned):
+        pause = step.get("pause")
+        label = f"{step['weight']}% of traffic" + (f", pause {pause}" if pause is not None else "")
+        if i < reached - 1 or (i == reached - 1 and finished):
+            state = "done"
+        elif i == reached - 1:
+            state = "current"
+        else:
+            state = "pending"
+        steps.append({"label": label, "state": state})
+    return steps
 
-    return [t.to_json() for t in list_tokens(src.store, owner=who.subject)]
+
+def _checks(analysis: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each configured check with its threshold and its last measurement(s)."""
+    out = []
+    measured = analysis.get("measurements") or []
+    for check in analysis.get("checks") or []:
+        limit = [f"max {check['max']}" if check.get("max") is not None else ""]
+        limit.append(f"min {check['min']}" if check.get("min") is not None else "")
+        mine = [
+            m
+            for m in measured
+            if m.get("check") in (check["check"], check["metric"])
+            or m.get("name") in (check["check"], check["metric"])
+            or m.get("metric") == check["metric"]
+        ]
+        out.append(
+            {
+                "name": check["check"],
+                "threshold": ", ".join(x for x in limit if x) or "—",
+                "measurements": [
+                    {
+                        "value": m.get("value"),
+                        "verdict": m.get("verdict", ""),
+                        "at": m.get("at", ""),
+                        "detail": m.get("detail", ""),
+                    }
+                    for m in mine[-5:]
+                ],
+            }
+        )
+    return out
+
+
+# --- deploys waiting for approval ---------------------------------------------------------------
+
+
+def inbox(request: Request, who: Principal) -> list[dict[str, Any]]:
+    """views.approvals_inbox, with what this viewer may do about each."""
+    cfg = config(request)
+    envs = set(readable(who, cfg))
+    store = server(request).store
+    items = []
+    for item in views.approvals_inbox(store, cfg):
+        if item["environment"] not in envs:
+            continue
+        items.append(_waiting(request, cfg, who, item))
+    return items
+
+
+def waiting(request: Request, who: Principal, ref: str) -> dict[str, Any] | None:
+    """The deploy request `ref` (`r<n>`), waiting or ended, shaped like an inbox item."""
+    if not (ref.startswith("r") and ref[1:].isdigit()):
+        return None
+    cfg = config(request)
+    store = server(request).store
+    req = waiting_requests.get(store, int(ref[1:]))
+    if req is None or req.app != cfg.app.name:
+        return None
+    found = next((i for i in views.approvals_inbox(store, cfg) if i["id"] == ref), None)
+    return _waiting(request, cfg, who, found or req.to_json())
+
+
+def _waiting(request: Request, cfg: Config, who: Principal, item: dict[str, Any]) -> dict[str, Any]:
+    env = item["environment"]
+    store = server(request).store
+    release = views.release(store, cfg, item["version"]) or {"approvals": []}
+    approvals = [
+        a for a in release["approvals"] if a["environment"] == env and not a["withdrawn_at"]
+    ]
+    gates = item.get("gates") or []
+    unmet = [g for g in gates if not g["met"]]
+    mine = who.subject == item["requested_by"]
+    may_decide = decide(who, "approve", env)
+    why_not = "you asked for this deploy: someone else approves it" if mine else may_decide.reason
+    return {
+        **item,
+        "approvals": approvals,
+        "gates": gates,
+        "ready": item.get("state") == waiting_requests.WAITING and not unmet and bool(gates),
+        "can_decide": may_decide.allowed and not mine,
+        "can_deploy": decide(who, "deploy", env).allowed,
+        "why_not": why_not,
+    }
+
+
+# --- one environment -----------------------------------------------------------------------------
+
+
+def environment(request: Request, env: str, cursor: str | None) -> dict[str, Any] | None:
+    cfg = config(request)
+    if env not in cfg.environments:
+        return None
+    store = server(request).store
+    data = views.environment(store, cfg, env)
+    page = views.deployments_page(
+        store, cfg.app.name, env, int(cursor) if cursor and cursor.isdigit() else None, 25
+    )
+    live = sorted(
+        {i["version"] for s in data["services"] for i in s["instances"] if i["role"] == "active"}
+    )
+    return {
+        **data,
+        "history": page["deployments"],
+        "next_cursor": page["next_cursor"],
+        "live_versions": live,
+        "gate_lines": _gate_lines(data["gates"]),
+    }
+
+
+def _gate_lines(gates: dict[str, Any]) -> list[dict[str, str]]:
+    lines = []
+    if gates.get("after"):
+        lines.append({"name": "after", "text": f"succeeded in {gates['after']} first"})
+    if gates.get("soak"):
+        lines.append({"name": "soak", "text": f"live {gates['soak']:g}s there without a rollback"})
+    for check in gates.get("checks") or []:
+        lines.append({"name": "check", "text": f"check {check} passed"})
+    if gates.get("approvals"):
+        who = ", ".join(gates.get("approvers") or []) or "anyone but the deployer"
+        lines.append({"name": "approvals", "text": f"{gates['approvals']} approval(s) by {who}"})
+    for window in gates.get("freeze") or []:
+        lines.append({"name": "freeze", "text": f"{window} ({gates.get('timezone', 'UTC')})"})
+    if gates.get("require_tag"):
+        lines.append({"name": "tag", "text": "only releases of a tagged commit"})
+    return lines
+
+
+# --- audit and tokens ------------------------------------------------------------------------------
+
+
+def audit(request: Request, filters: dict[str, Any], cursor: str | None) -> dict[str, Any]:
+    from datetime import datetime
+
+    since = None
+    if filters.get("since"):
+        since = datetime.fromisoformat(str(filters["since"]).replace("Z", "+00:00"))
+    return views.audit_page(
+        server(request).store,
+        actor=filters.get("actor") or None,
+        environment=filters.get("environment") or None,
+        action=filters.get("action") or None,
+        since=since,
+        cursor=int(cursor) if cursor and cursor.isdigit() else None,
+        limit=100,
+    )
+
+
+def tokens(request: Request, who: Principal) -> list[dict[str, Any]]:
+    """The viewer's own tokens (what GET /api/v1/tokens answers)."""
+    from conveyor.store import access as stored
+
+    return [t.to_json() for t in stored.list_tokens(server(request).store, who.subject)]

@@ -48,7 +48,10 @@
     },
     encodeParameters: function (xhr, parameters) {
       xhr.overrideMimeType("text/json");
-      return JSON.stringify(Object.fromEntries(parameters));
+      // An empty field is left out: the API's default applies (no comment, every environment).
+      const body = {};
+      parameters.forEach(function (value, key) { if (value !== "") { body[key] = value; } });
+      return JSON.stringify(body);
     },
   });
   body.addEventListener("htmx:afterRequest", function (evt) {
@@ -60,7 +63,7 @@
       const answer = JSON.parse(xhr.responseText);
       text = answer.detail || answer.message || answer.error || (evt.detail.successful ? "done" : text);
       if (typeof text !== "string") { text = JSON.stringify(text); }
-      if (answer.secret) { showSecret(answer.secret); }
+      if (typeof answer.token === "string") { showSecret(answer.token); text = "token created"; }
     } catch (e) { /* not JSON: keep the status line */ }
     const flash = document.getElementById("flash");
     if (flash) {
