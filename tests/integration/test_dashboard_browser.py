@@ -35,6 +35,8 @@ steps = [{ weight = 30, pause = "manual" }, { weight = 60, pause = "manual" }, {
 STAGING = """
 [environments.staging]
 approvals = 1
+[environments.staging.services.web]
+port = {port}
 """
 SERVER = Path(__file__).with_name("dashboard_server.py")
 
@@ -127,19 +129,24 @@ class Dashboard:
         return int(self._get("/__test/streams")["open"])
 
     def sign_in(self, driver: Any, user: str, then: str = "/") -> None:
+        """Through the login page, as a person does: paste the token, submit; then open `then`."""
         from selenium.webdriver.common.by import By
 
-        driver.get(f"{self.url}/login?next={then}")
+        driver.get(f"{self.url}{then}")
+        wait(driver, lambda d: "/login" in d.current_url, "the redirect to the login page")
         field = driver.find_element(By.ID, "token")
         field.send_keys(self.tokens[user])
         field.submit()
         wait(driver, lambda d: "/login" not in d.current_url, f"{user} to be signed in")
+        if not driver.current_url.endswith(then):
+            driver.get(f"{self.url}{then}")
+        wait(driver, lambda d: user in text_of(d, "header .who"), f"the page for {user}")
 
 
 @pytest.fixture(scope="module")
 def dash() -> Iterator[Dashboard]:
     with temp_project() as project:
-        project.configure(rollout=CANARY, extra=STAGING)
+        project.configure(rollout=CANARY, extra=STAGING.format(port=free_port()))
         project.release("v1")
         project.release("v2")
         board = Dashboard(project)
@@ -199,12 +206,33 @@ def test_a_canary_rollout_is_seen_live_and_promoted_from_the_page(dash: Dashboar
 
         # Promoted from the page: the button asks first, then the rollout ends at 100%.
         driver.find_element("css selector", "button[data-action=promote]").click()
-        wait(driver, lambda d: _accept_alert(d), "the confirmation dialog")
+        confirm(driver)
         wait(driver, lambda d: text_of(d, "#outcome") == "succeeded", "the deployment to succeed")
         assert weight(driver, "desired") == "100"
         assert driver.execute_script("return window.conveyorTestMarker") == "same page"
     thread.join(120)
     assert box["res"][0] == 0, box
+
+
+def forced_post(driver: Any, path: str, body: dict[str, Any]) -> tuple[int, str]:
+    """The request a button would make (session cookie, CSRF token), made by hand in the page."""
+    status, text = driver.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        const headers = JSON.parse(document.body.getAttribute("hx-headers") || "{}");
+        headers["Content-Type"] = "application/json";
+        fetch(arguments[0], {method: "POST", headers: headers, body: JSON.stringify(arguments[1])})
+          .then(r => r.text().then(t => done([r.status, t])));
+        """,
+        path,
+        body,
+    )
+    return int(status), str(text)
+
+
+def confirm(driver: Any) -> None:
+    """Accept the confirmation every action asks for."""
+    wait(driver, _accept_alert, "the confirmation dialog")
 
 
 def _accept_alert(driver: Any) -> bool:
@@ -228,17 +256,9 @@ def test_a_viewer_sees_no_buttons_and_a_forced_post_is_refused_and_audited(
         assert not present(driver, "[data-action]")
         assert "vic" in text_of(driver, "header .who")
         # Forced: the same request a button would make, with the session's CSRF token.
-        answer = driver.execute_async_script(
-            """
-            const done = arguments[arguments.length - 1];
-            const headers = JSON.parse(document.body.getAttribute("hx-headers") || "{}");
-            headers["Content-Type"] = "application/json";
-            fetch(arguments[0], {method: "POST", headers: headers, body: "{}"})
-              .then(r => r.text().then(t => done([r.status, t])));
-            """,
-            f"/api/v1/deployments/{dep_id}/rollback",
-        )
-        assert answer[0] == 403, answer
+        status, text = forced_post(driver, f"/api/v1/deployments/{dep_id}/rollback", {})
+        assert status == 403, text
+        assert "deployer" in json.loads(text)["error"], text
     refused = project.db(
         "SELECT actor, action, outcome FROM audit_log WHERE actor = 'vic' AND outcome = 'refused'"
     )
@@ -255,3 +275,56 @@ def test_the_event_stream_is_closed_while_the_tab_is_hidden(dash: Dashboard) -> 
         driver.switch_to.window(page)  # visible again: the stream reopens
         wait(driver, lambda d: dash.open_streams() == 1, "the stream to reopen")
         assert driver.execute_script("return document.visibilityState") == "visible"
+
+
+def test_an_approver_approves_a_waiting_deploy_and_the_deployers_own_approval_is_refused(
+    dash: Dashboard,
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    project = dash.project
+    with chromium() as ann, chromium() as bob:
+        # ann asks for v2 in staging: approvals are missing, so it waits in the inbox.
+        dash.sign_in(ann, "ann", then="/environments/staging")
+        Select(ann.find_element(By.ID, "deploy-version")).select_by_visible_text("v2")
+        ann.find_element(By.CSS_SELECTOR, "#deploy-form button[type=submit]").click()
+        confirm(ann)
+        wait(ann, lambda d: "waiting for approval" in text_of(d, "#flash"), "the deploy to wait")
+        ref = text_of(ann, "#flash").split("(")[1].rstrip(")")
+        assert ref.startswith("r"), ref
+
+        # Her own approval: no button for her, and the API refuses it when forced.
+        ann.get(f"{dash.url}/approvals")
+        wait(ann, lambda d: present(d, f"tr[data-request={ref}]"), "the request in the inbox")
+        row = f"tr[data-request={ref}]"
+        assert "you asked for this deploy" in text_of(ann, f"{row} .why-not")
+        assert not present(ann, f"{row} button[value=approve]")
+        status, text = forced_post(
+            ann, f"/api/v1/deployments/{ref}/approvals", {"decision": "approve"}
+        )
+        assert status == 403, text
+
+        # bob approves with a comment; ann's inbox (left open) shows it met, live.
+        dash.sign_in(bob, "bob", then="/approvals")
+        bob.find_element(By.CSS_SELECTOR, f"{row} input[name=comment]").send_keys("looks good")
+        bob.find_element(By.CSS_SELECTOR, f"{row} button[value=approve]").click()
+        confirm(bob)
+        met = f"{row} li[data-gate=approvals][data-met=true]"
+        wait(bob, lambda d: present(d, met), "bob's page to show the approval met")
+        wait(ann, lambda d: present(d, met), "ann's page to show it live")
+        assert "looks good" in text_of(ann, f"{row} .approvals")
+
+        # Now deployable: ann deploys it from the inbox.
+        ann.find_element(By.CSS_SELECTOR, f"{row} button[data-action=deploy]").click()
+        confirm(ann)
+        wait(ann, lambda d: "started" in text_of(d, "#flash"), "the deploy to start")
+    started = wait_for(
+        lambda: project.db("SELECT version FROM deployments WHERE environment = 'staging'"),
+        what="the staging deployment",
+    )
+    assert started == [("v2",)]
+    decided = project.db(
+        "SELECT actor, decision, comment FROM approvals WHERE environment = 'staging'"
+    )
+    assert decided == [("bob", "approve", "looks good")], decided

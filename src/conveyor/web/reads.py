@@ -312,8 +312,10 @@ def environment(request: Request, env: str, cursor: str | None) -> dict[str, Any
     live = sorted(
         {i["version"] for s in data["services"] for i in s["instances"] if i["role"] == "active"}
     )
+    releases = [r["version"] for r in views.releases(store, cfg)][-50:]
     return {
         **data,
+        "releases": list(reversed(releases)),  # newest first
         "history": page["deployments"],
         "next_cursor": page["next_cursor"],
         "live_versions": live,

@@ -63,6 +63,10 @@
       const answer = JSON.parse(xhr.responseText);
       text = answer.detail || answer.message || answer.error || (evt.detail.successful ? "done" : text);
       if (typeof text !== "string") { text = JSON.stringify(text); }
+      if (evt.detail.successful && answer.status) {  // a deploy: started, or waiting for approval
+        const which = answer.request_id || (answer.deployment_id ? "#" + answer.deployment_id : "");
+        text = answer.status.replace(/_/g, " ") + (which ? " (" + which + ")" : "");
+      }
       if (typeof answer.token === "string") { showSecret(answer.token); text = "token created"; }
     } catch (e) { /* not JSON: keep the status line */ }
     const flash = document.getElementById("flash");
