@@ -5,6 +5,7 @@ the colors' versions, to name which version each router weight goes to.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Request
@@ -22,6 +23,7 @@ from conveyor.api.write import live_status
 from conveyor.config import Config
 from conveyor.core.access import Principal, decide
 from conveyor.store import requests as waiting_requests
+from conveyor.web.render import age
 
 __all__ = ["ATTENTION", "CSRF_HEADER", "LOGIN_ACTION"]
 
@@ -59,41 +61,52 @@ def readable(who: Principal, cfg: Config) -> list[str]:
 
 
 def overview(request: Request, who: Principal, attention_only: bool) -> dict[str, Any]:
-    """views.dashboard as a grid: one row per service, one cell per environment."""
+    """views.dashboard as a grid: one row per service, one cell per environment. Each cell is
+    finished here (labels, age, link), so the template only places strings: the page has
+    services x environments cells."""
     cfg = config(request)
     envs = readable(who, cfg)
     data = views.dashboard(server(request).store, cfg)
+    now = datetime.now(UTC)
+    links = {e["name"]: _deploying(e["latest_deployment"]) for e in data["environments"]}
     cells: dict[tuple[str, str], dict[str, Any]] = {}
     services: list[str] = []
+    wanted = set(envs)
     for s in data["services"]:
-        if s["environment"] not in envs:
+        env = s["environment"]
+        if env not in wanted:
             continue
         if s["service"] not in services:
             services.append(s["service"])
-        flags = [name for name in ATTENTION if s["attention"].get(name)]
-        cells[(s["service"], s["environment"])] = {
-            "environment": s["environment"],
+        flags = [name.replace("_", " ") for name in ATTENTION if s["attention"].get(name)]
+        link = links[env]
+        if link is None and s["deployment_id"]:
+            link = (f"/deployments/{s['deployment_id']}", f"deployment #{s['deployment_id']}")
+        cells[(s["service"], env)] = {
+            "environment": env,
             "version": s["release"],
             "state": s["state"].replace(" ", "_"),
+            "label": s["state"],
             "since": s["since"],
+            "age": age(s["since"], now),
             "attention": flags,
-            "deployment_id": s["deployment_id"],
+            "link": link,
         }
-    latest = {e["name"]: e["latest_deployment"] for e in data["environments"]}
     rows = []
     for svc in services:
         row = [cells.get((svc, env)) or _empty(env) for env in envs]
         if attention_only and not any(c["attention"] for c in row):
             continue
         rows.append({"service": svc, "cells": row})
-    waiting = [w for w in data["waiting"] if w["environment"] in envs]
-    return {
-        "app": data["app"],
-        "environments": envs,
-        "latest": latest,
-        "rows": rows,
-        "waiting": waiting,
-    }
+    waiting = [w for w in data["waiting"] if w["environment"] in wanted]
+    return {"app": data["app"], "environments": envs, "rows": rows, "waiting": waiting}
+
+
+def _deploying(latest: dict[str, Any] | None) -> tuple[str, str] | None:
+    """The link every cell of an environment shows while a deployment runs there."""
+    if latest is None or latest["outcome"] != "in_progress":
+        return None
+    return f"/deployments/{latest['id']}", f"deploying {latest['version']} (#{latest['id']})"
 
 
 def _empty(env: str) -> dict[str, Any]:
@@ -101,9 +114,11 @@ def _empty(env: str) -> dict[str, Any]:
         "environment": env,
         "version": None,
         "state": "not_deployed",
+        "label": "not deployed",
         "since": None,
+        "age": "",
         "attention": [],
-        "deployment_id": None,
+        "link": None,
     }
 
 
