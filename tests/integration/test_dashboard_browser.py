@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browserkit import binaries, chromium, present, text_of, wait
+from browserkit import attribute, binaries, chromium, click, present, text_of, type_into, wait
 
 from conftest import Project, temp_project, wait_for
 from conveyor.runtimes.local import free_port
@@ -177,8 +177,7 @@ def background(project: Project, *args: str) -> tuple[threading.Thread, dict[str
 
 
 def weight(driver: Any, which: str) -> str:
-    found = driver.find_elements("css selector", f".traffic[data-which={which}]")
-    return str(found[0].get_attribute("data-new-weight")) if found else ""
+    return attribute(driver, f".traffic[data-which={which}]", "data-new-weight")
 
 
 def test_a_canary_rollout_is_seen_live_and_promoted_from_the_page(dash: Dashboard) -> None:
@@ -206,7 +205,7 @@ def test_a_canary_rollout_is_seen_live_and_promoted_from_the_page(dash: Dashboar
         assert driver.execute_script("return window.conveyorTestMarker") == "same page"
 
         # Promoted from the page: the button asks first, then the rollout ends at 100%.
-        driver.find_element("css selector", "button[data-action=promote]").click()
+        click(driver, "button[data-action=promote]")
         confirm(driver)
         wait(driver, lambda d: text_of(d, "#outcome") == "succeeded", "the deployment to succeed")
         assert weight(driver, "desired") == "100"
@@ -289,7 +288,7 @@ def test_an_approver_approves_a_waiting_deploy_and_the_deployers_own_approval_is
         # ann asks for v2 in staging: approvals are missing, so it waits in the inbox.
         dash.sign_in(ann, "ann", then="/environments/staging")
         Select(ann.find_element(By.ID, "deploy-version")).select_by_visible_text("v2")
-        ann.find_element(By.CSS_SELECTOR, "#deploy-form button[type=submit]").click()
+        click(ann, "#deploy-form button[type=submit]")
         confirm(ann)
         wait(ann, lambda d: "waiting for approval" in text_of(d, "#flash"), "the deploy to wait")
         ref = text_of(ann, "#flash").split("(")[1].rstrip(")")
@@ -308,8 +307,8 @@ def test_an_approver_approves_a_waiting_deploy_and_the_deployers_own_approval_is
 
         # bob approves with a comment; ann's inbox (left open) shows it met, live.
         dash.sign_in(bob, "bob", then="/approvals")
-        bob.find_element(By.CSS_SELECTOR, f"{row} input[name=comment]").send_keys("looks good")
-        bob.find_element(By.CSS_SELECTOR, f"{row} button[value=approve]").click()
+        type_into(bob, f"{row} input[name=comment]", "looks good")
+        click(bob, f"{row} button[value=approve]")
         confirm(bob)
         met = f"{row} li[data-gate=approvals][data-met=true]"
         wait(bob, lambda d: present(d, met), "bob's page to show the approval met")
@@ -317,7 +316,7 @@ def test_an_approver_approves_a_waiting_deploy_and_the_deployers_own_approval_is
         assert "looks good" in text_of(ann, f"{row} .approvals")
 
         # Now deployable: ann deploys it from the inbox.
-        ann.find_element(By.CSS_SELECTOR, f"{row} button[data-action=deploy]").click()
+        click(ann, f"{row} button[data-action=deploy]")
         confirm(ann)
         wait(ann, lambda d: "started" in text_of(d, "#flash"), "the deploy to start")
     started = wait_for(
