@@ -438,7 +438,7 @@ def audit_page(
         query = query.where(AuditRow.id < cursor)
     with store.reading() as session:
         rows = list(session.scalars(query.order_by(AuditRow.id.desc()).limit(limit + 1)))
-        entries = [audit_log._record(r).to_json() for r in rows[:limit]]
+        entries = [audit_log.to_record(r).to_json() for r in rows[:limit]]
     more = len(rows) > limit
     return {"entries": entries, "next_cursor": str(entries[-1]["id"]) if more else None}
 
@@ -446,16 +446,7 @@ def audit_page(
 def _audit_query(
     actor: str | None, environment: str | None, action: str | None, since: datetime | None
 ) -> Any:
-    query = select(AuditRow)
-    if actor is not None:
-        query = query.where(AuditRow.actor == actor)
-    if environment is not None:
-        query = query.where(AuditRow.environment == environment)
-    if action is not None:
-        query = query.where(AuditRow.action == action)
-    if since is not None:
-        query = query.where(AuditRow.at >= since)
-    return query
+    return audit_log.matching(environment=environment, since=since, actor=actor, action=action)
 
 
 def audit_batches(
@@ -473,7 +464,7 @@ def audit_batches(
         query = _audit_query(actor, environment, action, since).where(AuditRow.id > after)
         with store.reading() as session:
             rows = list(session.scalars(query.order_by(AuditRow.id.asc()).limit(batch)))
-            entries = [audit_log._record(r).to_json() for r in rows]
+            entries = [audit_log.to_record(r).to_json() for r in rows]
         if not entries:
             return
         yield entries

@@ -80,12 +80,10 @@ def find(request: Request, cfg: Config, ref: str) -> Found:
 
 
 def live_status(request: Request, env: str) -> dict[str, Any] | None:
-    """The agent's status of `env` (health, traffic weights, the rollout's step), or None
-    when the agent cannot be reached (the store's view is shown alone)."""
+    """The agent's status of `env` (health, traffic weights, the rollout's step), the agent
+    started first when none runs (as `conveyor status` does); None when it cannot be reached
+    (the store's view is shown alone)."""
     srv = server(request)
-    client = srv.agent()
-    if client.ping() is None:
-        return None
     result = actions.call(srv, {"op": "status", "env": env}, timeout=10.0)
     data = result.get("data")
     return dict(data) if result.get("ok") and isinstance(data, dict) else None
