@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from apikit import Events, serve, token
 
 from conftest import Project, wait_for
@@ -16,6 +17,7 @@ steps = [{ weight = 30, pause = "manual" }, { weight = 100 }]
 """
 
 
+@pytest.mark.both_databases
 def test_deploy_idempotency_conflict_events_and_promote(project: Project) -> None:
     project.configure(rollout=CANARY)
     project.release("v1")
