@@ -3,7 +3,7 @@
 `CONVEYOR_USER` first (CI jobs and shared accounts set it), else the git user of the project
 (`git config user.name`: what a developer already told their tools), else the login name of the
 operating system. There are no passwords here: this names a person, it does not prove who they
-are (the API issue adds tokens).
+are (the HTTP API does, with tokens: docs/access.md).
 
 A command finds its user with `current_user()`. The agent acts for whoever sent the request: it
 sets `acting` for the length of that request, and what it writes names `actor()`.

@@ -5,6 +5,10 @@ found nowhere afterwards (database, listings, audit log, files under the project
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -65,9 +69,19 @@ def test_tokens_and_roles_end_to_end(project: Project) -> None:
     proc = project.cli("access", "grant", "ci-bot", "deployer", "--env", "staging")
     assert proc.returncode == 0 and "ci-bot is deployer on staging" in proc.stdout
     proc = project.cli(
-        "tokens", "create", "--role", "deployer", "--env", "staging", "--user", "ci-bot",
-        "--expires", "30d", "--description", "CI pipeline",
-    )  # fmt: skip
+        "tokens",
+        "create",
+        "--role",
+        "deployer",
+        "--env",
+        "staging",
+        "--user",
+        "ci-bot",
+        "--expires",
+        "30d",
+        "--description",
+        "CI pipeline",
+    )
     assert proc.returncode == 0, proc.stderr
     ci_token = proc.stdout.strip()  # the token alone on stdout
     assert ci_token.startswith("cvy_") and "\n" not in ci_token
@@ -146,3 +160,56 @@ def test_tokens_and_roles_end_to_end(project: Project) -> None:
             assert secret not in text
     # The search did see the stored state: the tokens' public ids are there.
     assert ci_id in outputs[3] and first["id"] in outputs[3]
+
+
+def test_revoking_on_a_terminal_asks_first(project: Project) -> None:
+    project.configure()
+    project.env["CONVEYOR_USER"] = "alice"
+    code, made = project.json("tokens", "create", "--role", "admin", "--expires", "never")
+    assert code == 0 and made["expires_at"] is None
+    for answer, revoked in (("n", False), ("y", True)):
+        primary, replica = pty.openpty()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "conveyor", "tokens", "revoke", made["id"]],
+                env=project.env,
+                cwd=project.dir,
+                stdin=replica,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            os.write(primary, f"{answer}\n".encode())
+            out, err = proc.communicate(timeout=60)
+        finally:
+            os.close(primary)
+            os.close(replica)
+        assert f"Revoke token {made['id']} of alice (admin on every environment)?" in out + err
+        assert (proc.returncode == 0) is revoked, (out, err)
+        code, listed = project.json("tokens", "list")
+        assert listed["tokens"][0]["state"].startswith("revoked") is revoked
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("tokens",),
+        ("tokens", "create"),
+        ("tokens", "list"),
+        ("tokens", "revoke"),
+        ("access",),
+        ("access", "grant"),
+        ("access", "revoke"),
+        ("access", "list"),
+    ],
+)
+def test_every_access_command_has_help_with_an_example(command: tuple[str, ...]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "conveyor", *command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0 and "Example:" in proc.stdout, proc.stderr
+    assert f"conveyor {' '.join(command)}" in proc.stdout.split("Example:")[1]

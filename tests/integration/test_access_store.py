@@ -4,6 +4,8 @@ it (authenticate, create/revoke tokens, grant/ungrant, the first admin). On SQLi
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -184,3 +186,87 @@ def test_the_secret_is_nowhere_in_the_database(store: Store) -> None:
     with store.reading() as session:
         logged = "\n".join(repr(r) for r in session.execute(text("SELECT * FROM audit_log")))
     assert tokens.digest(secret) not in logged  # ... and never logged
+
+
+def test_a_session_carries_every_role_its_owner_holds_now(store: Store) -> None:
+    with pytest.raises(AccessError, match="bob holds no role on any environment"):
+        service.start_session(store, "bob", (), T0, how="oidc", ctx=CTX)
+    service.grant(store, "bob", Role.deployer, "staging", "root", T0, ctx=CTX)
+    service.grant(store, "bob", Role.approver, "production", "root", T0, ctx=CTX)
+    rec, whole = service.start_session(store, "bob", (), T0, how="oidc", ctx=CTX)
+    assert rec.kind == "session" and rec.expires_at == T0 + service.SESSION_LIFETIME
+    who = service.authenticate(store, (), whole, T0)
+    assert (who.via, who.scope, who.token_id) == ("session", None, rec.id)
+    assert decide(who, "deploy", "staging").allowed and decide(who, "approve", "production").allowed
+    assert not decide(who, "deploy", "production").allowed
+    service.ungrant(store, "bob", Role.deployer, "staging", "root", T0, ctx=CTX)
+    assert not decide(service.authenticate(store, (), whole, T0), "deploy", "staging").allowed
+    assert "expired" in _refusal(store, whole, T0 + service.SESSION_LIFETIME)
+    assert audit.entries(store, app="shop", action="login")[0].target == rec.id
+
+
+def _refusal(store: Store, token: str, now: datetime) -> str:
+    with pytest.raises(Unauthenticated) as exc:
+        service.authenticate(store, (), token, now)
+    return exc.value.reason
+
+
+def test_bindings_from_a_source_are_replaced_and_hand_made_ones_kept(store: Store) -> None:
+    def entry(action: str, b: stored.BindingRecord) -> dict[str, object]:
+        return {
+            "at": T0,
+            "actor": "oidc",
+            "action": action,
+            "app": "shop",
+            "environment": b.environment,
+            "target": b.subject,
+            "outcome": "ok",
+        }
+
+    service.grant(store, "bob", Role.viewer, None, "root", T0, ctx=CTX)  # by hand
+    want = {(Role.deployer, "staging"): "team-deploy", (Role.viewer, None): "everyone"}
+    added, removed = stored.replace_bindings(store, "bob", "oidc", want, at=T0, entry=entry)
+    assert [(b.role, b.environment, b.created_by) for b in added] == [
+        (Role.deployer, "staging", "oidc:team-deploy")
+    ]  # viewer everywhere was held already (by hand)
+    assert removed == []
+    added, removed = stored.replace_bindings(
+        store, "bob", "oidc", {(Role.approver, None): "release-managers"}, at=T0, entry=entry
+    )
+    assert [(b.role, b.environment) for b in added] == [(Role.approver, None)]
+    assert [(b.role, b.environment) for b in removed] == [(Role.deployer, "staging")]
+    assert [(b.role, b.environment) for b in stored.list_bindings(store, "bob")] == [
+        (Role.viewer, None),
+        (Role.approver, None),
+    ]
+    actions = [e.action for e in audit.entries(store, app="shop", actor="oidc")]
+    assert actions == ["access.grant", "access.revoke", "access.grant"]
+
+
+def test_racing_first_admins_and_idempotency_keys_have_one_winner(url: str) -> None:
+    """Eight threads, each with its own connection pool, at once: one first admin, one
+    remembered answer (the others get it back), on SQLite and PostgreSQL alike."""
+    Store.open(url).close()  # the schema, before the race
+    stores = [Store.open(url) for _ in range(8)]
+    barrier = threading.Barrier(len(stores))
+
+    def first_admin(i: int) -> bool:
+        barrier.wait(timeout=30)
+        return stored.add_first_admin(stores[i], f"user{i}", at=T0) is not None
+
+    def remember(i: int) -> IdempotencyRecord:
+        barrier.wait(timeout=30)
+        rec = IdempotencyRecord("ci", "key-1", "staging", f"h{i}", i, {"id": i}, T0)
+        return stored.put_idempotent(stores[i], rec)
+
+    try:
+        with ThreadPoolExecutor(len(stores)) as pool:
+            made = list(pool.map(first_admin, range(len(stores))))
+            kept = list(pool.map(remember, range(len(stores))))
+        assert made.count(True) == 1
+        assert [b.role for b in stored.list_bindings(stores[0])] == [Role.admin]
+        assert len({k.request_hash for k in kept}) == 1
+        assert stored.get_idempotent(stores[0], "ci", "key-1") == kept[0]
+    finally:
+        for s in stores:
+            s.close()

@@ -11,7 +11,7 @@ import httpx
 from apikit import serve, store_of, token
 from openapi_spec_validator import validate
 
-from conftest import Project
+from conftest import Project, wait_for
 from conveyor.auth.service import AuditContext, create_token, ungrant
 from conveyor.core.access import Role
 from conveyor.runtimes.local import free_port
@@ -94,10 +94,15 @@ def test_roles_environments_and_tokens(project: Project) -> None:
         assert deploy["data"]["via"]["source"] == "127.0.0.1"
         assert deploy["data"]["via"]["token"] is not None
         assert deploy["detail"].startswith("deploy needs the deployer role")
-        # And the deploy that ran names the API facts through the agent's own entry.
-        ran = admin.get("/api/v1/audit", params={"actor": "dan", "action": "deploy"}).json()
-        ok = [e for e in ran["entries"] if e["outcome"] == "ok"]
-        assert ok and ok[0]["data"]["via"]["role"] == "deployer"
+
+        # And the deploy that ran names the API facts in the agent's own entry (written when
+        # the deploy ends).
+        def deployed() -> list[dict[str, Any]]:
+            ran = admin.get("/api/v1/audit", params={"actor": "dan", "action": "deploy"}).json()
+            return [e for e in ran["entries"] if e["outcome"] == "ok"]
+
+        ok = wait_for(deployed, what="the audit entry of dan's deploy")
+        assert ok[0]["data"]["via"]["role"] == "deployer"
         assert ok[0]["data"]["via"]["token"] == dep_id
 
 

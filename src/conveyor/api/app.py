@@ -19,6 +19,7 @@ from conveyor.api import auth, routes
 from conveyor.api.auth import ApiError
 from conveyor.api.events import Hub
 from conveyor.api.state import Server, Settings
+from conveyor.auth import oidc_routes
 from conveyor.web import pages
 
 API_PREFIX = "/api/v1"
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(routes.router, prefix=API_PREFIX)
     app.include_router(auth.router)
+    app.include_router(oidc_routes.router)  # /auth/oidc/login and /callback ([access.oidc])
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     return app

@@ -39,8 +39,13 @@ class Message:
     environment: str | None
     data: dict[str, Any]
 
+    _text: str = ""
+
     def encode(self) -> str:
-        return f"id: {self.id}\nevent: {self.event}\ndata: {json.dumps(self.data)}\n\n"
+        """The message on the wire (encoded once, whatever the number of clients)."""
+        if not self._text:
+            self._text = f"id: {self.id}\nevent: {self.event}\ndata: {json.dumps(self.data)}\n\n"
+        return self._text
 
 
 @dataclass(eq=False)

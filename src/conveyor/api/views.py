@@ -9,15 +9,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from conveyor.config import Config
 from conveyor.engine.status import history_row, measurements
 from conveyor.store import audit as audit_log
 from conveyor.store import locks as stored_locks
 from conveyor.store import requests as waiting_requests
-from conveyor.store.db import DeploymentRecord, EventRecord, Store
+from conveyor.store.db import DeploymentRecord, EventRecord, Store, _marked
 from conveyor.store.facts import ApprovalRecord, FactStore
-from conveyor.store.models import AuditRow
+from conveyor.store.models import AuditRow, DeploymentRow, EventRow, InstanceRow
 
 # How the events of a deployment are grouped on the stream and in the step timeline.
 TRAFFIC = frozenset({"switching", "switched", "switched_back", "step", "drained", "standby"})
@@ -82,14 +83,16 @@ def dashboard(store: Store, cfg: Config) -> dict[str, Any]:
     attention (waiting for approval, paused, degraded, rolled back). A handful of indexed
     queries per environment, whatever the length of the history."""
     app = cfg.app.name
-    instances = store.instances(app)
-    waiting = waiting_requests.waiting(store, app)
+    names = sorted(cfg.environments)
+    # One read transaction for the whole overview: on PostgreSQL each one costs round trips.
+    with store.reading() as session:
+        live = _active(session, app)
+        waiting = waiting_requests.waiting_in(session, app)
+        latest = {name: _latest(session, app, name) for name in names}
     rows: list[dict[str, Any]] = []
     environments: list[dict[str, Any]] = []
-    for env_name in sorted(cfg.environments):
-        latest = store.list_deployments(app, env_name, limit=1)
-        last = latest[0] if latest else None
-        last_state = _last_state(store, last) if last is not None else None
+    for env_name in names:
+        last, last_state = latest[env_name]
         flags = {
             "waiting_for_approval": any(r.environment == env_name for r in waiting),
             "paused": last is not None and last.outcome == "in_progress" and last_state in PAUSED,
@@ -108,14 +111,7 @@ def dashboard(store: Store, cfg: Config) -> dict[str, Any]:
         )
         env_cfg = cfg.environment(env_name)
         for service in env_cfg.services:
-            active = next(
-                (
-                    i
-                    for i in instances
-                    if i.environment == env_name and i.service == service and i.role == "active"
-                ),
-                None,
-            )
+            active = live.get((env_name, service))
             if last is not None and last.outcome == "in_progress":
                 state = "deploying"
             elif active is not None:
@@ -128,10 +124,10 @@ def dashboard(store: Store, cfg: Config) -> dict[str, Any]:
                 {
                     "environment": env_name,
                     "service": service,
-                    "release": active.version if active else None,
+                    "release": active[0] if active else None,
                     "state": state,
-                    "since": _iso(active.started_at) if active else None,
-                    "deployment_id": active.deployment_id if active else None,
+                    "since": _iso(active[1]) if active else None,
+                    "deployment_id": active[2] if active else None,
                     "attention": flags,
                     "needs_attention": any(flags.values()),
                 }
@@ -144,17 +140,37 @@ def dashboard(store: Store, cfg: Config) -> dict[str, Any]:
     }
 
 
-def _last_state(store: Store, dep: DeploymentRecord) -> str | None:
-    """The state of a deployment's newest event (one indexed row)."""
-    from conveyor.store.models import EventRow
+def _active(session: Session, app: str) -> dict[tuple[str, str], tuple[str, datetime, int | None]]:
+    """(environment, service) -> (version, since, deployment) of every active color: only the
+    columns the overview shows (a few hundred rows; ORM objects would cost more than the query)."""
+    query = select(
+        InstanceRow.environment,
+        InstanceRow.service,
+        InstanceRow.version,
+        InstanceRow.started_at,
+        InstanceRow.deployment_id,
+    ).where(InstanceRow.app == app, InstanceRow.role == "active")
+    return {(e, s): (v, at, d) for e, s, v, at, d in session.execute(query)}
 
-    with store.reading() as session:
-        return session.scalars(
-            select(EventRow.state)
-            .where(EventRow.deployment_id == dep.id)
-            .order_by(EventRow.id.desc())
-            .limit(1)
-        ).first()
+
+def _latest(session: Session, app: str, env: str) -> tuple[DeploymentRecord | None, str | None]:
+    """The environment's newest deployment (shown rolled back if it was) and the state of its
+    newest event: three indexed lookups."""
+    row = session.scalars(
+        select(DeploymentRow)
+        .where(DeploymentRow.app == app, DeploymentRow.environment == env)
+        .order_by(DeploymentRow.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None, None
+    state = session.scalars(
+        select(EventRow.state)
+        .where(EventRow.deployment_id == row.id)
+        .order_by(EventRow.id.desc())
+        .limit(1)
+    ).first()
+    return _marked(session, [row])[0], state
 
 
 # --- environments ---------------------------------------------------------------------------------
@@ -288,9 +304,6 @@ def deployments_page(
     store: Store, app: str, env: str, cursor: int | None, limit: int
 ) -> dict[str, Any]:
     """Newest first, `limit` at a time; `next_cursor` continues below the last id (keyset)."""
-    from conveyor.store.db import _marked
-    from conveyor.store.models import DeploymentRow
-
     limit = max(1, min(limit, MAX_LIMIT))
     query = select(DeploymentRow).where(DeploymentRow.app == app, DeploymentRow.environment == env)
     if cursor is not None:
@@ -425,7 +438,7 @@ def audit_page(
         query = query.where(AuditRow.id < cursor)
     with store.reading() as session:
         rows = list(session.scalars(query.order_by(AuditRow.id.desc()).limit(limit + 1)))
-        entries = [audit_log._record(r).to_json() for r in rows[:limit]]
+        entries = [audit_log.to_record(r).to_json() for r in rows[:limit]]
     more = len(rows) > limit
     return {"entries": entries, "next_cursor": str(entries[-1]["id"]) if more else None}
 
@@ -433,16 +446,7 @@ def audit_page(
 def _audit_query(
     actor: str | None, environment: str | None, action: str | None, since: datetime | None
 ) -> Any:
-    query = select(AuditRow)
-    if actor is not None:
-        query = query.where(AuditRow.actor == actor)
-    if environment is not None:
-        query = query.where(AuditRow.environment == environment)
-    if action is not None:
-        query = query.where(AuditRow.action == action)
-    if since is not None:
-        query = query.where(AuditRow.at >= since)
-    return query
+    return audit_log.matching(environment=environment, since=since, actor=actor, action=action)
 
 
 def audit_batches(
@@ -460,7 +464,7 @@ def audit_batches(
         query = _audit_query(actor, environment, action, since).where(AuditRow.id > after)
         with store.reading() as session:
             rows = list(session.scalars(query.order_by(AuditRow.id.asc()).limit(batch)))
-            entries = [audit_log._record(r).to_json() for r in rows]
+            entries = [audit_log.to_record(r).to_json() for r in rows]
         if not entries:
             return
         yield entries

@@ -1,7 +1,8 @@
-"""The JSON endpoints that act: deploy, promote, abort, rollback, retry, approve or reject, the
-environment's lock, tokens. Each acts through what the CLI uses: the agent's requests (with the
-principal as the actor, and the API's facts in `via` for the audit log), the approval function
-of conveyor.promotion, the lock functions of conveyor.manual_locks, conveyor.auth.service.
+"""The JSON endpoints that act on deployments and environments: deploy, promote, abort,
+rollback, retry, and the environment's lock. Each acts through what the CLI uses: the agent's
+requests (with the principal as the actor, and the API's facts in `via` for the audit log), and
+the lock functions of conveyor.manual_locks. Approvals: conveyor.api.approvals; tokens:
+conveyor.api.tokens.
 """
 
 from __future__ import annotations
@@ -17,23 +18,18 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
 
 from conveyor.api import actions
-from conveyor.api.auth import ApiError, authorize, principal_from_request, refuse, server, via
+from conveyor.api.auth import ApiError, authorize, principal_from_request, server, via
 from conveyor.api.models import (
     AbortBody,
     Accepted,
     ActionResult,
-    ApprovalBody,
-    Approvals,
     DeployBody,
     EnvironmentPatch,
     PromoteBody,
     RollbackBody,
-    TokenBody,
-    TokenCreated,
-    TokenList,
 )
 from conveyor.config import Config, ConfigError
-from conveyor.core.access import Decision, Principal, Role, decide, effective_roles
+from conveyor.core.access import Decision, Principal
 from conveyor.store import requests as waiting_requests
 from conveyor.store.requests import RequestRecord
 
@@ -84,12 +80,10 @@ def find(request: Request, cfg: Config, ref: str) -> Found:
 
 
 def live_status(request: Request, env: str) -> dict[str, Any] | None:
-    """The agent's status of `env` (health, traffic weights, the rollout's step), or None
-    when the agent cannot be reached (the store's view is shown alone)."""
+    """The agent's status of `env` (health, traffic weights, the rollout's step), the agent
+    started first when none runs (as `conveyor status` does); None when it cannot be reached
+    (the store's view is shown alone)."""
     srv = server(request)
-    client = srv.agent()
-    if client.ping() is None:
-        return None
     result = actions.call(srv, {"op": "status", "env": env}, timeout=10.0)
     data = result.get("data")
     return dict(data) if result.get("ok") and isinstance(data, dict) else None
@@ -418,114 +412,6 @@ def retry(request: Request, ref: str, body: RollbackBody | None = None) -> Respo
     return JSONResponse(answer, status_code=status)
 
 
-# --- approvals -----------------------------------------------------------------------------------
-
-
-def _requested_by(request: Request, found: Found) -> str | None:
-    """Who asked for the deployment being approved: the waiting request's requester, or the
-    actor of the audit entry of the deploy that started it."""
-    if found.request is not None:
-        return found.request.requested_by
-    from sqlalchemy import select
-
-    from conveyor.store.models import AuditRow
-
-    store = server(request).store
-    with store.reading() as session:
-        rows = session.scalars(
-            select(AuditRow)
-            .where(
-                AuditRow.action == "deploy",
-                AuditRow.environment == found.environment,
-                AuditRow.target == found.version,
-            )
-            .order_by(AuditRow.id.desc())
-            .limit(50)
-        )
-        for row in rows:
-            if (row.data or {}).get("deployment") == found.deployment_id:
-                return row.actor
-    return None
-
-
-def _approvals(request: Request, cfg: Config, found: Found, principal: Principal) -> dict[str, Any]:
-    from conveyor.api.views import approval_json
-    from conveyor.promotion import evaluate
-    from conveyor.store.facts import FactStore
-
-    store = server(request).store
-    items = [
-        approval_json(a)
-        for a in FactStore(store).approvals(cfg.app.name, found.environment)
-        if a.version == found.version
-    ]
-    rec = store.get_release(cfg.app.name, found.version)
-    gates: list[dict[str, Any]] = []
-    if rec is not None:
-        requester = _requested_by(request, found) or principal.subject
-        decision = evaluate(cfg, store, rec, found.environment, requester, datetime.now(UTC))
-        gates = [g for g in decision.to_json()["gates"] if g["gate"] in ("approvals", "rejected")]
-    return {
-        "version": found.version,
-        "environment": found.environment,
-        "approvals": items,
-        "gates": gates,
-    }
-
-
-@router.get("/deployments/{ref}/approvals", response_model=Approvals, tags=["approvals"])
-def approvals(request: Request, ref: str) -> dict[str, Any]:
-    """The approvals and rejections of the deployment's release for its environment."""
-    cfg = _config(request)
-    found = find(request, cfg, ref)
-    principal, _ = authorize(request, "read", found.environment, ref)
-    return _approvals(request, cfg, found, principal)
-
-
-@router.post(
-    "/deployments/{ref}/approvals", response_model=Approvals, status_code=201, tags=["approvals"]
-)
-def decide_approval(request: Request, ref: str, body: ApprovalBody) -> dict[str, Any]:
-    """Approve or reject the deployment's release for its environment, with a comment (required
-    to reject). Whoever asked for the deployment cannot approve it (403)."""
-    from conveyor.promotion import ApprovalRefused, record_decision
-
-    cfg = _config(request)
-    found = find(request, cfg, ref)
-    principal, decision = authorize(request, body.decision, found.environment, ref)
-    if body.decision == "reject" and not body.comment.strip():
-        raise ApiError(
-            422, "say why: a rejection needs a comment (it blocks others until withdrawn)"
-        )
-    srv = server(request)
-    now = datetime.now(UTC)
-    try:
-        record_decision(
-            cfg,
-            srv.store,
-            found.version,
-            found.environment,
-            principal.subject,
-            body.decision,
-            body.comment,
-            now,
-            requested_by=_requested_by(request, found),
-            via=via(request, principal, decision),
-        )
-    except ApprovalRefused as exc:
-        raise ApiError(403, str(exc)) from None
-    if body.decision == "reject":
-        waiting_requests.end(
-            srv.store,
-            cfg.app.name,
-            found.environment,
-            found.version,
-            waiting_requests.REJECTED,
-            now,
-        )
-    return _approvals(request, cfg, found, principal)
-
-
 # --- the environment's lock ------------------------------------------------------------------------
 
 
@@ -553,106 +439,3 @@ def update_environment(request: Request, env: str, body: EnvironmentPatch) -> di
     except manual_locks.LockRefused as exc:
         raise ApiError(409, str(exc)) from None
     return {"environment": env, "lock": None, "released": gone.to_json() if gone else None}
-
-
-# --- tokens ------------------------------------------------------------------------------------------
-
-
-def _audit_context(request: Request, principal: Principal, decision: Decision | None) -> Any:
-    from conveyor.auth.service import AuditContext
-
-    facts = via(request, principal, decision)
-    return AuditContext(
-        app=server(request).app_name(),
-        token_id=principal.token_id,
-        role=facts["role"],
-        source=facts["source"],
-    )
-
-
-@router.post("/tokens", status_code=201, response_model=TokenCreated, tags=["access"])
-def create_token(request: Request, body: TokenBody) -> dict[str, Any]:
-    """A new token (yours, or another user's for an admin). The secret is in this answer only.
-    A token never exceeds its owner's roles, nor the role of the credentials that make it."""
-    from conveyor.auth.service import AccessError, parse_expiry
-    from conveyor.auth.service import create_token as make
-
-    principal = principal_from_request(request)
-    owner = body.owner or principal.subject
-    role = Role(body.role)
-    if owner != principal.subject:
-        principal, decision = authorize(request, "tokens.manage", body.environment, owner)
-    else:
-        decision = decide(principal, "read", body.environment)
-        if role not in effective_roles(principal, body.environment):
-            where = f"on {body.environment}" if body.environment else "on every environment"
-            refuse(
-                request,
-                403,
-                "token.create",
-                body.environment,
-                owner,
-                f"these credentials do not act as {role} {where}: a token cannot give more",
-                principal,
-            )
-    try:
-        expires = parse_expiry(body.expires_in or "never")
-    except ValueError as exc:
-        raise ApiError(422, f"expires_in: {exc}") from None
-    srv = server(request)
-    try:
-        rec, whole = make(
-            srv.store,
-            owner,
-            role,
-            body.environment,
-            expires,
-            body.description,
-            principal.subject,
-            datetime.now(UTC),
-            srv.admins(),
-            local=False,
-            ctx=_audit_context(request, principal, decision),
-        )
-    except AccessError as exc:
-        raise ApiError(422, str(exc)) from None
-    return {"token": whole, "record": rec.to_json()}
-
-
-@router.get("/tokens", response_model=TokenList, tags=["access"])
-def list_tokens(request: Request, all: bool = False) -> dict[str, Any]:
-    """Your tokens; `all=true`: everyone's (admin)."""
-    from conveyor.store import access as stored
-
-    principal = principal_from_request(request)
-    owner: str | None = principal.subject
-    if all:
-        authorize(request, "tokens.manage", None, "tokens")
-        owner = None
-    return {"tokens": [t.to_json() for t in stored.list_tokens(server(request).store, owner)]}
-
-
-@router.delete("/tokens/{token_id}", tags=["access"])
-def revoke_token(request: Request, token_id: str) -> dict[str, Any]:
-    """Revoke a token: yours, or anyone's for an admin."""
-    from conveyor.auth.service import UnknownToken
-    from conveyor.auth.service import revoke_token as revoke
-    from conveyor.store import access as stored
-
-    principal = principal_from_request(request)
-    srv = server(request)
-    rec = stored.get_token(srv.store, token_id)
-    decision: Decision | None = None
-    if rec is None or rec.owner != principal.subject:
-        principal, decision = authorize(request, "tokens.manage", None, token_id)
-    try:
-        after = revoke(
-            srv.store,
-            token_id,
-            principal.subject,
-            datetime.now(UTC),
-            ctx=_audit_context(request, principal, decision),
-        )
-    except UnknownToken as exc:
-        raise ApiError(404, str(exc)) from None
-    return {"token": after.to_json()}

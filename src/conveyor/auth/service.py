@@ -126,12 +126,13 @@ def authenticate(
         raise Unauthenticated(f"token {rec.id} expired at {rec.expires_at.isoformat()}")
     if rec.last_used_at is None or rec.last_used_at <= now - stored.TOUCH_INTERVAL:
         stored.touch_token(store, rec.id, now, source)
+    session = rec.kind == stored.SESSION  # a browser's login: every role its owner holds
     return Principal(
         subject=rec.owner,
         bindings=bindings_of(store, admins, rec.owner),
-        scope=Scope(rec.role, rec.environment),
+        scope=None if session else Scope(rec.role, rec.environment),
         token_id=rec.id,
-        via="token",
+        via="session" if session else "token",
     )
 
 
@@ -280,6 +281,58 @@ def create_token(
                 "expires_at": rec.expires_at.isoformat() if rec.expires_at else None,
                 "description": description,
             },
+        ),
+    )
+    return rec, whole
+
+
+SESSION_LIFETIME = timedelta(hours=12)
+
+
+def start_session(
+    store: Store,
+    subject: str,
+    admins: Sequence[str],
+    now: datetime,
+    *,
+    how: str,
+    ctx: AuditContext,
+    lifetime: timedelta = SESSION_LIFETIME,
+) -> tuple[TokenRecord, str]:
+    """A browser session for `subject`, who logged in `how` (e.g. "oidc"): a token of kind
+    "session" that carries every role its owner holds at each request, for `lifetime`. Refused
+    (AccessError) when they hold no role at all. Its string is the session cookie's value."""
+    subject = _name(subject, "the user")
+    if not bindings_of(store, admins, subject):
+        raise AccessError(
+            f"{subject} holds no role on any environment: an admin can grant one with "
+            f"`conveyor access grant {subject} viewer`"
+        )
+    token_id, secret, whole = tokens.new_token()
+    rec = TokenRecord(
+        id=token_id,
+        owner=subject,
+        role=Role.viewer,  # unused for a session: the owner's bindings decide
+        environment=None,
+        digest=tokens.digest(secret),
+        description=f"browser session ({how} login)",
+        created_at=now,
+        created_by=subject,
+        expires_at=now + lifetime,
+        kind=stored.SESSION,
+    )
+    stored.add_token(
+        store,
+        rec,
+        audit_entry=_entry(
+            ctx,
+            subject,
+            now,
+            "login",
+            None,
+            token_id,
+            f"{how} login: a session until {rec.expires_at}",
+            {"token_id": token_id, "owner": subject, "how": how},
         ),
     )
     return rec, whole

@@ -211,7 +211,7 @@ def list_tokens(
             (
                 t.id,
                 clean(t.owner),
-                str(t.role),
+                "session" if t.kind == "session" else str(t.role),
                 t.environment or "*",
                 when(t.created_at),
                 when(t.expires_at) if t.expires_at else "never",

@@ -856,11 +856,68 @@ class CheckConfig(_Model):
         return value
 
 
+def _group_binding(value: str) -> str:
+    """`[access.oidc] groups` values: "ROLE" (every environment) or "ROLE:ENVIRONMENT"."""
+    from conveyor.core.access import Role
+
+    role, _, env = value.partition(":")
+    if role not in {r.value for r in Role}:
+        raise ValueError(
+            f"invalid binding {value!r}: write ROLE or ROLE:ENVIRONMENT, ROLE one of "
+            f'{", ".join(r.value for r in Role)} (e.g. "deployer:staging")'
+        )
+    if ":" in value:
+        _check_name("environment")(env)
+    return value
+
+
+class OidcConfig(_Model):
+    """[access.oidc]: browser login through an OpenID Connect provider (docs/access.md)."""
+
+    issuer: str
+    client_id: str
+    # The name of a secret (conveyor's secret store) holding the client secret; none: a public
+    # client (PKCE alone).
+    client_secret_secret: SecretName | None = None
+    # The environment whose secret providers hold it ([environments.NAME.secrets]).
+    secret_environment: EnvironmentName | None = None
+    # A group in the ID token's groups claim -> the binding its members get while logged in.
+    groups: dict[str, Annotated[str, AfterValidator(_group_binding)]] = Field(default_factory=dict)
+    groups_claim: str = "groups"
+    username_claim: str = "preferred_username"
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
+
+    @field_validator("issuer")
+    @classmethod
+    def _https_issuer(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+            raise ValueError(
+                f"issuer {value!r} must be an https:// URL (http:// only on 127.0.0.1)"
+            )
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _secret_has_environment(self) -> OidcConfig:
+        if self.client_secret_secret and not self.secret_environment:
+            raise LocatedValueError(
+                "client_secret_secret needs secret_environment: the environment whose secret "
+                'providers hold it (e.g. secret_environment = "production")',
+                "secret_environment",
+            )
+        return self
+
+
 class AccessConfig(_Model):
-    # Who may deploy through a freeze window (`deploy --override-freeze --reason ...`).
+    # Who may deploy through a freeze window (`deploy --override-freeze --reason ...`), and who
+    # is admin on every environment for the API (docs/access.md).
     admins: Annotated[list[str], AfterValidator(_user_names("admins"))] = Field(
         default_factory=list
     )
+    oidc: OidcConfig | None = None
 
 
 class GatesConfig(_Model):
@@ -993,6 +1050,30 @@ class Config(_Model):
     def _implicit_dev(cls, value: dict[str, EnvironmentConfig]) -> dict[str, EnvironmentConfig]:
         # Without [environments] there is still somewhere to deploy to.
         return value or {IMPLICIT_ENVIRONMENT: EnvironmentConfig()}
+
+    @model_validator(mode="after")
+    def _oidc_groups_name_environments(self) -> Config:
+        oidc = self.access.oidc
+        if oidc and oidc.secret_environment and oidc.secret_environment not in self.environments:
+            raise LocatedValueError(
+                f"environment {oidc.secret_environment!r} is not declared "
+                f"(declared: {', '.join(sorted(self.environments))})",
+                "access",
+                "oidc",
+                "secret_environment",
+            )
+        for group, binding in (oidc.groups if oidc else {}).items():
+            env = binding.partition(":")[2]
+            if env and env not in self.environments:
+                raise LocatedValueError(
+                    f"group {group!r} is bound to environment {env!r}, which is not declared "
+                    f"(declared: {', '.join(sorted(self.environments))})",
+                    "access",
+                    "oidc",
+                    "groups",
+                    group,
+                )
+        return self
 
     def environment(self, name: str) -> ResolvedEnvironment:
         # Resolution validates the merged models, so it lives beside them, not inside them.

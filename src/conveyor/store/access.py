@@ -12,8 +12,8 @@ never reaches the database.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,6 +31,10 @@ from conveyor.store.models import ApiTokenRow, IdempotencyKeyRow, RoleBindingRow
 _BINDINGS_KEY = 0x62696E64
 # A token's last use is written at most this often: not one write per request.
 TOUCH_INTERVAL = timedelta(seconds=60)
+# Token kinds: narrowed to its role and environment, or a browser session (every role its
+# owner holds; made by an OIDC login).
+API = "api"
+SESSION = "session"
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class TokenRecord:
     last_used_from: str | None = None
     revoked_at: datetime | None = None
     revoked_by: str | None = None
+    kind: str = API  # API or SESSION (then `role` is unused: the owner's roles apply)
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -67,6 +72,7 @@ class TokenRecord:
             "last_used_from": self.last_used_from,
             "revoked_at": _iso(self.revoked_at),
             "revoked_by": self.revoked_by,
+            "kind": self.kind,
         }
 
 
@@ -124,6 +130,7 @@ def _token(row: ApiTokenRow) -> TokenRecord:
         last_used_from=row.last_used_from,
         revoked_at=row.revoked_at,
         revoked_by=row.revoked_by,
+        kind=row.kind,
     )
 
 
@@ -151,23 +158,7 @@ def add_token(
 ) -> TokenRecord:
     """Store a new token (its id must be new: ids are random, a clash is an IntegrityError)."""
     with store.writing() as session:
-        session.add(
-            ApiTokenRow(
-                id=rec.id,
-                owner=rec.owner,
-                role=str(rec.role),
-                environment=rec.environment,
-                digest=rec.digest,
-                description=rec.description,
-                created_at=rec.created_at,
-                created_by=rec.created_by,
-                expires_at=rec.expires_at,
-                last_used_at=rec.last_used_at,
-                last_used_from=rec.last_used_from,
-                revoked_at=rec.revoked_at,
-                revoked_by=rec.revoked_by,
-            )
-        )
+        session.add(ApiTokenRow(**{**asdict(rec), "role": str(rec.role)}))
         session.flush()
         _audit(session, audit_entry)
     return rec
@@ -322,6 +313,53 @@ def remove_binding(
         return gone
 
 
+def replace_bindings(
+    store: Store,
+    subject: str,
+    source: str,
+    want: Mapping[tuple[Role, str | None], str],
+    *,
+    at: datetime,
+    entry: Callable[[str, BindingRecord], Mapping[str, Any]],
+) -> tuple[list[BindingRecord], list[BindingRecord]]:
+    """Make `subject`'s bindings that `source` gave (created_by "<source>:<why>") exactly `want`
+    ((role, environment) -> why, e.g. the group that gives it), in one transaction; bindings
+    made otherwise (by hand) are left alone. `entry(action, binding)` makes the audit entry of
+    each change ("access.grant" or "access.revoke"). Returns (added, removed)."""
+    prefix = f"{source}:"
+    added: list[BindingRecord] = []
+    removed: list[BindingRecord] = []
+    with store.writing() as session:
+        serialize(session, _BINDINGS_KEY)
+        rows = list(
+            session.scalars(select(RoleBindingRow).where(RoleBindingRow.subject == subject))
+        )
+        held = {(Role(r.role), r.environment) for r in rows}
+        for row in rows:
+            if row.created_by.startswith(prefix) and (Role(row.role), row.environment) not in want:
+                gone = _binding(row)
+                session.delete(row)
+                session.flush()
+                audit.append(session, **entry("access.revoke", gone))
+                removed.append(gone)
+        for (role, environment), why in want.items():
+            if (role, environment) in held:
+                continue
+            row = RoleBindingRow(
+                subject=subject,
+                role=str(role),
+                environment=environment,
+                created_at=at,
+                created_by=f"{prefix}{why}",
+            )
+            session.add(row)
+            session.flush()
+            new = _binding(row)
+            audit.append(session, **entry("access.grant", new))
+            added.append(new)
+    return added, removed
+
+
 def list_bindings(store: Store, subject: str | None = None) -> list[BindingRecord]:
     """Every binding (of `subject`), by subject, then in the order they were made."""
     query = select(RoleBindingRow)
@@ -372,17 +410,7 @@ def put_idempotent(store: Store, rec: IdempotencyRecord) -> IdempotencyRecord:
             found = session.get(IdempotencyKeyRow, (rec.actor, rec.key))
             if found is not None:
                 return _idempotent(found)
-            session.add(
-                IdempotencyKeyRow(
-                    actor=rec.actor,
-                    key=rec.key,
-                    environment=rec.environment,
-                    request_hash=rec.request_hash,
-                    deployment_id=rec.deployment_id,
-                    response=dict(rec.response),
-                    created_at=rec.created_at,
-                )
-            )
+            session.add(IdempotencyKeyRow(**{**asdict(rec), "response": dict(rec.response)}))
             session.flush()
             return rec
     except IntegrityError:  # another process inserted it between our read and write (PostgreSQL)

@@ -351,6 +351,9 @@ class ApiTokenRow(Base):
     last_used_from: Mapped[str | None] = mapped_column(String(200))
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_by: Mapped[str | None] = mapped_column(String(200))
+    # "api": made by `tokens create` / POST /tokens, narrowed to role and environment;
+    # "session": a browser's login (OIDC), carrying every role its owner holds (role unused).
+    kind: Mapped[str] = mapped_column(String(16), default="api", server_default="api")
 
 
 class RoleBindingRow(Base):

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from conveyor.store.db import Store
 from conveyor.store.models import DeploymentRequestRow
@@ -116,13 +117,18 @@ def get(store: Store, request_id: int) -> RequestRecord | None:
 
 def waiting(store: Store, app: str, environment: str | None = None) -> list[RequestRecord]:
     """The requests still waiting, oldest first (indexed on app, state, environment)."""
+    with store.reading() as session:
+        return waiting_in(session, app, environment)
+
+
+def waiting_in(session: Session, app: str, environment: str | None = None) -> list[RequestRecord]:
+    """`waiting`, in the caller's read transaction."""
     query = select(DeploymentRequestRow).where(
         DeploymentRequestRow.app == app, DeploymentRequestRow.state == WAITING
     )
     if environment is not None:
         query = query.where(DeploymentRequestRow.environment == environment)
-    with store.reading() as session:
-        return [_record(r) for r in session.scalars(query.order_by(DeploymentRequestRow.id))]
+    return [_record(r) for r in session.scalars(query.order_by(DeploymentRequestRow.id))]
 
 
 def end(

@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("last_used_from", sa.String(200), nullable=True),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("revoked_by", sa.String(200), nullable=True),
+        sa.Column("kind", sa.String(16), nullable=False, server_default="api"),
     )
     op.create_index("ix_api_tokens_owner", "api_tokens", ["owner"])
     op.create_table(

