@@ -328,3 +328,34 @@ def test_an_approver_approves_a_waiting_deploy_and_the_deployers_own_approval_is
         "SELECT actor, decision, comment FROM approvals WHERE environment = 'staging'"
     )
     assert decided == [("bob", "approve", "looks good")], decided
+
+
+def test_a_token_made_in_the_page_shows_its_secret_once_and_can_be_revoked(
+    dash: Dashboard,
+) -> None:
+    with chromium() as driver:
+        dash.sign_in(driver, "vic", then="/tokens")
+        before = driver.execute_script("return document.querySelectorAll('tr[data-token]').length")
+        type_into(driver, "form[data-action='tokens.create'] input[name=description]", "laptop")
+        click(driver, "form[data-action='tokens.create'] button[type=submit]")
+        wait(driver, lambda d: text_of(d, "#new-secret code").startswith("cvy_"), "the secret")
+        secret = text_of(driver, "#new-secret code")
+        wait(
+            driver,
+            lambda d: (
+                d.execute_script("return document.querySelectorAll('tr[data-token]').length")
+                == before + 1
+            ),
+            "the new token in the list",
+        )
+        token_id = secret.split("_")[1]
+        row = f"tr[data-token='{token_id}']"
+        assert "laptop" in text_of(driver, row)
+        driver.refresh()  # shown once: never again, not even to its owner
+        wait(driver, lambda d: present(d, row), "the list after a reload")
+        assert secret not in driver.page_source
+        click(driver, f"{row} button[data-action='tokens.revoke']")
+        confirm(driver)
+        wait(driver, lambda d: "revoked" in text_of(d, row), "the token revoked")
+    stored = dash.project.db(f"SELECT revoked_by FROM api_tokens WHERE id = '{token_id}'")
+    assert stored == [("vic",)], stored

@@ -61,41 +61,36 @@ def readable(who: Principal, cfg: Config) -> list[str]:
 
 
 def overview(request: Request, who: Principal, attention_only: bool) -> dict[str, Any]:
-    """views.dashboard as a grid: one row per service, one cell per environment. Each cell is
-    finished here (labels, age, link), so the template only places strings: the page has
-    services x environments cells."""
+    """views.dashboard as a grid: one row per service, one cell per environment.
+
+    The cells are the view's own rows, finished in place (labels, age, link): a page of
+    services x environments cells allocates one list per service beyond what the view made, and
+    what is the same for a whole environment (its flags, the link to what runs there) is made
+    once. Fewer objects per request means fewer garbage collections in the server."""
     cfg = config(request)
     envs = readable(who, cfg)
+    wanted = set(envs)
     data = views.dashboard(server(request).store, cfg)
     now = datetime.now(UTC)
     links = {e["name"]: _deploying(e["latest_deployment"]) for e in data["environments"]}
-    cells: dict[tuple[str, str], dict[str, Any]] = {}
-    services: list[str] = []
-    wanted = set(envs)
-    for s in data["services"]:
-        env = s["environment"]
+    flags = {
+        e["name"]: tuple(n.replace("_", " ") for n in ATTENTION if e["attention"].get(n))
+        for e in data["environments"]
+    }
+    grid: dict[str, dict[str, dict[str, Any]]] = {}
+    for cell in data["services"]:
+        env = cell["environment"]
         if env not in wanted:
             continue
-        if s["service"] not in services:
-            services.append(s["service"])
-        flags = [name.replace("_", " ") for name in ATTENTION if s["attention"].get(name)]
-        link = links[env]
-        if link is None and s["deployment_id"]:
-            link = (f"/deployments/{s['deployment_id']}", f"deployment #{s['deployment_id']}")
-        cells[(s["service"], env)] = {
-            "environment": env,
-            "version": s["release"],
-            "state": s["state"].replace(" ", "_"),
-            "label": s["state"],
-            "since": s["since"],
-            "age": age(s["since"], now),
-            "attention": flags,
-            "link": link,
-        }
+        cell["css"] = cell["state"].replace(" ", "_")
+        cell["age"] = age(cell["since"], now)
+        cell["flags"] = flags[env]
+        cell["deploying"] = links[env]  # else the template links the live deployment
+        grid.setdefault(cell["service"], {})[env] = cell
     rows = []
-    for svc in services:
-        row = [cells.get((svc, env)) or _empty(env) for env in envs]
-        if attention_only and not any(c["attention"] for c in row):
+    for svc, by_env in grid.items():
+        row = [by_env.get(env) or _empty(env) for env in envs]
+        if attention_only and not any(c["flags"] for c in row):
             continue
         rows.append({"service": svc, "cells": row})
     waiting = [w for w in data["waiting"] if w["environment"] in wanted]
@@ -112,13 +107,14 @@ def _deploying(latest: dict[str, Any] | None) -> tuple[str, str] | None:
 def _empty(env: str) -> dict[str, Any]:
     return {
         "environment": env,
-        "version": None,
-        "state": "not_deployed",
-        "label": "not deployed",
+        "release": None,
+        "state": "not deployed",
+        "css": "not_deployed",
         "since": None,
         "age": "",
-        "attention": [],
-        "link": None,
+        "flags": (),
+        "deploying": None,
+        "deployment_id": None,
     }
 
 
