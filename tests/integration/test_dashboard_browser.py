@@ -52,36 +52,11 @@ class Dashboard:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def token(self, user: str, role: str) -> str:
-        env = {**self.project.env, "CONVEYOR_USER": "ann"}
+        """A token of `user` with `role` (granted first), made by ann on the machine itself."""
         if user != "ann":
-            grant = subprocess.run(
-                [sys.executable, "-m", "conveyor", "access", "grant", user, role],
-                env=env,
-                cwd=self.project.dir,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            grant = self.project.cli("access", "grant", user, role)
             assert grant.returncode == 0, grant.stderr
-        made = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "conveyor",
-                "tokens",
-                "create",
-                "--role",
-                role,
-                "--user",
-                user,
-                "--json",
-            ],
-            env=env,
-            cwd=self.project.dir,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        made = self.project.cli("tokens", "create", "--role", role, "--user", user, "--json")
         assert made.returncode == 0, made.stderr
         self.tokens[user] = json.loads(made.stdout)["token"]
         return self.tokens[user]
@@ -150,8 +125,9 @@ def dash() -> Iterator[Dashboard]:
         project.configure(rollout=CANARY, extra=STAGING.format(port=free_port()))
         project.release("v1")
         project.release("v2")
+        project.env["CONVEYOR_USER"] = "ann"  # the CLI acts as ann, the first admin
         board = Dashboard(project)
-        board.token("ann", "admin")  # the first admin
+        board.token("ann", "admin")
         board.token("bob", "approver")
         board.token("vic", "viewer")
         code, out = project.deploy("v1")
