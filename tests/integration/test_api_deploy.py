@@ -58,11 +58,17 @@ def test_deploy_idempotency_conflict_events_and_promote(project: Project) -> Non
 
         def paused() -> dict[str, Any] | None:
             d = dan.get(f"/api/v1/deployments/{two}").json()
-            return d if d["traffic"]["desired"] == 30 and d["traffic"]["waiting"] else None
+            traffic = d["traffic"]
+            # The rollout's state moves first, the router's table right after it.
+            actual = sorted((traffic["actual"].get("web") or {}).values())
+            return (
+                d
+                if traffic["desired"] == 30 and traffic["waiting"] and actual == [30, 70]
+                else None
+            )
 
-        detail = wait_for(paused, what="the canary paused at 30%")
+        detail = wait_for(paused, what="the canary paused at 30%, the router at 30/70")
         assert "manual pause" in detail["traffic"]["waiting"]
-        assert sorted(detail["traffic"]["actual"]["web"].values()) == [30, 70]
         assert detail["analysis"]["checks"][0]["metric"] == "error_rate"
         assert any(s["state"] == "step" for s in detail["steps"])
 
