@@ -121,3 +121,19 @@ def test_deploy_idempotency_conflict_events_and_promote(project: Project) -> Non
         wait_for(lambda: project.serving() == "v1", what="the rollback to v1")
         board = dan.get("/api/v1/dashboard").json()
         assert board["services"][0]["release"] == "v1"
+
+        # Retry v2's deployment (a new one of the same release), then abort it at its pause.
+        r = dan.post(f"/api/v1/deployments/{two}/retry")
+        assert r.status_code == 202 and r.json()["version"] == "v2", r.text
+        three = r.json()["deployment_id"]
+        assert three > two
+        wait_for(
+            lambda: dan.get("/api/v1/dashboard").json()["environments"][0]["attention"]["paused"],
+            what="the overview showing the retried canary paused",
+        )
+        assert dan.get(f"/api/v1/deployments/{three}").json()["traffic"]["desired"] == 30
+        r = dan.post(f"/api/v1/deployments/{three}/abort", json={"reason": "checkout looks off"})
+        assert r.status_code == 200, r.text
+        wait_for(lambda: outcome(three) == "aborted", what="the abort")
+        assert project.serving() == "v1"
+        assert dan.post(f"/api/v1/deployments/{three}/abort").status_code == 409  # it is over
