@@ -194,6 +194,17 @@ def test_browser_session_needs_the_csrf_token_to_write(project: Project) -> None
         r = browser.post("/logout")
         assert r.status_code == 303
         assert browser.get("/api/v1/me").status_code == 401
+        # The token posted to the form was an API token: it still works where it is used.
+        admin = served.client(admin_tok)
+        assert admin.get("/api/v1/me").status_code == 200
+        entries = admin.get("/api/v1/audit", params={"actor": "ann"}).json()["entries"]
+        actions = [(e["action"], e["outcome"]) for e in reversed(entries)]
+        assert actions[-4:] == [
+            ("login", "ok"),
+            ("csrf", "refused"),
+            ("lock", "ok"),
+            ("logout", "ok"),
+        ]
 
 
 def test_openapi_document_is_valid_and_lists_every_endpoint(project: Project) -> None:
