@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, union_all
+from sqlalchemy import literal, select, union_all
 from sqlalchemy.orm import Session
 
 from conveyor.config import Config
@@ -162,26 +162,40 @@ def _latest(
     found: dict[str, tuple[DeploymentRecord | None, str | None]] = {n: (None, None) for n in names}
     if not names:
         return found
-    newest = union_all(
+    # One row: the newest id of each environment, each by a backward scan of the (app,
+    # environment, id) index that stops at its first entry (ORDER BY id DESC LIMIT 1; a max()
+    # is planned as a read of the whole range when the statistics are old).
+    newest = select(
         *(
-            select(func.max(DeploymentRow.id).label("id")).where(
-                DeploymentRow.app == app, DeploymentRow.environment == name
-            )
+            select(DeploymentRow.id)
+            .where(DeploymentRow.app == app, DeploymentRow.environment == name)
+            .order_by(DeploymentRow.id.desc())
+            .limit(1)
+            .scalar_subquery()
             for name in names
         )
-    ).subquery()
-    rows = list(
-        session.scalars(select(DeploymentRow).where(DeploymentRow.id.in_(select(newest.c.id))))
     )
+    ids = [i for i in session.execute(newest).one() if i is not None]
+    rows = list(session.scalars(select(DeploymentRow).where(DeploymentRow.id.in_(ids))))
     if not rows:
         return found
-    last_event = (
-        select(func.max(EventRow.id))
-        .where(EventRow.deployment_id.in_([r.id for r in rows]))
-        .group_by(EventRow.deployment_id)
+    # Each deployment's newest event by the (deployment_id, id) index, whatever the planner's
+    # statistics say (a GROUP BY over the events may become a scan of all of them).
+    newest_event = union_all(
+        *(
+            select(
+                literal(r.id).label("d"),
+                select(EventRow.state)
+                .where(EventRow.deployment_id == r.id)
+                .order_by(EventRow.id.desc())
+                .limit(1)
+                .scalar_subquery()
+                .label("s"),
+            )
+            for r in rows
+        )
     )
-    query = select(EventRow.deployment_id, EventRow.state).where(EventRow.id.in_(last_event))
-    states = {dep: state for dep, state in session.execute(query)}
+    states = {dep: state for dep, state in session.execute(newest_event)}
     for rec in _marked(session, rows):
         found[rec.environment] = (rec, states.get(rec.id))
     return found
