@@ -45,6 +45,15 @@ def test_roles_environments_and_tokens(project: Project) -> None:
         for c in (admin, viewer, approver):
             assert c.get("/api/v1/dashboard").status_code == 200
             assert c.get("/api/v1/environments/dev").status_code == 200
+        releases = viewer.get("/api/v1/releases").json()
+        assert [r["version"] for r in releases] == ["v1"] and releases[0]["live_in"] == []
+        v1 = viewer.get("/api/v1/releases/v1").json()
+        assert v1["digest"].startswith("sha256-") and v1["approvals"] == []
+        assert viewer.get("/api/v1/releases/v9").status_code == 404
+        perms = deployer.get("/api/v1/me/permissions", params={"environment": "staging"}).json()
+        assert perms["permissions"]["deploy"] and not perms["permissions"]["approve"]
+        perms = deployer.get("/api/v1/me/permissions", params={"environment": "dev"}).json()
+        assert not any(perms["permissions"].values())
         # The staging-only token sees staging, not dev.
         assert [e["name"] for e in deployer.get("/api/v1/environments").json()] == ["staging"]
         body = deployer.get("/api/v1/environments/dev")
@@ -228,6 +237,7 @@ def test_openapi_document_is_valid_and_lists_every_endpoint(project: Project) ->
         "/api/v1/deployments/{ref}/rollback",
         "/api/v1/deployments/{ref}/retry",
         "/api/v1/deployments/{ref}/approvals",
+        "/api/v1/approvals",
         "/api/v1/audit",
         "/api/v1/audit/export",
         "/api/v1/tokens",

@@ -29,9 +29,11 @@ from conveyor.api.models import (
     DeploymentPage,
     EnvironmentDetail,
     EnvironmentSummary,
+    Inbox,
     Me,
     Permissions,
     Release,
+    ReleaseDetail,
 )
 from conveyor.config import Config, ConfigError
 from conveyor.core.access import decide, permissions
@@ -98,7 +100,7 @@ def dashboard(request: Request) -> Response:
     return JSONResponse(data)
 
 
-@router.get("/approvals", tags=["approvals"])
+@router.get("/approvals", response_model=Inbox, tags=["approvals"])
 def approvals_inbox(request: Request) -> dict[str, Any]:
     """Deploys waiting for approval, across the environments the credentials may read."""
     cfg = config(request)
@@ -131,7 +133,7 @@ def releases(request: Request) -> list[dict[str, Any]]:
     return views.releases(server(request).store, config(request))
 
 
-@router.get("/releases/{version}", tags=["releases"])
+@router.get("/releases/{version}", response_model=ReleaseDetail, tags=["releases"])
 def release(request: Request, version: str) -> dict[str, Any]:
     principal_from_request(request)
     found = views.release(server(request).store, config(request), version)
