@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from apikit import serve, store_of, token
+from apikit import Events, serve, store_of, token
 from openapi_spec_validator import validate
 
 from conftest import Project, wait_for
@@ -167,11 +167,17 @@ def test_bad_expired_revoked_and_disarmed_tokens_are_refused(project: Project) -
             store.close()
         r = dan.post("/api/v1/environments/dev/deployments", json={"version": "v1"})
         assert r.status_code == 403 and "this token is limited" not in r.json()["error"]
-        # Revoked by its owner: unknown from then on.
+        # Revoked by its owner: unknown from then on, and its open event stream ends.
+        stream = Events(served, dan_tok)
+        assert stream.status == 200
+        assert stream.comments.get(timeout=30) == ": keep-alive"
         mine = dan.get("/api/v1/me").json()["token_id"]
         assert dan.delete(f"/api/v1/tokens/{mine}").status_code == 200
         r = dan.get("/api/v1/me")
         assert r.status_code == 401 and "revoked" in r.json()["error"]
+        stream.thread.join(timeout=30)
+        assert not stream.thread.is_alive()
+        stream.close()
 
         admin = served.client(admin_tok)
         refused = refused_entries(admin, action="authenticate")

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import hmac
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -107,6 +108,22 @@ def principal_from_request(request: Request) -> Principal:
             reason = f"a write from the browser session needs the {CSRF_HEADER} header"
             refuse(request, 403, "csrf", None, request.url.path, reason, principal)
     return principal
+
+
+def recheck(request: Request) -> Callable[[], Principal | None]:
+    """Authenticate this request's credentials again, later (a long-lived event stream): the
+    principal as the token and its owner's bindings stand then, or None when it no longer
+    authenticates (expired, revoked)."""
+    token, _ = _credentials(request)
+    srv, address = server(request), source(request)
+
+    def again() -> Principal | None:
+        try:
+            return authenticate(srv.store, srv.admins(), token, datetime.now(UTC), address)
+        except Unauthenticated:
+            return None
+
+    return again
 
 
 def csrf_token(request: Request) -> str:

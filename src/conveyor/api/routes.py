@@ -20,6 +20,7 @@ from conveyor.api.auth import (
     authorize,
     csrf_token,
     principal_from_request,
+    recheck,
     server,
 )
 from conveyor.api.models import (
@@ -247,7 +248,7 @@ async def events(
         await run_in_threadpool(authorize, request, "read", environment, "events")
     hub = request.app.state.hub
     return StreamingResponse(
-        hub.subscribe(principal, environment, last_event_id),
+        hub.subscribe(principal, environment, last_event_id, recheck(request)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
