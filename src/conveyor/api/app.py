@@ -6,6 +6,7 @@ files through `conveyor.web.pages.STATIC_DIR`.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,6 +41,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.conveyor = srv
         app.state.hub = hub
         await hub.start()
+        if settings.freeze_heap:
+            srv.config()  # parsed once now, frozen with the rest
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:

@@ -25,6 +25,7 @@ from conveyor.api.models import (
     ActionResult,
     DeployBody,
     EnvironmentPatch,
+    LockChange,
     PromoteBody,
     RollbackBody,
 )
@@ -415,7 +416,7 @@ def retry(request: Request, ref: str, body: RollbackBody | None = None) -> Respo
 # --- the environment's lock ------------------------------------------------------------------------
 
 
-@router.patch("/environments/{env}", tags=["environments"])
+@router.patch("/environments/{env}", response_model=LockChange, tags=["environments"])
 def update_environment(request: Request, env: str, body: EnvironmentPatch) -> dict[str, Any]:
     """Admin: lock the environment (`{"locked": true, "reason": "..."}`) or unlock it
     (`{"locked": false}`; `force` also breaks a running operation's lock). That is all that may
