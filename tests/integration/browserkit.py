@@ -79,14 +79,58 @@ def wait(driver: Any, cond: Callable[[Any], Any], what: str, timeout: float = WA
         ) from None
 
 
-def text_of(driver: Any, css: str) -> str:
-    from selenium.webdriver.common.by import By
+# The live regions are replaced whole when an event comes: an element found a moment ago may be
+# gone. So reads happen in one script (atomic on the page), and clicks retry on a stale element.
 
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return str(found[0].text) if found else ""
+
+def text_of(driver: Any, css: str) -> str:
+    """The visible text of the first element matching `css` ("" when there is none)."""
+    return str(
+        driver.execute_script(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';", css
+        )
+    )
+
+
+def attribute(driver: Any, css: str, name: str) -> str:
+    return str(
+        driver.execute_script(
+            "const e = document.querySelector(arguments[0]);"
+            "return e ? (e.getAttribute(arguments[1]) || '') : '';",
+            css,
+            name,
+        )
+    )
 
 
 def present(driver: Any, css: str) -> bool:
+    return bool(driver.execute_script("return document.querySelector(arguments[0]) !== null;", css))
+
+
+def click(driver: Any, css: str) -> None:
+    """Click the element matching `css`, found again if the page replaced it meanwhile."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    return bool(driver.find_elements(By.CSS_SELECTOR, css))
+    def clicked(d: Any) -> bool:
+        try:
+            d.find_element(By.CSS_SELECTOR, css).click()
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    wait(driver, clicked, f"a click on {css}")
+
+
+def type_into(driver: Any, css: str, text: str) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    def typed(d: Any) -> bool:
+        try:
+            d.find_element(By.CSS_SELECTOR, css).send_keys(text)
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    wait(driver, typed, f"typing into {css}")

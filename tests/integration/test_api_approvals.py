@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from apikit import Events, serve, token
 
 from conftest import Project, wait_for
@@ -20,6 +21,7 @@ port = {port}
 """
 
 
+@pytest.mark.both_databases
 def test_waiting_deploy_self_approval_refused_then_approved(project: Project) -> None:
     project.configure(extra=PRODUCTION.format(port=free_port()))
     project.release("v1")

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from apikit import serve, store_of, token
+from apikit import Events, serve, store_of, token
 from openapi_spec_validator import validate
 
 from conftest import Project, wait_for
@@ -45,6 +45,15 @@ def test_roles_environments_and_tokens(project: Project) -> None:
         for c in (admin, viewer, approver):
             assert c.get("/api/v1/dashboard").status_code == 200
             assert c.get("/api/v1/environments/dev").status_code == 200
+        releases = viewer.get("/api/v1/releases").json()
+        assert [r["version"] for r in releases] == ["v1"] and releases[0]["live_in"] == []
+        v1 = viewer.get("/api/v1/releases/v1").json()
+        assert v1["digest"].startswith("sha256-") and v1["approvals"] == []
+        assert viewer.get("/api/v1/releases/v9").status_code == 404
+        perms = deployer.get("/api/v1/me/permissions", params={"environment": "staging"}).json()
+        assert perms["permissions"]["deploy"] and not perms["permissions"]["approve"]
+        perms = deployer.get("/api/v1/me/permissions", params={"environment": "dev"}).json()
+        assert not any(perms["permissions"].values())
         # The staging-only token sees staging, not dev.
         assert [e["name"] for e in deployer.get("/api/v1/environments").json()] == ["staging"]
         body = deployer.get("/api/v1/environments/dev")
@@ -158,11 +167,17 @@ def test_bad_expired_revoked_and_disarmed_tokens_are_refused(project: Project) -
             store.close()
         r = dan.post("/api/v1/environments/dev/deployments", json={"version": "v1"})
         assert r.status_code == 403 and "this token is limited" not in r.json()["error"]
-        # Revoked by its owner: unknown from then on.
+        # Revoked by its owner: unknown from then on, and its open event stream ends.
+        stream = Events(served, dan_tok)
+        assert stream.status == 200
+        assert stream.comments.get(timeout=30) == ": keep-alive"
         mine = dan.get("/api/v1/me").json()["token_id"]
         assert dan.delete(f"/api/v1/tokens/{mine}").status_code == 200
         r = dan.get("/api/v1/me")
         assert r.status_code == 401 and "revoked" in r.json()["error"]
+        stream.thread.join(timeout=30)
+        assert not stream.thread.is_alive()
+        stream.close()
 
         admin = served.client(admin_tok)
         refused = refused_entries(admin, action="authenticate")
@@ -194,6 +209,17 @@ def test_browser_session_needs_the_csrf_token_to_write(project: Project) -> None
         r = browser.post("/logout")
         assert r.status_code == 303
         assert browser.get("/api/v1/me").status_code == 401
+        # The token posted to the form was an API token: it still works where it is used.
+        admin = served.client(admin_tok)
+        assert admin.get("/api/v1/me").status_code == 200
+        entries = admin.get("/api/v1/audit", params={"actor": "ann"}).json()["entries"]
+        actions = [(e["action"], e["outcome"]) for e in reversed(entries)]
+        assert actions[-4:] == [
+            ("login", "ok"),
+            ("csrf", "refused"),
+            ("lock", "ok"),
+            ("logout", "ok"),
+        ]
 
 
 def test_openapi_document_is_valid_and_lists_every_endpoint(project: Project) -> None:
@@ -217,6 +243,7 @@ def test_openapi_document_is_valid_and_lists_every_endpoint(project: Project) ->
         "/api/v1/deployments/{ref}/rollback",
         "/api/v1/deployments/{ref}/retry",
         "/api/v1/deployments/{ref}/approvals",
+        "/api/v1/approvals",
         "/api/v1/audit",
         "/api/v1/audit/export",
         "/api/v1/tokens",

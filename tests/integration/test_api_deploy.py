@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from apikit import Events, serve, token
 
 from conftest import Project, wait_for
@@ -16,6 +17,7 @@ steps = [{ weight = 30, pause = "manual" }, { weight = 100 }]
 """
 
 
+@pytest.mark.both_databases
 def test_deploy_idempotency_conflict_events_and_promote(project: Project) -> None:
     project.configure(rollout=CANARY)
     project.release("v1")
@@ -56,11 +58,17 @@ def test_deploy_idempotency_conflict_events_and_promote(project: Project) -> Non
 
         def paused() -> dict[str, Any] | None:
             d = dan.get(f"/api/v1/deployments/{two}").json()
-            return d if d["traffic"]["desired"] == 30 and d["traffic"]["waiting"] else None
+            traffic = d["traffic"]
+            # The rollout's state moves first, the router's table right after it.
+            actual = sorted((traffic["actual"].get("web") or {}).values())
+            return (
+                d
+                if traffic["desired"] == 30 and traffic["waiting"] and actual == [30, 70]
+                else None
+            )
 
-        detail = wait_for(paused, what="the canary paused at 30%")
+        detail = wait_for(paused, what="the canary paused at 30%, the router at 30/70")
         assert "manual pause" in detail["traffic"]["waiting"]
-        assert sorted(detail["traffic"]["actual"]["web"].values()) == [30, 70]
         assert detail["analysis"]["checks"][0]["metric"] == "error_rate"
         assert any(s["state"] == "step" for s in detail["steps"])
 
@@ -113,3 +121,19 @@ def test_deploy_idempotency_conflict_events_and_promote(project: Project) -> Non
         wait_for(lambda: project.serving() == "v1", what="the rollback to v1")
         board = dan.get("/api/v1/dashboard").json()
         assert board["services"][0]["release"] == "v1"
+
+        # Retry v2's deployment (a new one of the same release), then abort it at its pause.
+        r = dan.post(f"/api/v1/deployments/{two}/retry")
+        assert r.status_code == 202 and r.json()["version"] == "v2", r.text
+        three = r.json()["deployment_id"]
+        assert three > two
+        wait_for(
+            lambda: dan.get("/api/v1/dashboard").json()["environments"][0]["attention"]["paused"],
+            what="the overview showing the retried canary paused",
+        )
+        assert dan.get(f"/api/v1/deployments/{three}").json()["traffic"]["desired"] == 30
+        r = dan.post(f"/api/v1/deployments/{three}/abort", json={"reason": "checkout looks off"})
+        assert r.status_code == 200, r.text
+        wait_for(lambda: outcome(three) == "aborted", what="the abort")
+        assert project.serving() == "v1"
+        assert dan.post(f"/api/v1/deployments/{three}/abort").status_code == 409  # it is over

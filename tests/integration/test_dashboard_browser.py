@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browserkit import chromium, present, text_of, wait
+from browserkit import attribute, binaries, chromium, click, present, text_of, type_into, wait
 
 from conftest import Project, temp_project, wait_for
 from conveyor.runtimes.local import free_port
@@ -52,36 +52,11 @@ class Dashboard:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def token(self, user: str, role: str) -> str:
-        env = {**self.project.env, "CONVEYOR_USER": "ann"}
+        """A token of `user` with `role` (granted first), made by ann on the machine itself."""
         if user != "ann":
-            grant = subprocess.run(
-                [sys.executable, "-m", "conveyor", "access", "grant", user, role],
-                env=env,
-                cwd=self.project.dir,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            grant = self.project.cli("access", "grant", user, role)
             assert grant.returncode == 0, grant.stderr
-        made = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "conveyor",
-                "tokens",
-                "create",
-                "--role",
-                role,
-                "--user",
-                user,
-                "--json",
-            ],
-            env=env,
-            cwd=self.project.dir,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        made = self.project.cli("tokens", "create", "--role", role, "--user", user, "--json")
         assert made.returncode == 0, made.stderr
         self.tokens[user] = json.loads(made.stdout)["token"]
         return self.tokens[user]
@@ -145,12 +120,14 @@ class Dashboard:
 
 @pytest.fixture(scope="module")
 def dash() -> Iterator[Dashboard]:
+    binaries()  # no Chromium: skip (fail under CI) before setting anything up
     with temp_project() as project:
         project.configure(rollout=CANARY, extra=STAGING.format(port=free_port()))
         project.release("v1")
         project.release("v2")
+        project.env["CONVEYOR_USER"] = "ann"  # the CLI acts as ann, the first admin
         board = Dashboard(project)
-        board.token("ann", "admin")  # the first admin
+        board.token("ann", "admin")
         board.token("bob", "approver")
         board.token("vic", "viewer")
         code, out = project.deploy("v1")
@@ -176,8 +153,7 @@ def background(project: Project, *args: str) -> tuple[threading.Thread, dict[str
 
 
 def weight(driver: Any, which: str) -> str:
-    found = driver.find_elements("css selector", f".traffic[data-which={which}]")
-    return str(found[0].get_attribute("data-new-weight")) if found else ""
+    return attribute(driver, f".traffic[data-which={which}]", "data-new-weight")
 
 
 def test_a_canary_rollout_is_seen_live_and_promoted_from_the_page(dash: Dashboard) -> None:
@@ -205,7 +181,7 @@ def test_a_canary_rollout_is_seen_live_and_promoted_from_the_page(dash: Dashboar
         assert driver.execute_script("return window.conveyorTestMarker") == "same page"
 
         # Promoted from the page: the button asks first, then the rollout ends at 100%.
-        driver.find_element("css selector", "button[data-action=promote]").click()
+        click(driver, "button[data-action=promote]")
         confirm(driver)
         wait(driver, lambda d: text_of(d, "#outcome") == "succeeded", "the deployment to succeed")
         assert weight(driver, "desired") == "100"
@@ -288,7 +264,7 @@ def test_an_approver_approves_a_waiting_deploy_and_the_deployers_own_approval_is
         # ann asks for v2 in staging: approvals are missing, so it waits in the inbox.
         dash.sign_in(ann, "ann", then="/environments/staging")
         Select(ann.find_element(By.ID, "deploy-version")).select_by_visible_text("v2")
-        ann.find_element(By.CSS_SELECTOR, "#deploy-form button[type=submit]").click()
+        click(ann, "#deploy-form button[type=submit]")
         confirm(ann)
         wait(ann, lambda d: "waiting for approval" in text_of(d, "#flash"), "the deploy to wait")
         ref = text_of(ann, "#flash").split("(")[1].rstrip(")")
@@ -307,8 +283,8 @@ def test_an_approver_approves_a_waiting_deploy_and_the_deployers_own_approval_is
 
         # bob approves with a comment; ann's inbox (left open) shows it met, live.
         dash.sign_in(bob, "bob", then="/approvals")
-        bob.find_element(By.CSS_SELECTOR, f"{row} input[name=comment]").send_keys("looks good")
-        bob.find_element(By.CSS_SELECTOR, f"{row} button[value=approve]").click()
+        type_into(bob, f"{row} input[name=comment]", "looks good")
+        click(bob, f"{row} button[value=approve]")
         confirm(bob)
         met = f"{row} li[data-gate=approvals][data-met=true]"
         wait(bob, lambda d: present(d, met), "bob's page to show the approval met")
@@ -316,7 +292,7 @@ def test_an_approver_approves_a_waiting_deploy_and_the_deployers_own_approval_is
         assert "looks good" in text_of(ann, f"{row} .approvals")
 
         # Now deployable: ann deploys it from the inbox.
-        ann.find_element(By.CSS_SELECTOR, f"{row} button[data-action=deploy]").click()
+        click(ann, f"{row} button[data-action=deploy]")
         confirm(ann)
         wait(ann, lambda d: "started" in text_of(d, "#flash"), "the deploy to start")
     started = wait_for(
@@ -328,3 +304,34 @@ def test_an_approver_approves_a_waiting_deploy_and_the_deployers_own_approval_is
         "SELECT actor, decision, comment FROM approvals WHERE environment = 'staging'"
     )
     assert decided == [("bob", "approve", "looks good")], decided
+
+
+def test_a_token_made_in_the_page_shows_its_secret_once_and_can_be_revoked(
+    dash: Dashboard,
+) -> None:
+    with chromium() as driver:
+        dash.sign_in(driver, "vic", then="/tokens")
+        before = driver.execute_script("return document.querySelectorAll('tr[data-token]').length")
+        type_into(driver, "form[data-action='tokens.create'] input[name=description]", "laptop")
+        click(driver, "form[data-action='tokens.create'] button[type=submit]")
+        wait(driver, lambda d: text_of(d, "#new-secret code").startswith("cvy_"), "the secret")
+        secret = text_of(driver, "#new-secret code")
+        wait(
+            driver,
+            lambda d: (
+                d.execute_script("return document.querySelectorAll('tr[data-token]').length")
+                == before + 1
+            ),
+            "the new token in the list",
+        )
+        token_id = secret.split("_")[1]
+        row = f"tr[data-token='{token_id}']"
+        assert "laptop" in text_of(driver, row)
+        driver.refresh()  # shown once: never again, not even to its owner
+        wait(driver, lambda d: present(d, row), "the list after a reload")
+        assert secret not in driver.page_source
+        click(driver, f"{row} button[data-action='tokens.revoke']")
+        confirm(driver)
+        wait(driver, lambda d: "revoked" in text_of(d, row), "the token revoked")
+    stored = dash.project.db(f"SELECT revoked_by FROM api_tokens WHERE id = '{token_id}'")
+    assert stored == [("vic",)], stored

@@ -6,6 +6,7 @@ files through `conveyor.web.pages.STATIC_DIR`.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from conveyor.api import auth, routes
 from conveyor.api.auth import ApiError
 from conveyor.api.events import Hub
 from conveyor.api.state import Server, Settings
+from conveyor.auth import oidc_routes
 from conveyor.web import pages
 
 API_PREFIX = "/api/v1"
@@ -39,6 +41,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.conveyor = srv
         app.state.hub = hub
         await hub.start()
+        if settings.freeze_heap:
+            srv.config()  # parsed once now, frozen with the rest
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
@@ -62,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(routes.router, prefix=API_PREFIX)
     app.include_router(auth.router)
+    app.include_router(oidc_routes.router)  # /auth/oidc/login and /callback ([access.oidc])
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     return app

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import hmac
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -109,6 +110,22 @@ def principal_from_request(request: Request) -> Principal:
     return principal
 
 
+def recheck(request: Request) -> Callable[[], Principal | None]:
+    """Authenticate this request's credentials again, later (a long-lived event stream): the
+    principal as the token and its owner's bindings stand then, or None when it no longer
+    authenticates (expired, revoked)."""
+    token, _ = _credentials(request)
+    srv, address = server(request), source(request)
+
+    def again() -> Principal | None:
+        try:
+            return authenticate(srv.store, srv.admins(), token, datetime.now(UTC), address)
+        except Unauthenticated:
+            return None
+
+    return again
+
+
 def csrf_token(request: Request) -> str:
     """The CSRF token of this request's session ("" without a session cookie)."""
     cookie = request.cookies.get(SESSION_COOKIE)
@@ -184,15 +201,24 @@ def refuse(
 @router.post("/login")
 async def login(request: Request) -> Response:
     """The login form posts a token (field `token`); a valid one becomes the session cookie."""
+    from starlette.concurrency import run_in_threadpool
+
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     token = (form.get("token") or [""])[0].strip()
+    return await run_in_threadpool(_login, request, token)
+
+
+def _login(request: Request, token: str) -> Response:
     srv = server(request)
     try:
-        authenticate(srv.store, srv.admins(), token or None, datetime.now(UTC), source(request))
+        principal = authenticate(
+            srv.store, srv.admins(), token or None, datetime.now(UTC), source(request)
+        )
     except Unauthenticated as exc:
         with contextlib.suppress(ApiError):  # audited; the browser goes back to the form
             refuse(request, 401, "login", None, "/login", str(exc), None, token)
         return RedirectResponse(f"/login?error={quote(str(exc))}", status_code=303)
+    _audit_ok(request, principal, "login")
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
@@ -207,6 +233,47 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
+    """Clear the session cookie; a session made by a login (OIDC) is revoked too, an API token
+    posted to the login form stays valid for its other uses."""
+    from starlette.concurrency import run_in_threadpool
+
+    await run_in_threadpool(_logout, request)
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
+
+
+def _logout(request: Request) -> None:
+    from conveyor.auth.service import AuditContext, revoke_token
+    from conveyor.store import access as stored
+
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return
+    srv = server(request)
+    now = datetime.now(UTC)
+    try:
+        principal = authenticate(srv.store, srv.admins(), cookie, now, source(request))
+    except Unauthenticated:
+        return  # expired or revoked already: nothing to end
+    rec = stored.get_token(srv.store, principal.token_id) if principal.token_id else None
+    if rec is not None and rec.kind == stored.SESSION:
+        ctx = AuditContext(srv.app_name(), principal.token_id, None, source(request))
+        revoke_token(srv.store, rec.id, principal.subject, now, ctx=ctx)
+    _audit_ok(request, principal, "logout")
+
+
+def _audit_ok(request: Request, principal: Principal, action: str) -> None:
+    srv = server(request)
+    audit.record(
+        srv.store,
+        at=datetime.now(UTC),
+        actor=principal.subject,
+        action=action,
+        app=srv.app_name(),
+        environment=None,
+        target=principal.token_id or "",
+        outcome="ok",
+        detail=f"browser session {'started' if action == 'login' else 'ended'}",
+        data={"via": via(request, principal, None)},
+    )

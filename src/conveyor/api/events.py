@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,10 +187,16 @@ class Hub:
             return int(found or 0)
 
     async def subscribe(
-        self, principal: Principal, environment: str | None, last_event_id: str | None
+        self,
+        principal: Principal,
+        environment: str | None,
+        last_event_id: str | None,
+        recheck: Callable[[], Principal | None] | None = None,
     ) -> AsyncIterator[str]:
         """The stream of one client: the replay after `last_event_id`, then live events, with a
-        keep-alive comment whenever nothing was sent for `keepalive` seconds."""
+        keep-alive comment whenever nothing was sent for `keepalive` seconds. At each keep-alive
+        `recheck` authenticates the client again: None (the token expired or was revoked) ends
+        the stream; a principal whose bindings changed sees what they may read now."""
         client = Client(principal, environment, asyncio.Queue(self.srv.settings.client_queue))
         # Registered and the cursors read in one step of the loop: what the poller sends from
         # now on comes after what the replay reads, with no gap and no repeat.
@@ -215,15 +221,25 @@ class Hub:
                             if client.wants(msg):
                                 yield msg.encode()
             keepalive = self.srv.settings.keepalive
-            while not client.dropped or not client.queue.empty():
+            loop = asyncio.get_running_loop()
+            checked = loop.time()
+            while True:
                 if client.dropped:
                     return  # dropped as too slow: end the stream (the client reconnects)
+                got: Message | None
                 try:
-                    msg = await asyncio.wait_for(client.queue.get(), keepalive)
+                    got = await asyncio.wait_for(client.queue.get(), keepalive)
                 except TimeoutError:
-                    yield ": keep-alive\n\n"
-                    continue
-                yield msg.encode()
+                    got = None
+                if recheck is not None and loop.time() - checked >= keepalive:
+                    checked = loop.time()
+                    now = await asyncio.to_thread(recheck)
+                    if now is None:
+                        return  # the token expired or was revoked: the stream ends
+                    client.principal, client._readable = now, {}
+                    if got is not None and not client.wants(got):
+                        continue  # no longer readable by them
+                yield got.encode() if got is not None else ": keep-alive\n\n"
         finally:
             self.clients.discard(client)
 

@@ -95,6 +95,25 @@ class Release(Open):
     live_in: list[str]
 
 
+class ReleaseDetail(Release):
+    tags: list[str]
+    checks: list[dict[str, Any]]
+    approvals: list[dict[str, Any]]
+
+
+class Inbox(Open):
+    waiting: list[dict[str, Any]] = Field(
+        description="deploys waiting for approval: id (r<n>), environment, version, "
+        "requested_by, state, gates"
+    )
+
+
+class LockChange(Open):
+    environment: str
+    lock: dict[str, Any] | None
+    released: dict[str, Any] | None = None
+
+
 class Deployment(Open):
     id: int
     environment: str
@@ -188,3 +207,7 @@ class TokenCreated(Open):
 
 class TokenList(Open):
     tokens: list[dict[str, Any]]
+
+
+class TokenRevoked(Open):
+    token: dict[str, Any]

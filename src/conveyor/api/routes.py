@@ -20,6 +20,7 @@ from conveyor.api.auth import (
     authorize,
     csrf_token,
     principal_from_request,
+    recheck,
     server,
 )
 from conveyor.api.models import (
@@ -29,9 +30,11 @@ from conveyor.api.models import (
     DeploymentPage,
     EnvironmentDetail,
     EnvironmentSummary,
+    Inbox,
     Me,
     Permissions,
     Release,
+    ReleaseDetail,
 )
 from conveyor.config import Config, ConfigError
 from conveyor.core.access import decide, permissions
@@ -98,7 +101,7 @@ def dashboard(request: Request) -> Response:
     return JSONResponse(data)
 
 
-@router.get("/approvals", tags=["approvals"])
+@router.get("/approvals", response_model=Inbox, tags=["approvals"])
 def approvals_inbox(request: Request) -> dict[str, Any]:
     """Deploys waiting for approval, across the environments the credentials may read."""
     cfg = config(request)
@@ -131,7 +134,7 @@ def releases(request: Request) -> list[dict[str, Any]]:
     return views.releases(server(request).store, config(request))
 
 
-@router.get("/releases/{version}", tags=["releases"])
+@router.get("/releases/{version}", response_model=ReleaseDetail, tags=["releases"])
 def release(request: Request, version: str) -> dict[str, Any]:
     principal_from_request(request)
     found = views.release(server(request).store, config(request), version)
@@ -245,7 +248,7 @@ async def events(
         await run_in_threadpool(authorize, request, "read", environment, "events")
     hub = request.app.state.hub
     return StreamingResponse(
-        hub.subscribe(principal, environment, last_event_id),
+        hub.subscribe(principal, environment, last_event_id, recheck(request)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from conveyor.api.auth import ApiError, authorize, principal_from_request, refuse, server, via
-from conveyor.api.models import TokenBody, TokenCreated, TokenList
+from conveyor.api.models import TokenBody, TokenCreated, TokenList, TokenRevoked
 from conveyor.core.access import Decision, Principal, Role, decide, effective_roles
 
 router = APIRouter()
@@ -90,7 +90,7 @@ def list_tokens(request: Request, all: bool = False) -> dict[str, Any]:
     return {"tokens": [t.to_json() for t in stored.list_tokens(server(request).store, owner)]}
 
 
-@router.delete("/tokens/{token_id}", tags=["access"])
+@router.delete("/tokens/{token_id}", response_model=TokenRevoked, tags=["access"])
 def revoke_token(request: Request, token_id: str) -> dict[str, Any]:
     """Revoke a token: yours, or anyone's for an admin."""
     from conveyor.auth.service import UnknownToken

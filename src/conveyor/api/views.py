@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import literal, select, union_all
 from sqlalchemy.orm import Session
 
 from conveyor.config import Config
@@ -88,7 +88,7 @@ def dashboard(store: Store, cfg: Config) -> dict[str, Any]:
     with store.reading() as session:
         live = _active(session, app)
         waiting = waiting_requests.waiting_in(session, app)
-        latest = {name: _latest(session, app, name) for name in names}
+        latest = _latest(session, app, names)
     rows: list[dict[str, Any]] = []
     environments: list[dict[str, Any]] = []
     for env_name in names:
@@ -153,24 +153,52 @@ def _active(session: Session, app: str) -> dict[tuple[str, str], tuple[str, date
     return {(e, s): (v, at, d) for e, s, v, at, d in session.execute(query)}
 
 
-def _latest(session: Session, app: str, env: str) -> tuple[DeploymentRecord | None, str | None]:
-    """The environment's newest deployment (shown rolled back if it was) and the state of its
-    newest event: three indexed lookups."""
-    row = session.scalars(
-        select(DeploymentRow)
-        .where(DeploymentRow.app == app, DeploymentRow.environment == env)
-        .order_by(DeploymentRow.id.desc())
-        .limit(1)
-    ).first()
-    if row is None:
-        return None, None
-    state = session.scalars(
-        select(EventRow.state)
-        .where(EventRow.deployment_id == row.id)
-        .order_by(EventRow.id.desc())
-        .limit(1)
-    ).first()
-    return _marked(session, [row])[0], state
+def _latest(
+    session: Session, app: str, names: list[str]
+) -> dict[str, tuple[DeploymentRecord | None, str | None]]:
+    """Each environment's newest deployment (shown rolled back if it was) and the state of its
+    newest event: three queries whatever the number of environments, each an indexed lookup per
+    environment (the newest id of each, then those rows and their newest events)."""
+    found: dict[str, tuple[DeploymentRecord | None, str | None]] = {n: (None, None) for n in names}
+    if not names:
+        return found
+    # One row: the newest id of each environment, each by a backward scan of the (app,
+    # environment, id) index that stops at its first entry (ORDER BY id DESC LIMIT 1; a max()
+    # is planned as a read of the whole range when the statistics are old).
+    newest = select(
+        *(
+            select(DeploymentRow.id)
+            .where(DeploymentRow.app == app, DeploymentRow.environment == name)
+            .order_by(DeploymentRow.id.desc())
+            .limit(1)
+            .scalar_subquery()
+            for name in names
+        )
+    )
+    ids = [i for i in session.execute(newest).one() if i is not None]
+    rows = list(session.scalars(select(DeploymentRow).where(DeploymentRow.id.in_(ids))))
+    if not rows:
+        return found
+    # Each deployment's newest event by the (deployment_id, id) index, whatever the planner's
+    # statistics say (a GROUP BY over the events may become a scan of all of them).
+    newest_event = union_all(
+        *(
+            select(
+                literal(r.id).label("d"),
+                select(EventRow.state)
+                .where(EventRow.deployment_id == r.id)
+                .order_by(EventRow.id.desc())
+                .limit(1)
+                .scalar_subquery()
+                .label("s"),
+            )
+            for r in rows
+        )
+    )
+    states = {dep: state for dep, state in session.execute(newest_event)}
+    for rec in _marked(session, rows):
+        found[rec.environment] = (rec, states.get(rec.id))
+    return found
 
 
 # --- environments ---------------------------------------------------------------------------------
@@ -438,7 +466,7 @@ def audit_page(
         query = query.where(AuditRow.id < cursor)
     with store.reading() as session:
         rows = list(session.scalars(query.order_by(AuditRow.id.desc()).limit(limit + 1)))
-        entries = [audit_log._record(r).to_json() for r in rows[:limit]]
+        entries = [audit_log.to_record(r).to_json() for r in rows[:limit]]
     more = len(rows) > limit
     return {"entries": entries, "next_cursor": str(entries[-1]["id"]) if more else None}
 
@@ -446,16 +474,7 @@ def audit_page(
 def _audit_query(
     actor: str | None, environment: str | None, action: str | None, since: datetime | None
 ) -> Any:
-    query = select(AuditRow)
-    if actor is not None:
-        query = query.where(AuditRow.actor == actor)
-    if environment is not None:
-        query = query.where(AuditRow.environment == environment)
-    if action is not None:
-        query = query.where(AuditRow.action == action)
-    if since is not None:
-        query = query.where(AuditRow.at >= since)
-    return query
+    return audit_log.matching(environment=environment, since=since, actor=actor, action=action)
 
 
 def audit_batches(
@@ -473,7 +492,7 @@ def audit_batches(
         query = _audit_query(actor, environment, action, since).where(AuditRow.id > after)
         with store.reading() as session:
             rows = list(session.scalars(query.order_by(AuditRow.id.asc()).limit(batch)))
-            entries = [audit_log._record(r).to_json() for r in rows]
+            entries = [audit_log.to_record(r).to_json() for r in rows]
         if not entries:
             return
         yield entries

@@ -25,6 +25,7 @@ from conveyor.api.models import (
     ActionResult,
     DeployBody,
     EnvironmentPatch,
+    LockChange,
     PromoteBody,
     RollbackBody,
 )
@@ -80,12 +81,10 @@ def find(request: Request, cfg: Config, ref: str) -> Found:
 
 
 def live_status(request: Request, env: str) -> dict[str, Any] | None:
-    """The agent's status of `env` (health, traffic weights, the rollout's step), or None
-    when the agent cannot be reached (the store's view is shown alone)."""
+    """The agent's status of `env` (health, traffic weights, the rollout's step), the agent
+    started first when none runs (as `conveyor status` does); None when it cannot be reached
+    (the store's view is shown alone)."""
     srv = server(request)
-    client = srv.agent()
-    if client.ping() is None:
-        return None
     result = actions.call(srv, {"op": "status", "env": env}, timeout=10.0)
     data = result.get("data")
     return dict(data) if result.get("ok") and isinstance(data, dict) else None
@@ -417,7 +416,7 @@ def retry(request: Request, ref: str, body: RollbackBody | None = None) -> Respo
 # --- the environment's lock ------------------------------------------------------------------------
 
 
-@router.patch("/environments/{env}", tags=["environments"])
+@router.patch("/environments/{env}", response_model=LockChange, tags=["environments"])
 def update_environment(request: Request, env: str, body: EnvironmentPatch) -> dict[str, Any]:
     """Admin: lock the environment (`{"locked": true, "reason": "..."}`) or unlock it
     (`{"locked": false}`; `force` also breaks a running operation's lock). That is all that may

@@ -6,6 +6,7 @@ and must be readable while no agent runs.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
@@ -45,38 +46,59 @@ def audit(
         return
     if limit < 1:
         fail(f"--limit must be at least 1 (got {limit})")
-    from datetime import UTC, datetime, timedelta
-
     from conveyor.store import audit as audit_log
 
     cutoff = None
     if since is not None:
         cutoff = datetime.now(UTC) - timedelta(seconds=_since_seconds(since))
-    proj = project()
-    cfg = proj.config()
-    if env is not None:
-        proj.environment(cfg, env)
-    store = proj.store()
-    try:
-        found = audit_log.entries(
-            store, app=cfg.app.name, environment=env, since=cutoff, actor=actor, limit=limit
-        )
-    finally:
-        store.close()
+    entries = _remote_entries(env, cutoff, actor, limit)
+    if entries is None:
+        proj = project()
+        cfg = proj.config()
+        if env is not None:
+            proj.environment(cfg, env)
+        store = proj.store()
+        try:
+            found = audit_log.entries(
+                store, app=cfg.app.name, environment=env, since=cutoff, actor=actor, limit=limit
+            )
+        finally:
+            store.close()
+        entries = [entry.to_json() for entry in found]
     if json_out:
-        emit_json({"exit": 0, "entries": [entry.to_json() for entry in found]})
+        emit_json({"exit": 0, "entries": entries})
         return
-    if not found:
+    if not entries:
         console.print("no audit entries" + (" match" if env or since or actor else " yet"))
         return
-    for entry in found:
+    for entry in entries:
         line = (
-            f"#{entry.id} {when(entry.at)}  {entry.actor}  {entry.action} "
-            f"{entry.environment or '-'} {entry.target}: {entry.outcome}"
+            f"#{entry['id']} {when(datetime.fromisoformat(entry['at']))}  {entry['actor']}  "
+            f"{entry['action']} {entry['environment'] or '-'} {entry['target']}: "
+            f"{entry['outcome']}"
         )
-        if entry.detail:
-            line += f" — {entry.detail}"
+        if entry["detail"]:
+            line += f" — {entry['detail']}"
         console.print(clean(line), markup=False, soft_wrap=True)
+
+
+def _remote_entries(
+    env: str | None, cutoff: datetime | None, actor: str | None, limit: int
+) -> list[dict[str, Any]] | None:
+    """The entries from the remote server's API (`--server`), oldest first; None locally."""
+    from conveyor.cli.remote import Remote, server
+
+    url = server()
+    if url is None:
+        return None
+    params: dict[str, Any] = {"limit": min(limit, 500)}
+    for key, value in (("environment", env), ("actor", actor)):
+        if value is not None:
+            params[key] = value
+    if cutoff is not None:
+        params["since"] = cutoff.isoformat()
+    page = Remote(url).get("/audit", **params)
+    return list(reversed(page["entries"]))
 
 
 def _since_seconds(text: str) -> float:

@@ -280,9 +280,20 @@ def _root(
             "--project", "-C", help="Directory of conveyor.toml (default: search upwards)."
         ),
     ] = None,
+    server_url: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            metavar="URL",
+            help="A remote conveyor's API (or CONVEYOR_SERVER); the token in CONVEYOR_TOKEN "
+            "or the 0600 file CONVEYOR_TOKEN_FILE.",
+        ),
+    ] = None,
 ) -> None:
     if project_dir is not None:
         os.environ["CONVEYOR_PROJECT"] = str(project_dir)
+    if server_url is not None:
+        os.environ["CONVEYOR_SERVER"] = server_url
 
 
 def release_json(rec: Any) -> dict[str, Any]:
@@ -314,9 +325,18 @@ def acting_user(proj: Project) -> str:
         fail(str(exc))
 
 
-def agent_call(proj: Project, request: dict[str, Any], json_out: bool) -> dict[str, Any]:
+def remote_mode() -> bool:
+    """Whether commands go to a remote conveyor's API (`--server`, CONVEYOR_SERVER)."""
+    from conveyor.cli.remote import server
+
+    return server() is not None
+
+
+def agent_call(proj: Project | None, request: dict[str, Any], json_out: bool) -> dict[str, Any]:
     from conveyor.agent.client import AgentUnavailable
 
+    if proj is None or remote_mode():
+        return _remote_call(request, json_out)
     # The agent acts for this user: the audit log and the locks it takes name them.
     request = {**request, "actor": acting_user(proj)}
     client = ready_agent(proj, str(request["env"]))
@@ -325,6 +345,25 @@ def agent_call(proj: Project, request: dict[str, Any], json_out: bool) -> dict[s
             result = client.request(request, on_progress=progress)
         except AgentUnavailable as exc:
             fail(f"cannot reach the conveyor agent: {exc}; see {proj.paths.agent_log}", 1)
+        except KeyboardInterrupt:
+            pass
+        else:
+            progress.settle(None if result.get("ok") else str(result.get("error") or ""))
+            return result
+    detached(progress.deployment, str(request.get("env")))
+
+
+def _remote_call(request: dict[str, Any], json_out: bool) -> dict[str, Any]:
+    """`agent_call` through the remote server's API: the same progress and result."""
+    from conveyor.cli.remote import Remote, server
+
+    url = server()
+    if url is None:
+        fail("this command needs a conveyor.toml here, or --server URL")
+    remote = Remote(url)
+    with Progress(json_out) as progress:
+        try:
+            result = remote.request(request, progress)
         except KeyboardInterrupt:
             pass
         else:

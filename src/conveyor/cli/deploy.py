@@ -16,6 +16,7 @@ from conveyor.cli.common import (
     app,
     finish,
     project,
+    remote_mode,
 )
 from conveyor.cli.output import fail
 
@@ -65,6 +66,10 @@ def deploy(
     if override_freeze and not reason.strip():
         fail('--override-freeze needs --reason "..." (it is recorded)')
     waiting = _wait_seconds(wait)
+    if remote_mode():
+        request = {"op": "deploy", "env": env, "version": version, "force": force}
+        request |= {"override_freeze": override_freeze, "reason": reason}
+        finish(agent_call(None, request, json_out), json_out, "{version} is live in {environment}")
     proj = project()
     cfg = proj.checked(env)
     try:
@@ -176,8 +181,9 @@ def rollback(
         fail(f"--migrations must be keep or down (got {migrations!r})")
     if force and migrations != "down":
         fail("--force only applies to --migrations down")
-    proj = project()
-    proj.checked(env)
+    proj = None if remote_mode() else project()
+    if proj is not None:
+        proj.checked(env)
     if migrations == "down" and not yes:
         if not sys.stdin.isatty():
             fail(f"--migrations down changes the database schema of {env}: pass --yes")
@@ -207,8 +213,9 @@ def promote(
 
         conveyor promote --env production --full
     """
-    proj = project()
-    proj.checked(env)
+    proj = None if remote_mode() else project()
+    if proj is not None:
+        proj.checked(env)
     result = agent_call(proj, {"op": "promote", "env": env, "full": full}, json_out)
     finish(result, json_out, "promoted deployment #{deployment} ({version})")
 
@@ -225,8 +232,9 @@ def abort(
 
         conveyor abort --env production --reason "checkout errors"
     """
-    proj = project()
-    proj.checked(env)
+    proj = None if remote_mode() else project()
+    if proj is not None:
+        proj.checked(env)
     result = agent_call(proj, {"op": "abort", "env": env, "reason": reason}, json_out)
     finish(result, json_out, "aborting deployment #{deployment} ({version})")
 

@@ -287,7 +287,11 @@ def _approval_json(rec: Any) -> dict[str, Any]:
 
 
 def _withdraw(version: str, env: str, decision: str, json_out: bool) -> None:
+    from conveyor.cli.remote import server
     from conveyor.store.facts import FactStore
+
+    if server() is not None:
+        fail("--withdraw is not available with --server: run it on the server's machine")
 
     proj, cfg, store, rec = _open(env, version)
     user = who(proj)
@@ -320,8 +324,29 @@ def _withdraw(version: str, env: str, decision: str, json_out: bool) -> None:
         console.print(f"withdrawn: {r.actor}'s {what} of {version} for {env}", markup=False)
 
 
+def _decide_remotely(
+    url: str, version: str, env: str, decision: str, comment: str, json_out: bool
+) -> None:
+    from conveyor.cli.remote import Remote
+
+    answer = Remote(url).decide(version, env, decision, comment)
+    if json_out:
+        emit_json(answer)
+        return
+    mine = answer["approvals"][-1] if answer.get("approvals") else {}
+    who_ = mine.get("actor", "you")
+    done = "approved" if decision == "approve" else "rejected"
+    console.print(f"{who_} {done} {version} for {env} on {url}", markup=False)
+
+
 def _decide(version: str, env: str, decision: str, comment: str, json_out: bool) -> None:
+    from conveyor.cli.remote import server
     from conveyor.promotion import ApprovalRefused, record_decision
+
+    url = server()
+    if url is not None:
+        _decide_remotely(url, version, env, decision, comment, json_out)
+        return
 
     proj, cfg, store, rec = _open(env, version)
     user = who(proj)

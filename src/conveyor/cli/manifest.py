@@ -28,7 +28,7 @@ def manifest(env: EnvOpt = "dev", json_out: JsonOpt = False) -> None:
 
     proj = project()
     cfg = proj.checked(env)
-    status = _ask(proj, {"op": "status", "env": env})
+    status = _ask({"op": "status", "env": env}, proj)
     store = proj.store()
     try:
         found = build(cfg, proj.config_path, store, env, status)

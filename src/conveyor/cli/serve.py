@@ -112,7 +112,9 @@ def _run(
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 1)
     sock.listen(512)
     bound = sock.getsockname()[1]
-    settings = Settings(project_dir=project_dir, tls=tls_cert is not None, keepalive=keepalive)
+    settings = Settings(
+        project_dir=project_dir, tls=tls_cert is not None, keepalive=keepalive, freeze_heap=True
+    )
     config = uvicorn.Config(
         create_app(settings),
         log_level="warning",

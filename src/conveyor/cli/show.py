@@ -37,8 +37,7 @@ def status(env: EnvOpt = "dev", json_out: JsonOpt = False) -> None:
 
         conveyor status --env dev --json
     """
-    proj = project()
-    data = _ask(proj, {"op": "status", "env": env})
+    data = _ask({"op": "status", "env": env})
     if json_out:
         emit_json(data)
         return
@@ -119,11 +118,10 @@ def history(
 
         conveyor history --env dev --json
     """
-    proj = project()
     # The agent reads the history: it holds the database open, and it has settled whatever the
     # previous agent left in progress before it answers.
     request = {"op": "history", "env": env, "limit": limit, "detail": json_out}
-    rows = _ask(proj, request)["deployments"]
+    rows = _ask(request)["deployments"]
     if json_out:
         # An object, not a bare list: it has room for the `agent` field.
         emit_json({"environment": env, "deployments": rows})
@@ -149,10 +147,19 @@ def history(
     console.print(table)
 
 
-def _ask(proj: Project, request: dict[str, Any]) -> dict[str, Any]:
-    """One question to the agent (started if needed); its data, or the command fails as it says."""
+def _ask(request: dict[str, Any], proj: Project | None = None) -> dict[str, Any]:
+    """One question to the agent of `proj` (started if needed), or without a project to the
+    remote server when one is set (`--server`); its data, or the command fails as it says."""
     from conveyor.agent.client import AgentUnavailable
+    from conveyor.cli.remote import Remote, server
 
+    url = server() if proj is None else None
+    if url is not None:
+        result = Remote(url).request(request, None)
+        if not result.get("ok"):
+            fail(str(result.get("error")), int(result.get("exit", 1)))
+        return dict(result["data"])
+    proj = proj or project()
     client = ready_agent(proj, str(request["env"]))
     try:
         result = client.request(request, timeout=30)

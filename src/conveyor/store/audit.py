@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from conveyor.core.audit import FIELDS, GENESIS, Break, entry_hash, verify
@@ -119,6 +119,22 @@ def entries(
     action: str | None = None,
 ) -> list[AuditRecord]:
     """Oldest first (the newest `limit` ones when a limit is given)."""
+    query = matching(app, environment, since, actor, action).order_by(AuditRow.id.desc())
+    if limit is not None:
+        query = query.limit(limit)
+    with store.reading() as session:
+        rows = list(session.scalars(query))
+        return [to_record(row) for row in reversed(rows)]
+
+
+def matching(
+    app: str | None = None,
+    environment: str | None = None,
+    since: datetime | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+) -> Select[AuditRow]:
+    """The entries that match every filter given (a query to order and limit)."""
     query = select(AuditRow)
     if action is not None:
         query = query.where(AuditRow.action == action)
@@ -130,15 +146,10 @@ def entries(
         query = query.where(AuditRow.at >= since)
     if actor is not None:
         query = query.where(AuditRow.actor == actor)
-    query = query.order_by(AuditRow.id.desc())
-    if limit is not None:
-        query = query.limit(limit)
-    with store.reading() as session:
-        rows = list(session.scalars(query))
-        return [_record(row) for row in reversed(rows)]
+    return query
 
 
-def _record(row: AuditRow) -> AuditRecord:
+def to_record(row: AuditRow) -> AuditRecord:
     return AuditRecord(
         id=row.id,
         at=row.at,

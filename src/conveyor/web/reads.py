@@ -5,6 +5,7 @@ the colors' versions, to name which version each router weight goes to.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Request
@@ -22,6 +23,7 @@ from conveyor.api.write import live_status
 from conveyor.config import Config
 from conveyor.core.access import Principal, decide
 from conveyor.store import requests as waiting_requests
+from conveyor.web.render import age
 
 __all__ = ["ATTENTION", "CSRF_HEADER", "LOGIN_ACTION"]
 
@@ -59,50 +61,59 @@ def readable(who: Principal, cfg: Config) -> list[str]:
 
 
 def overview(request: Request, who: Principal, attention_only: bool) -> dict[str, Any]:
-    """views.dashboard as a grid: one row per service, one cell per environment."""
+    """views.dashboard as a grid: one row per service, one cell per environment.
+
+    The cells are the view's own rows, finished in place (labels, age, link): a page of
+    services x environments cells allocates one list per service beyond what the view made, and
+    what is the same for a whole environment (its flags, the link to what runs there) is made
+    once. Fewer objects per request means fewer garbage collections in the server."""
     cfg = config(request)
     envs = readable(who, cfg)
+    wanted = set(envs)
     data = views.dashboard(server(request).store, cfg)
-    cells: dict[tuple[str, str], dict[str, Any]] = {}
-    services: list[str] = []
-    for s in data["services"]:
-        if s["environment"] not in envs:
+    now = datetime.now(UTC)
+    links = {e["name"]: _deploying(e["latest_deployment"]) for e in data["environments"]}
+    flags = {
+        e["name"]: tuple(n.replace("_", " ") for n in ATTENTION if e["attention"].get(n))
+        for e in data["environments"]
+    }
+    grid: dict[str, dict[str, dict[str, Any]]] = {}
+    for cell in data["services"]:
+        env = cell["environment"]
+        if env not in wanted:
             continue
-        if s["service"] not in services:
-            services.append(s["service"])
-        flags = [name for name in ATTENTION if s["attention"].get(name)]
-        cells[(s["service"], s["environment"])] = {
-            "environment": s["environment"],
-            "version": s["release"],
-            "state": s["state"].replace(" ", "_"),
-            "since": s["since"],
-            "attention": flags,
-            "deployment_id": s["deployment_id"],
-        }
-    latest = {e["name"]: e["latest_deployment"] for e in data["environments"]}
+        cell["css"] = cell["state"].replace(" ", "_")
+        cell["age"] = age(cell["since"], now)
+        cell["flags"] = flags[env]
+        cell["deploying"] = links[env]  # else the template links the live deployment
+        grid.setdefault(cell["service"], {})[env] = cell
     rows = []
-    for svc in services:
-        row = [cells.get((svc, env)) or _empty(env) for env in envs]
-        if attention_only and not any(c["attention"] for c in row):
+    for svc, by_env in grid.items():
+        row = [by_env.get(env) or _empty(env) for env in envs]
+        if attention_only and not any(c["flags"] for c in row):
             continue
         rows.append({"service": svc, "cells": row})
-    waiting = [w for w in data["waiting"] if w["environment"] in envs]
-    return {
-        "app": data["app"],
-        "environments": envs,
-        "latest": latest,
-        "rows": rows,
-        "waiting": waiting,
-    }
+    waiting = [w for w in data["waiting"] if w["environment"] in wanted]
+    return {"app": data["app"], "environments": envs, "rows": rows, "waiting": waiting}
+
+
+def _deploying(latest: dict[str, Any] | None) -> tuple[str, str] | None:
+    """The link every cell of an environment shows while a deployment runs there."""
+    if latest is None or latest["outcome"] != "in_progress":
+        return None
+    return f"/deployments/{latest['id']}", f"deploying {latest['version']} (#{latest['id']})"
 
 
 def _empty(env: str) -> dict[str, Any]:
     return {
         "environment": env,
-        "version": None,
-        "state": "not_deployed",
+        "release": None,
+        "state": "not deployed",
+        "css": "not_deployed",
         "since": None,
-        "attention": [],
+        "age": "",
+        "flags": (),
+        "deploying": None,
         "deployment_id": None,
     }
 
