@@ -376,7 +376,11 @@ class ClientProtocol(asyncio.Protocol):
             queue.popleft()
         if self.closed:
             return
-        if not ex.keep_alive or not ex.request_done or self.state.closing:
+        # While draining, a connection whose response promised keep-alive stays open: the drain
+        # closes it once idle (at once on shutdown, after a grace on a reload), and its next
+        # request is answered with `Connection: close`. Closing it here instead would race a
+        # request the client may already be sending on it.
+        if not ex.keep_alive or not ex.request_done:
             self.transport.close()
             return
         if queue:

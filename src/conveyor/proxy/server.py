@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from time import perf_counter
 from typing import Any
 
+from conveyor import __version__
 from conveyor.proxy.downstream import ClientProtocol
 from conveyor.proxy.model import (
     ColorStats,
@@ -47,6 +49,8 @@ class Proxy:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.state = ProxyState(loop)
         self.started_at = time.time()
+        # What ping and status report; a test may make it look like an older conveyor's.
+        self.version = __version__
         self.listeners: dict[str, asyncio.Server] = {}
         # name -> colour -> counters; outlives route swaps.
         self.stats: dict[str, dict[str, ColorStats]] = {}
@@ -93,7 +97,10 @@ class Proxy:
         limits: object,
         sticky: object = None,
         fallback: object = None,
+        sock: socket.socket | None = None,
     ) -> None:
+        """Replace route `name`. A worker gets its listening socket from the keeper (`sock`,
+        bound already, with a new address); the proxy in one process binds it itself."""
         if not isinstance(name, str) or not name:
             raise ConfigurationError("name must be a non-empty string")
         address = parse_listen(listen)
@@ -112,7 +119,9 @@ class Proxy:
             )
             old = state.routes.get(name)
             new_server: asyncio.Server | None = None
-            if old is None or old.listen != address:
+            if sock is not None:
+                new_server = await self._serve_on(name, sock)
+            elif old is None or old.listen != address:
                 new_server = await self._listen(name, address)
             # Nothing can fail from here on: commit.
             self.stats[name] = stats_of
@@ -140,6 +149,14 @@ class Proxy:
         except OSError as exc:
             raise BindError(_bind_message(host, port, exc)) from exc
 
+    async def _serve_on(self, name: str, sock: socket.socket) -> asyncio.Server:
+        state = self.state
+        if state.closing:
+            raise BindError("the proxy is shutting down")
+        return await state.loop.create_server(
+            lambda: ClientProtocol(state, name), sock=sock, backlog=1024
+        )
+
     async def remove_route(self, name: str) -> None:
         async with self._lock:
             self.state.routes.pop(name, None)
@@ -156,14 +173,43 @@ class Proxy:
     def routes_json(self) -> dict[str, Any]:
         return {name: route.to_json() for name, route in self.state.routes.items()}
 
+    def requests(self) -> int:
+        """Requests received since this process started (all routes and colours)."""
+        return sum(s.requests for colors in self.stats.values() for s in colors.values())
+
+    async def counters(self) -> dict[str, Any]:
+        return self.stats_json()
+
+    async def status(self) -> dict[str, Any]:
+        """One process serves (no keeper): it is its own only worker."""
+        me = {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "connections": len(self.state.clients),
+            "requests": self.requests(),
+            "restarts": 0,
+        }
+        return {
+            "pid": os.getpid(),
+            "version": self.version,
+            "started_at": self.started_at,
+            "workers": [me],
+        }
+
     def stats_json(self) -> dict[str, Any]:
         return {
             name: {"colors": {color: s.to_json() for color, s in colors.items()}}
             for name, colors in self.stats.items()
         }
 
-    async def drain(self, timeout: float) -> None:
-        """Stop accepting, let in-flight exchanges finish (bounded), then close everything."""
+    async def drain(self, timeout: float, grace: float = 0.0) -> None:
+        """Stop accepting, let in-flight exchanges finish (bounded), then close everything.
+
+        An idle keep-alive client is closed once the sweep has seen it idle for `grace` seconds
+        (0: at once). A reload passes a grace: under load a keep-alive client sends its next
+        request within microseconds, gets it answered with `Connection: close` and reconnects
+        (to the new workers), instead of racing a close with that request.
+        """
         state = self.state
         state.closing = True
         for server in self.listeners.values():
@@ -171,8 +217,11 @@ class Proxy:
         self.listeners.clear()
         deadline = state.loop.time() + timeout
         while True:
+            now = perf_counter()
             for client in list(state.clients):
-                if client.idle:
+                if client.idle and (
+                    not grace or (client.idle_since and now - client.idle_since >= grace)
+                ):
                     client.transport.close()
             if not state.clients or state.loop.time() >= deadline:
                 break

@@ -211,6 +211,8 @@ def start_proxy(
     pidfile: Path,
     log: Path,
     python: str = sys.executable,
+    workers: int | str = "auto",
+    extra: Sequence[str] = (),
 ) -> int:
     """Start the proxy (unless one already answers on `control`) and return its pid.
 
@@ -219,10 +221,45 @@ def start_proxy(
     """
     with contextlib.suppress(ProxyUnavailable):
         return int(ping_sync(control)["pid"])
+    return _spawn(home, control, pidfile, log, python, workers, extra, None)
+
+
+def reload_proxy(
+    home: Path,
+    control: Path,
+    pidfile: Path,
+    log: Path,
+    python: str = sys.executable,
+    workers: int | str = "auto",
+    drain_timeout: float = 30.0,
+) -> tuple[int, int]:
+    """Replace the running proxy by one of the conveyor installed now, without closing a socket.
+
+    The new keeper (`--takeover`) takes the listening sockets and routes of the running one over
+    its control socket; the old workers drain (up to `drain_timeout`) and exit. Returns the old
+    and the new keeper's pids once the new one answers on `control`.
+    """
+    old = int(ping_sync(control)["pid"])
+    extra = ("--takeover", "--drain-timeout", f"{drain_timeout:g}")
+    return old, _spawn(home, control, pidfile, log, python, workers, extra, old)
+
+
+def _spawn(
+    home: Path,
+    control: Path,
+    pidfile: Path,
+    log: Path,
+    python: str,
+    workers: int | str,
+    extra: Sequence[str],
+    replacing: int | None,
+) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
+    argv = [python, "-m", "conveyor.proxy", "--control", str(control), "--pidfile", str(pidfile)]
+    argv += ["--workers", str(workers), *extra]
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [python, "-m", "conveyor.proxy", "--control", str(control), "--pidfile", str(pidfile)],
+            argv,
             cwd=home,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -233,7 +270,9 @@ def start_proxy(
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         try:
-            return int(ping_sync(control)["pid"])
+            pid = int(ping_sync(control)["pid"])
+            if pid != replacing:
+                return pid
         except ProxyUnavailable:
             pass
         code = proc.poll()

@@ -1,0 +1,471 @@
+"""The keeper: owns the listening sockets and the control socket, runs N worker processes.
+
+It does no request work. Each worker (worker.py) gets a socketpair to the keeper, the route table
+and the listening sockets over it (SCM_RIGHTS), and accepts on the same sockets as its siblings:
+one accept queue per route, shared. When a worker dies the socket stays open in the keeper and
+in the other workers, so the kernel goes on queueing (and the others accepting) new connections:
+nothing is refused, and only the requests in flight on the dead worker are lost. The keeper
+starts a new worker at once; it gets the table before it accepts anything.
+
+Route changes come on the control socket (the same protocol as the one-process proxy), are
+checked here, bound here when the address is new, and sent to every worker; the answer goes back
+when all of them have it. Counters are the sum of the workers' (asked when needed), plus what
+workers that ended had counted (`retired`).
+
+A reload (`conveyor proxy reload`): a new keeper started with `--takeover` connects to this one's
+control socket and sends `handover`; this keeper sends the route table and its listening sockets
+over that connection (channel.py), the new keeper starts its workers on them, renames its
+control socket over this one's and says `ready`; then this keeper's workers stop accepting,
+drain their connections (up to the drain timeout) and exit, and their last counters are sent to
+the new keeper (`retired`), which adds them to its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conveyor import __version__
+from conveyor.proxy.channel import Channel, ChannelClosed
+from conveyor.proxy.control import ControlServer, log
+from conveyor.proxy.counters import add_routes, zero_inflight
+from conveyor.proxy.model import (
+    ConfigurationError,
+    Limits,
+    Route,
+    parse_backends,
+    parse_fallback,
+    parse_listen,
+    parse_sticky,
+)
+from conveyor.proxy.server import BindError, _bind_message
+
+CALL_TIMEOUT = 5.0
+POLL_INTERVAL = 1.0  # counters of each worker, kept in case it dies
+# A worker that dies within this many seconds of its start is restarted after a growing
+# back-off (a worker that cannot start must not make the keeper spin).
+QUICK_DEATH = 1.0
+MAX_BACKOFF = 5.0
+
+
+@dataclass
+class WorkerHandle:
+    slot: int
+    proc: subprocess.Popen[bytes]
+    channel: Channel
+    started_at: float = field(default_factory=time.time)
+    last: dict[str, Any] = field(default_factory=dict)  # the last stats answer
+    ready: bool = False
+    retiring: bool = False
+    final: dict[str, Any] | None = None
+
+
+class Keeper:
+    def __init__(self, workers: int, version: str = __version__) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.nworkers = workers
+        self.version = version
+        self.started_at = time.time()
+        self.routes: dict[str, dict[str, Any]] = {}  # name -> route JSON (checked)
+        self.listeners: dict[str, socket.socket] = {}
+        self.workers: dict[int, WorkerHandle] = {}  # slot -> the worker running in it
+        self.restarts: dict[int, int] = {}
+        self.quick_deaths: dict[int, int] = {}
+        self.retired: dict[str, Any] = {}  # counters of workers that ended
+        self.closing = False
+        self.lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._poller = self._spawn_task(self._poll())
+
+    def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- workers ---------------------------------------------------------------------------------
+
+    async def start_workers(self) -> None:
+        await asyncio.gather(*(self._start(slot) for slot in range(self.nworkers)))
+
+    async def _start(self, slot: int) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "conveyor.proxy", "--worker", str(child.fileno())],
+                pass_fds=[child.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+        handle: WorkerHandle
+        channel = Channel(parent, self._from_worker(slot), lambda: self._lost(handle))
+        handle = WorkerHandle(slot, proc, channel)
+        self.workers[slot] = handle
+        # The table first: the worker accepts on a socket only once its route is set.
+        try:
+            for name, route in list(self.routes.items()):
+                await self._tell(
+                    handle, {"op": "set_route", "route": route}, [self.listeners[name]]
+                )
+        except (ChannelClosed, TimeoutError, RuntimeError) as exc:
+            log(f"worker {proc.pid} did not take the route table: {exc}")
+            return
+        handle.ready = True
+        log(f"worker {slot} started, pid {proc.pid}")
+
+    def _from_worker(self, slot: int) -> Any:
+        async def handle(msg: dict[str, Any], socks: list[socket.socket]) -> dict[str, Any]:
+            for s in socks:
+                s.close()
+            worker = self.workers.get(slot)
+            if msg.get("op") == "drained" and worker is not None:
+                worker.final = msg.get("stats", {})
+                worker.channel.close()
+            return {"ok": True}
+
+        return handle
+
+    def _lost(self, handle: WorkerHandle) -> None:
+        """The worker's channel closed: it exited (or is about to). Reap it, keep its counts,
+        and start another in its slot unless it was asked to stop."""
+        self._spawn_task(self._reap(handle))
+
+    async def _reap(self, handle: WorkerHandle) -> None:
+        code = await self.loop.run_in_executor(None, handle.proc.wait)
+        counts = handle.final if handle.final is not None else handle.last
+        add_routes(self.retired, zero_inflight(counts.get("routes", {})), self.routes)
+        if self.workers.get(handle.slot) is handle:
+            del self.workers[handle.slot]
+        if handle.retiring or self.closing:
+            return
+        log(f"worker {handle.slot} (pid {handle.proc.pid}) exited with code {code}: restarting it")
+        self.restarts[handle.slot] = self.restarts.get(handle.slot, 0) + 1
+        if time.time() - handle.started_at < QUICK_DEATH:
+            n = self.quick_deaths[handle.slot] = self.quick_deaths.get(handle.slot, 0) + 1
+            await asyncio.sleep(min(MAX_BACKOFF, 0.05 * 2**n))
+        else:
+            self.quick_deaths[handle.slot] = 0
+        if not self.closing:
+            await self._start(handle.slot)
+
+    async def _tell(
+        self, handle: WorkerHandle, msg: dict[str, Any], socks: list[socket.socket] | None = None
+    ) -> dict[str, Any]:
+        answer, extra = await handle.channel.request(msg, socks or [], CALL_TIMEOUT)
+        for s in extra:
+            s.close()
+        if not answer.get("ok"):
+            raise RuntimeError(str(answer.get("error")))
+        return answer
+
+    async def _everyone(
+        self, msg: dict[str, Any], socks: list[socket.socket] | None = None
+    ) -> list[dict[str, Any]]:
+        """Send `msg` to every live worker and wait for all answers. A worker that dies meanwhile
+        does not count: its successor gets the table when it starts."""
+        live = [w for w in self.workers.values() if w.ready and not w.channel.closed]
+        results = await asyncio.gather(
+            *(self._tell(w, msg, socks) for w in live), return_exceptions=True
+        )
+        out = []
+        for w, r in zip(live, results, strict=True):
+            if isinstance(r, dict):
+                out.append(r)
+            elif isinstance(r, RuntimeError):
+                raise r
+            elif not w.channel.closed:
+                log(f"worker {w.slot} (pid {w.proc.pid}) did not answer {msg.get('op')}: {r!r}")
+        return out
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            with contextlib.suppress(Exception):
+                await self._stats()
+
+    async def _stats(self) -> list[WorkerHandle]:
+        live = [w for w in self.workers.values() if w.ready and not w.channel.closed]
+        answers = await asyncio.gather(
+            *(self._tell(w, {"op": "stats"}) for w in live), return_exceptions=True
+        )
+        for w, a in zip(live, answers, strict=True):
+            if isinstance(a, dict):
+                w.last = a
+        return live
+
+    # -- the control socket's operations -----------------------------------------------------------
+
+    def routes_json(self) -> dict[str, Any]:
+        return {
+            name: {k: v for k, v in r.items() if k != "name"} for name, r in self.routes.items()
+        }
+
+    async def set_route(
+        self,
+        name: str,
+        listen: object,
+        backends: object,
+        limits: object,
+        sticky: object = None,
+        fallback: object = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError("name must be a non-empty string")
+        address = parse_listen(listen)
+        stick = parse_sticky(sticky)
+        route = Route(
+            name,
+            address,
+            parse_backends(backends, {}, stick),
+            Limits.from_json(limits),
+            stick,
+            parse_fallback(fallback, {}),
+        )
+        doc = {"name": name, **route.to_json()}
+        async with self.lock:
+            old = self.routes.get(name)
+            sock = None
+            if old is None or tuple(old["listen"]) != address:
+                sock = self._bind(address)
+            try:
+                await self._everyone({"op": "set_route", "route": doc}, [sock] if sock else None)
+            except RuntimeError as exc:
+                if sock is not None:
+                    sock.close()
+                raise ConfigurationError(str(exc)) from exc
+            self.routes[name] = doc
+            if sock is not None:
+                previous = self.listeners.get(name)
+                self.listeners[name] = sock
+                if previous is not None:
+                    previous.close()
+
+    def _bind(self, address: tuple[str, int]) -> socket.socket:
+        host, port = address
+        if self.closing:
+            raise BindError("the proxy is shutting down")
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            family, _, _, _, sockaddr = infos[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise BindError(_bind_message(host, port, exc)) from exc
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(sockaddr)
+            sock.listen(1024)
+        except OSError as exc:
+            sock.close()
+            raise BindError(_bind_message(host, port, exc)) from exc
+        sock.setblocking(False)
+        return sock
+
+    async def remove_route(self, name: str) -> None:
+        async with self.lock:
+            await self._everyone({"op": "remove_route", "name": name})
+            self.routes.pop(name, None)
+            self.retired.pop(name, None)
+            sock = self.listeners.pop(name, None)
+            if sock is not None:
+                sock.close()
+
+    async def counters(self) -> dict[str, Any]:
+        live = await self._stats()
+        total: dict[str, Any] = {}
+        add_routes(total, self.retired, self.routes)
+        for w in live:
+            add_routes(total, w.last.get("routes", {}), self.routes)
+        return total
+
+    async def status(self) -> dict[str, Any]:
+        live = await self._stats()
+        workers = [
+            {
+                "slot": w.slot,
+                "pid": w.proc.pid,
+                "started_at": w.started_at,
+                "connections": w.last.get("connections", 0),
+                "requests": w.last.get("requests", 0),
+                "restarts": self.restarts.get(w.slot, 0),
+            }
+            for w in sorted(live, key=lambda w: w.slot)
+        ]
+        return {
+            "pid": os.getpid(),
+            "version": self.version,
+            "started_at": self.started_at,
+            "workers": workers,
+        }
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    async def retire(self, timeout: float, grace: float) -> None:
+        """Every worker stops accepting, drains (up to `timeout`) and exits; then the keeper's
+        sockets are closed."""
+        handles = list(self.workers.values())
+        for w in handles:
+            w.retiring = True
+        await asyncio.gather(
+            *(self._tell(w, {"op": "drain", "timeout": timeout, "grace": grace}) for w in handles),
+            return_exceptions=True,
+        )
+        deadline = self.loop.time() + timeout + 2.0
+        while any(w.proc.poll() is None for w in handles) and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for w in handles:
+            if w.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.kill()
+        # Let the reapers add the last counts.
+        while any(self.workers.get(w.slot) is w for w in handles) and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def shutdown(self, timeout: float, grace: float = 0.0) -> None:
+        self.closing = True
+        self._poller.cancel()
+        await self.retire(timeout, grace)
+        for sock in self.listeners.values():
+            sock.close()
+        self.listeners.clear()
+
+
+class KeeperControl(ControlServer):
+    """The control socket of a keeper: the common protocol, and `handover` for a reload.
+
+    From the moment a handover begins until the successor owns the control socket, route
+    changes sent here wait, then go to the successor (the path is its by then): none is lost.
+    """
+
+    def __init__(self, keeper: Keeper, path: Path, on_shutdown: Callable[[], None]) -> None:
+        super().__init__(keeper, path, on_shutdown)
+        self.keeper = keeper
+        self.moving = False
+        self.moved = asyncio.Event()
+        self.handed_over = asyncio.Event()
+
+    async def handle(self, line: bytes) -> tuple[dict[str, Any], bool]:
+        if self.moving and b'"ping"' not in line and b'"status"' not in line:
+            await self.moved.wait()
+            return await _forward(str(self.path), line), False
+        return await super().handle(line)
+
+    async def handover(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        keeper = self.keeper
+        transport: Any = writer.transport
+        transport.pause_reading()  # the duplicate below reads this connection from now on
+        raw = writer.get_extra_info("socket")
+        channel = Channel(socket.socket(fileno=os.dup(raw.fileno())))
+        ready = asyncio.Event()
+        said: dict[str, Any] = {}
+
+        async def on_message(msg: dict[str, Any], socks: list[socket.socket]) -> dict[str, Any]:
+            said.update(msg)
+            ready.set()
+            return {"ok": True}
+
+        channel.handler = on_message
+        channel.on_close = ready.set
+        self.moving = True
+        try:
+            async with keeper.lock:  # no route change half-applied while the table is copied
+                names = list(keeper.routes)
+                snapshot = await keeper.counters()
+                await channel.send(
+                    {
+                        "op": "table",
+                        "version": keeper.version,
+                        "routes": [keeper.routes[n] for n in names],
+                        "counters": zero_inflight(snapshot),
+                    },
+                    [keeper.listeners[n] for n in names],
+                )
+            await asyncio.wait_for(ready.wait(), 60.0)
+            if said.get("op") != "ready":
+                log("reload: the new proxy went away before it was ready; going on serving")
+                self.moving = False
+                return
+            self.moved.set()
+            log(f"reload: the sockets are pid {said.get('pid')}'s now; draining the workers")
+            if self.server is not None:
+                self.server.close()  # the path is the successor's: close() must not unlink it
+                self.server = None
+            await keeper.shutdown(float(said.get("timeout", 30.0)), float(said.get("grace", 1.0)))
+            final = await keeper.counters()
+            # What the workers counted after the snapshot: the successor adds it to its own.
+            add_routes(final, zero_inflight(snapshot), keeper.routes, sign=-1)
+            with contextlib.suppress(ChannelClosed, OSError):
+                await channel.send({"op": "retired", "routes": final})
+                await asyncio.wait_for(channel.request({"op": "bye"}), 2.0)
+            self.handed_over.set()
+        except (TimeoutError, ChannelClosed, OSError) as exc:
+            log(f"reload: handover failed: {exc!r}; going on serving")
+            self.moving = False
+        finally:
+            channel.close()
+            writer.close()
+
+
+async def _forward(path: str, line: bytes) -> dict[str, Any]:
+    try:
+        reader, writer = await asyncio.open_unix_connection(path, limit=16 * 1024 * 1024)
+    except OSError as exc:
+        return {"ok": False, "error": f"the proxy is reloading: {exc}"}
+    try:
+        writer.write(line if line.endswith(b"\n") else line + b"\n")
+        answer: dict[str, Any] = json.loads(await asyncio.wait_for(reader.readline(), 10.0))
+        return answer
+    except (OSError, TimeoutError, ValueError) as exc:
+        return {"ok": False, "error": f"the proxy is reloading: {exc}"}
+    finally:
+        writer.close()
+
+
+async def take_over(keeper: Keeper, path: str) -> Channel:
+    """Connect to the running keeper at `path`; take its route table, sockets and counters."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await keeper.loop.sock_connect(sock, path)
+        await keeper.loop.sock_sendall(sock, b'{"op": "handover"}\n')
+    except OSError as exc:
+        sock.close()
+        raise RuntimeError(f"no proxy answers on {path}: {exc}") from exc
+    got: asyncio.Future[tuple[dict[str, Any], list[socket.socket]]] = keeper.loop.create_future()
+
+    async def on_message(msg: dict[str, Any], socks: list[socket.socket]) -> dict[str, Any]:
+        if msg.get("op") == "retired":
+            add_routes(keeper.retired, msg.get("routes", {}), keeper.routes)
+        elif not got.done():
+            got.set_result((msg, socks))
+        return {"ok": True}
+
+    def closed() -> None:
+        if not got.done():
+            got.set_exception(RuntimeError(f"the proxy at {path} closed the connection"))
+
+    channel = Channel(sock, on_message, closed)
+    try:
+        table, socks = await asyncio.wait_for(got, CALL_TIMEOUT)
+    except TimeoutError as exc:
+        channel.close()
+        raise RuntimeError(f"the proxy at {path} did not hand over its sockets") from exc
+    if table.get("op") != "table":
+        channel.close()
+        raise RuntimeError(f"the proxy at {path} cannot hand over its sockets: {table}")
+    for route, listener in zip(table["routes"], socks, strict=True):
+        keeper.routes[route["name"]] = route
+        keeper.listeners[route["name"]] = listener
+    add_routes(keeper.retired, table.get("counters", {}), keeper.routes)
+    log(f"reload: took {len(socks)} listening socket(s) from conveyor {table.get('version')}")
+    return channel
