@@ -18,6 +18,7 @@ from conveyor.cli import migrate  # noqa: F401 - registers its commands
 from conveyor.cli import secrets  # noqa: F401 - registers `conveyor secrets`
 from conveyor.cli import render  # noqa: F401 - registers `conveyor render`
 from conveyor.cli import migrations_lint  # noqa: F401 - registers `migrations`
+from conveyor.cli import proxy  # noqa: F401 - registers `conveyor proxy`
 
 # isort: on
 from conveyor.cli.common import Command, app

@@ -61,6 +61,7 @@ COMMAND_ORDER = (
     "audit",
     "secrets",
     "agent",
+    "proxy",
     "doctor",
     "db",
     "migrate",

@@ -212,6 +212,7 @@ class Proxy:
         """
         state = self.state
         state.closing = True
+        state.linger = grace > 0
         for server in self.listeners.values():
             server.close()
         self.listeners.clear()

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conveyor import __version__
 from conveyor.routers.base import (
     Backend,
     ColorCounters,
@@ -25,6 +27,8 @@ from conveyor.routers.kinds import ROUTER_FEATURES
 
 if TYPE_CHECKING:
     from conveyor.config import ResolvedEnvironment
+
+log = logging.getLogger(__name__)
 
 CALL_TIMEOUT = 5.0
 START_TIMEOUT = 10.0
@@ -40,25 +44,62 @@ class BuiltinRouter:
     name = "builtin"
     features = ROUTER_FEATURES["builtin"]
 
-    def __init__(self, home: Path, control: Path, pidfile: Path, log: Path) -> None:
+    def __init__(
+        self,
+        home: Path,
+        control: Path,
+        pidfile: Path,
+        log: Path,
+        workers: Callable[[], int | str] = lambda: "auto",
+    ) -> None:
         self.home = home
         self.pidfile = pidfile
         self.log = log
         self.client = ProxyClient(control)
+        self.workers = workers  # `[proxy] workers`, read when a proxy is started
+        # Set when ensure() found a proxy of another conveyor version and reloaded it.
+        self.reload_note: str | None = None
 
     def options(self, env: ResolvedEnvironment) -> Mapping[str, Any]:
         # The proxy's limits ([proxy] in conveyor.toml, per environment) travel with each route.
         return env.proxy.model_dump()
 
     async def ensure(self) -> bool:
+        """Adopt the running proxy (True: one had to be started, without routes).
+
+        A proxy of another conveyor version (the agent was upgraded with `agent stop
+        --keep-running`) is reloaded at once: the conveyor installed now takes its sockets and
+        routes over, without refusing or dropping a connection (docs/proxy.md, "Reload").
+        """
         try:
-            await self.client.ping()
-            return False
+            ping = await self.client.ping()
         except ProxyUnavailable:
-            pass
-        # start_proxy waits (bounded) for the new process to answer: keep the loop free.
-        await asyncio.to_thread(start_proxy, self.home, self.client.path, self.pidfile, self.log)
-        return True
+            # start_proxy waits (bounded) for the new process to answer: keep the loop free.
+            await asyncio.to_thread(
+                start_proxy,
+                self.home,
+                self.client.path,
+                self.pidfile,
+                self.log,
+                workers=self.workers(),
+            )
+            return True
+        running = ping.get("version")
+        if running != __version__:
+            old, new = await asyncio.to_thread(
+                reload_proxy,
+                self.home,
+                self.client.path,
+                self.pidfile,
+                self.log,
+                workers=self.workers(),
+            )
+            self.reload_note = (
+                f"the proxy (pid {old}) ran conveyor {running or 'before 0.1'}: reloaded it with "
+                f"conveyor {__version__} (pid {new}), its sockets handed over, no connection closed"
+            )
+            log.warning("%s", self.reload_note)
+        return False
 
     async def apply(self, split: Split) -> None:
         await self.client.set_route(
@@ -156,6 +197,19 @@ class ProxyClient:
 
     async def shutdown(self) -> None:
         await self.call({"op": "shutdown"})
+
+
+def configured_workers(project_dir: Path | None) -> int | str:
+    """`[proxy] workers` of the project's conveyor.toml ("auto" when it cannot be read: every
+    command reports that anyway)."""
+    if project_dir is None:
+        return "auto"
+    from conveyor.config import ConfigError, load_config
+
+    try:
+        return load_config(project_dir / "conveyor.toml").proxy.workers
+    except (ConfigError, OSError):
+        return "auto"
 
 
 def _decode(line: bytes, path: Path) -> dict[str, Any]:

@@ -1,0 +1,192 @@
+"""Reloading the proxy (docs/proxy.md, "Reload"): a new keeper takes the listening sockets and
+routes over the control socket (SCM_RIGHTS); the old workers drain and exit. Under keep-alive
+load nothing fails; `conveyor proxy status|reload`; the agent reloads a proxy of another
+conveyor version by itself. Real processes and sockets throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from test_proxy_support import LOCAL, free_port, run, upstreams
+from test_proxy_support import wait_for as until
+from test_proxy_workers import Load, _wait_gone, named, running_proxy, status
+
+from conftest import Project, wait_for
+from conveyor import __version__
+from conveyor.routers.base import Backend
+from conveyor.routers.builtin import ping_sync, reload_proxy
+
+
+def test_reloads_in_a_row_under_keepalive_load_fail_nothing(tmp_path: Path) -> None:
+    with running_proxy(tmp_path, 2) as proxy:
+
+        async def scenario() -> None:
+            async with upstreams(("blue", named("blue"))) as (blue,):
+                port = await free_port()
+                await proxy.client.set_route(
+                    "dev/web", (LOCAL, port), [Backend("blue", LOCAL, blue.port)]
+                )
+                load = Load(port)
+                tasks = load.start(keepalive=16, fresh=2)
+                await until(lambda: load.ok >= 200)
+                old_keepers = []
+                for _ in range(3):
+                    served = load.ok
+                    old, new = await asyncio.to_thread(
+                        reload_proxy,
+                        proxy.home,
+                        proxy.control,
+                        proxy.pidfile,
+                        proxy.log,
+                        workers=2,
+                        drain_timeout=10.0,
+                    )
+                    assert new != old
+                    old_keepers.append(old)
+                    assert (await status(proxy))["pid"] == new
+                    await until(lambda s=served: load.ok >= s + 300)
+                load.stop.set()
+                await asyncio.gather(*tasks)
+                assert load.failed == [] and load.refused == 0
+                # The old keepers drained and exited; their counts went to their successors.
+                for pid in old_keepers:
+                    await asyncio.to_thread(_wait_gone, pid)
+                proxy.pid = new
+                colors = (await proxy.client.stats())["routes"]["dev/web"]["colors"]
+                assert colors["blue"]["requests"] == load.ok
+                assert colors["blue"]["responses"]["2xx"] == load.ok
+                assert colors["blue"]["inflight"] == 0
+                assert (await proxy.client.ping())["routes"]["dev/web"]["listen"] == [LOCAL, port]
+
+        run(scenario(), timeout=120)
+    log = proxy.log.read_text()
+    assert log.count("reload: took 1 listening socket(s)") == 3
+    assert log.count("reload done: exiting") == 3
+
+
+def _spawn_old_proxy(project: Project) -> int:
+    """Make the running proxy look like an older conveyor's: take its sockets over with a keeper
+    that reports version 0.0.1 (a version override, not an old package)."""
+    home = project.home
+    subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "conveyor.proxy",
+            "--control",
+            str(home / "proxy.sock"),
+            "--pidfile",
+            str(home / "proxy.pid"),
+            "--workers",
+            "1",
+            "--takeover",
+            "--drain-timeout",
+            "5",
+            "--report-version",
+            "0.0.1",
+        ],
+        env=project.env,
+        cwd=home,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=open(home / "logs" / "proxy.log", "ab"),  # noqa: SIM115 - the child holds it
+        start_new_session=True,
+    )
+    answer = wait_for(
+        lambda: _ping_version(home) == "0.0.1" and ping_sync(home / "proxy.sock"),
+        what="the old-looking proxy",
+    )
+    return int(answer["pid"])
+
+
+def _ping_version(home: Path) -> str | None:
+    try:
+        return str(ping_sync(home / "proxy.sock").get("version"))
+    except OSError:
+        return None
+    except Exception:
+        return None
+
+
+class Getter(threading.Thread):
+    """GET the app's port in a loop (new connection each time) until stopped; count failures."""
+
+    def __init__(self, project: Project) -> None:
+        super().__init__(daemon=True)
+        self.project = project
+        self.ok = 0
+        self.failed: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                code, _, _ = self.project.get()
+                if code == 200:
+                    self.ok += 1
+                else:
+                    self.failed.append(str(code))
+            except OSError as exc:
+                self.failed.append(repr(exc))
+
+
+def test_agent_reloads_a_proxy_of_another_version_and_the_cli_shows_it(project: Project) -> None:
+    project.configure(extra="[proxy]\nworkers = 2\n")
+    project.release("v1")
+    assert project.deploy("v1")[0] == 0
+    code, st = project.json("proxy", "status")
+    assert code == 0, st
+    assert st["version"] == st["installed"] == __version__ and len(st["workers"]) == 2
+    assert project.cli("agent", "stop", "--keep-running").returncode == 0
+
+    old = _spawn_old_proxy(project)
+    shown = project.cli("proxy", "status")
+    assert "conveyor 0.0.1" in shown.stdout and "`conveyor proxy reload`" in shown.stdout
+
+    getter = Getter(project)
+    getter.start()
+    wait_for(lambda: getter.ok >= 20, what="traffic through the proxy")
+    started = project.cli("agent", "start")
+    assert started.returncode == 0, started.stderr
+    # The agent reloaded it as it started: the proxy runs this conveyor now.
+    code, st = project.json("proxy", "status")
+    assert code == 0 and st["version"] == __version__ and st["pid"] != old, st
+    assert len(st["workers"]) == 2  # [proxy] workers of conveyor.toml
+    log = (project.home / "logs" / "agent.log").read_text()
+    assert f"ran conveyor 0.0.1: reloaded it with conveyor {__version__}" in log
+    served = getter.ok
+    wait_for(lambda: getter.ok >= served + 20, what="traffic after the reload")
+
+    # And by hand: `conveyor proxy reload`.
+    code, done = project.json("proxy", "reload", "--drain-timeout", "5")
+    assert code == 0, done
+    assert done["old"]["pid"] == st["pid"] and done["new"]["pid"] != st["pid"]
+    assert done["new"]["version"] == __version__
+    served = getter.ok
+    wait_for(lambda: getter.ok >= served + 20, what="traffic after the second reload")
+    getter.halt.set()
+    getter.join(10)
+    assert getter.failed == []
+    assert project.serving() == "v1"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _alive(old):
+        time.sleep(0.05)
+    assert not _alive(old)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+    except OSError:
+        return False
