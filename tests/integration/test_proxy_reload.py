@@ -58,7 +58,6 @@ def test_reloads_in_a_row_under_keepalive_load_fail_nothing(tmp_path: Path) -> N
                 # The old keepers drained and exited; their counts went to their successors.
                 for pid in old_keepers:
                     await asyncio.to_thread(_wait_gone, pid)
-                proxy.pid = new
                 colors = (await proxy.client.stats())["routes"]["dev/web"]["colors"]
                 assert colors["blue"]["requests"] == load.ok
                 assert colors["blue"]["responses"]["2xx"] == load.ok

@@ -30,7 +30,7 @@ from test_proxy_support import (
 )
 
 from conveyor.routers.base import Backend
-from conveyor.routers.builtin import ProxyClient, start_proxy
+from conveyor.routers.builtin import ProxyClient, read_pid, start_proxy
 
 
 @dataclass
@@ -53,9 +53,11 @@ def running_proxy(home: Path, workers: int | str) -> Iterator[Running]:
     try:
         yield Running(home, control, pidfile, log, pid)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        _wait_gone(pid)
+        # The keeper running now: after a reload it is another process than the first.
+        for keeper in {pid, read_pid(pidfile) or pid}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(keeper, signal.SIGTERM)
+            _wait_gone(keeper)
 
 
 def _wait_gone(pid: int, timeout: float = 15.0) -> None:

@@ -86,18 +86,28 @@ class BuiltinRouter:
             return True
         running = ping.get("version")
         if running != __version__:
-            old, new = await asyncio.to_thread(
-                reload_proxy,
-                self.home,
-                self.client.path,
-                self.pidfile,
-                self.log,
-                workers=self.workers(),
-            )
-            self.reload_note = (
-                f"the proxy (pid {old}) ran conveyor {running or 'before 0.1'}: reloaded it with "
-                f"conveyor {__version__} (pid {new}), its sockets handed over, no connection closed"
-            )
+            try:
+                old, new = await asyncio.to_thread(
+                    reload_proxy,
+                    self.home,
+                    self.client.path,
+                    self.pidfile,
+                    self.log,
+                    workers=self.workers(),
+                )
+            except (ProxyUnavailable, RouterError, OSError) as exc:
+                # A proxy too old to hand its sockets over: it goes on serving, adopted.
+                self.reload_note = (
+                    f"the proxy (pid {ping.get('pid')}) runs conveyor {running or '(unknown)'} and "
+                    f"could not be reloaded ({exc}): it goes on serving; `conveyor agent stop` "
+                    "and a command that starts the agent replace it"
+                )
+            else:
+                self.reload_note = (
+                    f"the proxy (pid {old}) ran conveyor {running or '(unknown)'}: reloaded it "
+                    f"with conveyor {__version__} (pid {new}), its sockets handed over, no "
+                    "connection closed"
+                )
             log.warning("%s", self.reload_note)
         return False
 
