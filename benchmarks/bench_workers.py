@@ -97,6 +97,23 @@ def switch_latency(control: Path, port: int, backend: int, calls: int) -> tuple[
     return times[len(times) // 2], times[int(len(times) * 0.99) - 1]
 
 
+def ping_latency(control: Path, calls: int) -> tuple[float, float]:
+    """The floor under a switch: a control round trip that the keeper answers alone."""
+    from conveyor.routers.builtin import ProxyClient
+
+    async def measure() -> list[float]:
+        client = ProxyClient(control)
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            await client.ping()
+            times.append(time.perf_counter() - t0)
+        return sorted(times)
+
+    times = asyncio.run(measure())
+    return times[len(times) // 2], times[int(len(times) * 0.99) - 1]
+
+
 def workers_section(tmp: Path, nginx_port: int, args: argparse.Namespace) -> None:
     n = args.workers
     s = args.seconds
@@ -152,13 +169,17 @@ def workers_section(tmp: Path, nginx_port: int, args: argparse.Namespace) -> Non
             load = _wrk_background(cv_port, c, 8, n)
             time.sleep(0.5)
             p50, p99 = switch_latency(control, cv_port, nginx_port, 300)
+            ping50, ping99 = ping_latency(control, 300)
             load.communicate()
             idle50, idle99 = switch_latency(control, cv_port, nginx_port, 300)
+            iping50, iping99 = ping_latency(control, 300)
             set_conveyor_route(control, cv_port, nginx_port)
             print(
                 f"route switch (set_route answered once all {n} workers have it), 300 calls: "
                 f"under load p50 {p50 * 1e3:.2f} ms p99 {p99 * 1e3:.2f} ms; "
-                f"idle p50 {idle50 * 1e3:.2f} ms p99 {idle99 * 1e3:.2f} ms"
+                f"idle p50 {idle50 * 1e3:.2f} ms p99 {idle99 * 1e3:.2f} ms\n"
+                f"  ping (the keeper alone): under load p50 {ping50 * 1e3:.2f} ms p99 "
+                f"{ping99 * 1e3:.2f} ms; idle p50 {iping50 * 1e3:.2f} ms p99 {iping99 * 1e3:.2f} ms"
             )
 
             # kill -9 of one worker under load.
