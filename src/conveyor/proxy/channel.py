@@ -33,6 +33,11 @@ class ChannelClosed(ConnectionError):
     pass
 
 
+def _frame(msg: dict[str, Any]) -> bytes:
+    payload = json.dumps(msg).encode()
+    return _HEADER.pack(len(payload)) + payload
+
+
 class Channel:
     """One end of a channel, driven by the running event loop (add_reader, sock_sendall)."""
 
@@ -52,7 +57,12 @@ class Channel:
         self._fds: deque[int] = deque()
         self._next = 0
         self._waiting: dict[int, asyncio.Future[tuple[dict[str, Any], list[socket.socket]]]] = {}
-        self._send_lock = asyncio.Lock()
+        self._out = bytearray()  # framed bytes the socket could not take yet
+        self._flush_waiters: list[asyncio.Future[None]] = []
+        # Answers a message at once, in the read callback, when it can (None: it cannot); the
+        # worker's route switch then costs no extra turn of a busy event loop.
+        self.sync_handler: Callable[[dict[str, Any], list[socket.socket]], dict[str, Any] | None]
+        self.sync_handler = lambda msg, socks: None
         self._tasks: set[asyncio.Task[None]] = set()
         self.loop.add_reader(sock.fileno(), self._readable)
 
@@ -91,6 +101,15 @@ class Channel:
             return
         if self.handler is None:
             return
+        try:
+            reply = self.sync_handler(msg, socks)
+        except Exception as exc:
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if reply is not None:
+            reply["answer"] = msg.get("id", -1)
+            with contextlib.suppress(ChannelClosed):
+                self.write(_frame(reply))
+            return
         task = self.loop.create_task(self._answer(msg, socks))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -106,28 +125,73 @@ class Channel:
             await self.send(reply)
 
     async def send(self, msg: dict[str, Any], socks: Sequence[socket.socket] = ()) -> None:
-        if self.closed:
-            raise ChannelClosed("channel closed")
+        """Send a message (and descriptors). Without descriptors it is written at once, or
+        queued behind what the socket could not take yet: messages never interleave."""
         if socks:
             msg = {**msg, "nfds": len(socks)}
-        payload = json.dumps(msg).encode()
-        data = _HEADER.pack(len(payload)) + payload
-        async with self._send_lock:
+        data = _frame(msg)
+        if socks:
+            fds = [s.fileno() for s in socks]
+            while True:
+                # The descriptors go with the first bytes: only once nothing is queued before.
+                await self._flushed()
+                if self.closed:
+                    raise ChannelClosed("channel closed")
+                try:
+                    sent = socket.send_fds(self.sock, [data], fds)
+                    break
+                except (BlockingIOError, InterruptedError):
+                    await asyncio.sleep(0.001)
+                except OSError as exc:
+                    self.close()
+                    raise ChannelClosed(str(exc)) from exc
+            data = data[sent:]
+            if not data:
+                return
+        self.write(data)
+
+    def write(self, data: bytes) -> None:
+        """Write a framed message now, or queue it behind earlier bytes (add_writer)."""
+        if self.closed:
+            raise ChannelClosed("channel closed")
+        if not self._out:
             try:
-                if socks:
-                    # The descriptors go with the first bytes; the rest follows as plain data.
-                    while True:
-                        try:
-                            sent = socket.send_fds(self.sock, [data], [s.fileno() for s in socks])
-                            break
-                        except BlockingIOError:
-                            await asyncio.sleep(0.001)
-                    data = data[sent:]
-                if data:
-                    await self.loop.sock_sendall(self.sock, data)
+                n = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
             except OSError as exc:
                 self.close()
                 raise ChannelClosed(str(exc)) from exc
+            if n == len(data):
+                return
+            data = data[n:]
+            self.loop.add_writer(self.sock.fileno(), self._writable)
+        self._out += data
+
+    def _writable(self) -> None:
+        try:
+            n = self.sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        del self._out[:n]
+        if not self._out:
+            self.loop.remove_writer(self.sock.fileno())
+            self._wake_flushed()
+
+    async def _flushed(self) -> None:
+        while self._out and not self.closed:
+            fut: asyncio.Future[None] = self.loop.create_future()
+            self._flush_waiters.append(fut)
+            await fut
+
+    def _wake_flushed(self) -> None:
+        waiters, self._flush_waiters = self._flush_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
     async def request(
         self,
@@ -152,6 +216,11 @@ class Channel:
         self.closed = True
         with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(self.sock.fileno())
+        if self._out:
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_writer(self.sock.fileno())
+            self._out.clear()
+        self._wake_flushed()
         with contextlib.suppress(OSError):
             self.sock.close()
         while self._fds:

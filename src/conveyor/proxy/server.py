@@ -16,6 +16,7 @@ from conveyor.proxy.model import (
     ConfigurationError,
     Limits,
     Route,
+    Sticky,
     parse_backends,
     parse_fallback,
     parse_listen,
@@ -38,6 +39,14 @@ def _bind_message(host: str, port: int, exc: OSError) -> str:
         reason = reason[:1].lower() + reason[1:]
         return f"cannot listen on {host}:{port}: [Errno {exc.errno}] {reason}"
     return f"cannot listen on {host}:{port}: {exc}"
+
+
+def _checked(
+    name: object, listen: object, limits: object, sticky: object
+) -> tuple[tuple[str, int], Limits, Sticky | None]:
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError("name must be a non-empty string")
+    return parse_listen(listen), Limits.from_json(limits), parse_sticky(sticky)
 
 
 class Proxy:
@@ -101,11 +110,7 @@ class Proxy:
     ) -> None:
         """Replace route `name`. A worker gets its listening socket from the keeper (`sock`,
         bound already, with a new address); the proxy in one process binds it itself."""
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError("name must be a non-empty string")
-        address = parse_listen(listen)
-        lim = Limits.from_json(limits)
-        stick = parse_sticky(sticky)
+        address, lim, stick = _checked(name, listen, limits, sticky)
         state = self.state
         async with self._lock:
             stats_of = self.stats.get(name, {})
@@ -148,6 +153,36 @@ class Proxy:
             )
         except OSError as exc:
             raise BindError(_bind_message(host, port, exc)) from exc
+
+    def set_route_now(
+        self,
+        name: str,
+        listen: object,
+        backends: object,
+        limits: object,
+        sticky: object = None,
+        fallback: object = None,
+    ) -> bool:
+        """`set_route` when nothing has to be awaited: the route exists, keeps its listen
+        address, and no other change is under way. False (nothing changed): use set_route."""
+        address, lim, stick = _checked(name, listen, limits, sticky)
+        state = self.state
+        old = state.routes.get(name)
+        if self._lock.locked() or old is None or old.listen != address:
+            return False
+        stats_of = self.stats.get(name, {})
+        route = Route(
+            name,
+            address,
+            parse_backends(backends, stats_of, stick),
+            lim,
+            stick,
+            parse_fallback(fallback, stats_of),
+        )
+        self.stats[name] = stats_of
+        state.routes[name] = route
+        state.pool.prune(self._live_addresses())
+        return True
 
     async def _serve_on(self, name: str, sock: socket.socket) -> asyncio.Server:
         state = self.state

@@ -33,6 +33,36 @@ class Worker:
         self.drain_timeout = DRAIN_TIMEOUT
         self.grace = 0.0
 
+    def handle_now(self, msg: dict[str, Any], socks: list[socket.socket]) -> dict[str, Any] | None:
+        """What can be answered without waiting: a switch (the listen address stays), the
+        counters. None: `handle` does it."""
+        op = msg.get("op")
+        if op == "set_route" and not socks:
+            r = msg["route"]
+            done = self.proxy.set_route_now(
+                r["name"],
+                r["listen"],
+                r["backends"],
+                r.get("limits"),
+                r.get("sticky"),
+                r.get("fallback") or None,
+            )
+            return {"ok": True} if done else None
+        if op == "stats":
+            return self.stats()
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        proxy = self.proxy
+        return {
+            "ok": True,
+            "routes": proxy.stats_json(),
+            "connections": len(proxy.state.clients),
+            "requests": proxy.requests(),
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+        }
+
     async def handle(self, msg: dict[str, Any], socks: list[socket.socket]) -> dict[str, Any]:
         op = msg.get("op")
         proxy = self.proxy
@@ -52,14 +82,7 @@ class Worker:
             await proxy.remove_route(str(msg["name"]))
             return {"ok": True}
         if op == "stats":
-            return {
-                "ok": True,
-                "routes": proxy.stats_json(),
-                "connections": len(proxy.state.clients),
-                "requests": proxy.requests(),
-                "pid": os.getpid(),
-                "started_at": self.started_at,
-            }
+            return self.stats()
         if op == "drain":
             self.drain_timeout = float(msg.get("timeout", DRAIN_TIMEOUT))
             self.grace = float(msg.get("grace", 0.0))
@@ -74,6 +97,7 @@ async def serve(fd: int) -> None:
     stop = asyncio.Event()
     worker = Worker(proxy, stop)
     channel = Channel(socket.socket(fileno=fd), worker.handle, stop.set)
+    channel.sync_handler = worker.handle_now
     # The keeper handles the signals of the process group (a terminal's Ctrl-C, a hang-up);
     # SIGTERM sent to this worker alone drains it like the keeper's order.
     loop.add_signal_handler(signal.SIGINT, lambda: None)
@@ -87,7 +111,7 @@ async def serve(fd: int) -> None:
         channel.handler = worker.handle
         final = asyncio.Event()
         channel.on_close = final.set
-        await channel.send({"op": "drained", "stats": (await worker.handle({"op": "stats"}, []))})
+        await channel.send({"op": "drained", "stats": worker.stats()})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(final.wait(), 2.0)
     channel.close()
