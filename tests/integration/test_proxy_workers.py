@@ -369,3 +369,63 @@ def test_workers_argument_is_checked(tmp_path: Path) -> None:
             timeout=30,
         )
         assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_header_timeout_holds_on_every_worker_and_a_restarted_worker_gets_the_table(
+    tmp_path: Path,
+) -> None:
+    """Limits are per connection: a slow request head gets its 408 whichever worker holds it,
+    also the worker started after a crash (it got the route table, limits included, first)."""
+    with running_proxy(tmp_path, 2) as proxy:
+
+        async def scenario() -> None:
+            async with upstreams(("blue", named("blue"))) as (blue,):
+                port = await free_port()
+                await proxy.client.set_route(
+                    "dev/web",
+                    (LOCAL, port),
+                    [Backend("blue", LOCAL, blue.port)],
+                    {"header_timeout": 0.3},
+                )
+                victim = (await status(proxy))["workers"][1]
+                os.kill(victim["pid"], signal.SIGKILL)
+
+                async def restarted() -> bool:
+                    workers = (await status(proxy))["workers"]
+                    return len(workers) == 2 and victim["pid"] not in {w["pid"] for w in workers}
+
+                for _ in range(500):
+                    if await restarted():
+                        break
+                    await asyncio.sleep(0.02)
+                else:
+                    raise AssertionError("the keeper did not restart the worker")
+                # Slow heads on many connections: the kernel hands them to both workers.
+                loop = asyncio.get_running_loop()
+                for _ in range(20):
+                    conns = [await connect(port) for _ in range(16)]
+                    began = loop.time()
+                    for _, w in conns:
+                        w.write(b"GET / HTTP/1.1\r\nHost: a\r\n")  # never finished
+                    for r, w in conns:
+                        answer = await asyncio.wait_for(r.read(), 5.0)
+                        assert answer.startswith(b"HTTP/1.1 408 "), answer
+                        w.close()
+                    assert loop.time() - began < 2.0
+                    # A worker without the route's limits would have taken 10 s (the default).
+                    if await _both_served(proxy, port):
+                        return
+                raise AssertionError("the connections never reached both workers")
+
+        run(scenario(), timeout=90)
+
+
+async def _both_served(proxy: Running, port: int) -> bool:
+    """Whether both workers (the restarted one too) have served requests of the route."""
+    for _ in range(50):
+        r, w = await connect(port)
+        try:
+            assert (await get(r, w)).body == b"blue"
+        finally:
+            w.close()
+    return all(w["requests"] > 0 for w in (await status(proxy))["workers"])
