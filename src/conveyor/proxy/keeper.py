@@ -112,16 +112,18 @@ class Keeper:
         channel = Channel(parent, self._from_worker(slot), lambda: self._lost(handle))
         handle = WorkerHandle(slot, proc, channel)
         self.workers[slot] = handle
-        # The table first: the worker accepts on a socket only once its route is set.
-        try:
-            for name, route in list(self.routes.items()):
-                await self._tell(
-                    handle, {"op": "set_route", "route": route}, [self.listeners[name]]
-                )
-        except (ChannelClosed, TimeoutError, RuntimeError) as exc:
-            log(f"worker {proc.pid} did not take the route table: {exc}")
-            return
-        handle.ready = True
+        # The table first: the worker accepts on a socket only once its route is set. Under the
+        # route lock, so that no change goes to the others only while this one is being told.
+        async with self.lock:
+            try:
+                for name, route in list(self.routes.items()):
+                    await self._tell(
+                        handle, {"op": "set_route", "route": route}, [self.listeners[name]]
+                    )
+            except (ChannelClosed, TimeoutError, RuntimeError) as exc:
+                log(f"worker {proc.pid} did not take the route table: {exc}")
+                return
+            handle.ready = True
         log(f"worker {slot} started, pid {proc.pid}")
 
     def _from_worker(self, slot: int) -> Any:
