@@ -189,3 +189,50 @@ def _alive(pid: int) -> bool:
         return "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
     except OSError:
         return False
+
+
+def test_a_proxy_that_cannot_hand_over_goes_on_serving(tmp_path: Path) -> None:
+    """The one-process proxy (as before the keeper) does not know `handover`: the reload fails,
+    says so, and the running proxy keeps its routes and its port."""
+    import pytest
+
+    from conveyor.proxy.control import ControlServer
+    from conveyor.proxy.server import Proxy
+    from conveyor.routers.base import ProxyUnavailable
+
+    async def scenario() -> None:
+        async with upstreams(("blue", named("blue"))) as (blue,):
+            proxy = Proxy(asyncio.get_running_loop())
+            control = ControlServer(proxy, tmp_path / "proxy.sock", lambda: None)
+            await control.start()
+            try:
+                port = await free_port()
+                await proxy.set_route(
+                    "dev/web",
+                    [LOCAL, port],
+                    [{"color": "blue", "host": LOCAL, "port": blue.port, "weight": 100}],
+                    None,
+                )
+                with pytest.raises(ProxyUnavailable, match="exited with code 1"):
+                    await asyncio.to_thread(
+                        reload_proxy,
+                        tmp_path,
+                        tmp_path / "proxy.sock",
+                        tmp_path / "proxy.pid",
+                        tmp_path / "proxy.log",
+                        workers=1,
+                    )
+                assert "cannot hand over its sockets" in (tmp_path / "proxy.log").read_text()
+                answer = await asyncio.to_thread(ping_sync, tmp_path / "proxy.sock")
+                assert answer["pid"] == os.getpid() and "dev/web" in answer["routes"]
+                load = Load(port)
+                tasks = load.start(keepalive=1, fresh=1)
+                await until(lambda: load.ok >= 20)
+                load.stop.set()
+                await asyncio.gather(*tasks)
+                assert load.failed == [] and load.refused == 0
+            finally:
+                control.close()
+                await proxy.drain(0.5)
+
+    run(scenario(), timeout=60)

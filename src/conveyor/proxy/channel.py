@@ -150,6 +150,12 @@ class Channel:
                 return
         self.write(data)
 
+    @property
+    def unparsed(self) -> bytes:
+        """Bytes received that formed no message (e.g. a JSON line from a proxy that does not
+        speak this protocol)."""
+        return bytes(self._buf)
+
     def write(self, data: bytes) -> None:
         """Write a framed message now, or queue it behind earlier bytes (add_writer)."""
         if self.closed:

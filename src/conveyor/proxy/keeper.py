@@ -453,7 +453,16 @@ async def take_over(keeper: Keeper, path: str) -> Channel:
         return {"ok": True}
 
     def closed() -> None:
-        if not got.done():
+        if got.done():
+            return
+        answer = channel.unparsed
+        if answer.startswith(b"{"):
+            # A JSON line: a proxy from before the keeper, which does not know `handover`.
+            text = answer.decode(errors="replace").strip()
+            got.set_exception(
+                RuntimeError(f"the proxy at {path} cannot hand over its sockets: {text}")
+            )
+        else:
             got.set_exception(RuntimeError(f"the proxy at {path} closed the connection"))
 
     channel = Channel(sock, on_message, closed)
