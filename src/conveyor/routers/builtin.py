@@ -59,6 +59,7 @@ class BuiltinRouter:
         self.workers = workers  # `[proxy] workers`, read when a proxy is started
         # Set when ensure() found a proxy of another conveyor version and reloaded it.
         self.reload_note: str | None = None
+        self._version_checked: set[object] = set()  # proxy pids whose version was acted on
 
     def options(self, env: ResolvedEnvironment) -> Mapping[str, Any]:
         # The proxy's limits ([proxy] in conveyor.toml, per environment) travel with each route.
@@ -85,7 +86,10 @@ class BuiltinRouter:
             )
             return True
         running = ping.get("version")
-        if running != __version__:
+        # Once per proxy process: ensure() also runs on every supervision pass, and a proxy that
+        # could not be reloaded is not tried again every few seconds.
+        if running != __version__ and ping.get("pid") not in self._version_checked:
+            self._version_checked.add(ping.get("pid"))
             try:
                 old, new = await asyncio.to_thread(
                     reload_proxy,
