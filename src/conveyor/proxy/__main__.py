@@ -17,7 +17,8 @@ from pathlib import Path
 
 from conveyor import __version__
 from conveyor.proxy.control import log
-from conveyor.proxy.keeper import Keeper, KeeperControl, take_over
+from conveyor.proxy.handover import KeeperControl, take_over
+from conveyor.proxy.keeper import Keeper
 
 DRAIN_TIMEOUT = 5.0
 # A reload's old workers close an idle keep-alive connection after it was idle this long: a busy

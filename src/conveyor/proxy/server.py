@@ -33,7 +33,7 @@ class BindError(Exception):
     pass
 
 
-def _bind_message(host: str, port: int, exc: OSError) -> str:
+def bind_message(host: str, port: int, exc: OSError) -> str:
     if exc.errno:
         reason = os.strerror(exc.errno)
         reason = reason[:1].lower() + reason[1:]
@@ -152,7 +152,7 @@ class Proxy:
                 backlog=1024,
             )
         except OSError as exc:
-            raise BindError(_bind_message(host, port, exc)) from exc
+            raise BindError(bind_message(host, port, exc)) from exc
 
     def set_route_now(
         self,
