@@ -158,8 +158,10 @@ def test_agent_reloads_a_proxy_of_another_version_and_the_cli_shows_it(project: 
     code, st = project.json("proxy", "status")
     assert code == 0 and st["version"] == __version__ and st["pid"] != old, st
     assert len(st["workers"]) == 2  # [proxy] workers of conveyor.toml
-    log = (project.home / "logs" / "agent.log").read_text()
-    assert f"ran conveyor 0.0.1: reloaded it with conveyor {__version__}" in log
+    said = f"ran conveyor 0.0.1: reloaded it with conveyor {__version__}"
+    assert said in (project.home / "logs" / "agent.log").read_text()
+    code, agent = project.json("agent", "status")  # the notes of the agent's start
+    assert code == 0 and any(said in note for note in agent["notes"]), agent
     served = getter.ok
     wait_for(lambda: getter.ok >= served + 20, what="traffic after the reload")
 
