@@ -138,6 +138,8 @@ class Getter(threading.Thread):
 
 def test_agent_reloads_a_proxy_of_another_version_and_the_cli_shows_it(project: Project) -> None:
     project.configure(extra="[proxy]\nworkers = 2\n")
+    nothing = project.cli("proxy", "status")
+    assert nothing.returncode == 1 and "no proxy runs for this project" in nothing.stderr
     project.release("v1")
     assert project.deploy("v1")[0] == 0
     code, st = project.json("proxy", "status")
