@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from test_proxy_support import LOCAL, free_port, run, upstreams
+from test_proxy_support import LOCAL, connect, free_port, get, run, upstreams
 from test_proxy_support import wait_for as until
 from test_proxy_workers import Load, _wait_gone, named, running_proxy, status
 
@@ -32,6 +32,11 @@ def test_reloads_in_a_row_under_keepalive_load_fail_nothing(tmp_path: Path) -> N
                 port = await free_port()
                 await proxy.client.set_route(
                     "dev/web", (LOCAL, port), [Backend("blue", LOCAL, blue.port)]
+                )
+                # A second route, its address given by name: each route keeps its own sockets.
+                api = await free_port()
+                await proxy.client.set_route(
+                    "dev/api", ("localhost", api), [Backend("blue", LOCAL, blue.port)]
                 )
                 load = Load(port)
                 tasks = load.start(keepalive=16, fresh=2)
@@ -62,11 +67,16 @@ def test_reloads_in_a_row_under_keepalive_load_fail_nothing(tmp_path: Path) -> N
                 assert colors["blue"]["requests"] == load.ok
                 assert colors["blue"]["responses"]["2xx"] == load.ok
                 assert colors["blue"]["inflight"] == 0
-                assert (await proxy.client.ping())["routes"]["dev/web"]["listen"] == [LOCAL, port]
+                routes = (await proxy.client.ping())["routes"]
+                assert routes["dev/web"]["listen"] == [LOCAL, port]
+                assert routes["dev/api"]["listen"] == ["localhost", api]
+                r, w = await connect(api)
+                assert (await get(r, w)).body == b"blue"
+                w.close()
 
         run(scenario(), timeout=120)
     log = proxy.log.read_text()
-    assert log.count("reload: took 1 listening socket(s)") == 3
+    assert log.count("reload: took 2 listening socket(s)") == 3
     assert log.count("reload done: exiting") == 3
 
 

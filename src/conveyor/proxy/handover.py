@@ -71,9 +71,10 @@ class KeeperControl(ControlServer):
                         "op": "table",
                         "version": keeper.version,
                         "routes": [keeper.routes[n] for n in names],
+                        "sockets": [len(keeper.listeners[n]) for n in names],
                         "counters": zero_inflight(snapshot),
                     },
-                    [keeper.listeners[n] for n in names],
+                    [sock for n in names for sock in keeper.listeners[n]],
                 )
             await asyncio.wait_for(ready.wait(), 60.0)
             if said.get("op") != "ready":
@@ -157,9 +158,10 @@ async def take_over(keeper: Keeper, path: str) -> Channel:
     if table.get("op") != "table":
         channel.close()
         raise RuntimeError(f"the proxy at {path} cannot hand over its sockets: {table}")
-    for route, listener in zip(table["routes"], socks, strict=True):
+    rest = list(socks)
+    for route, count in zip(table["routes"], table["sockets"], strict=True):
         keeper.routes[route["name"]] = route
-        keeper.listeners[route["name"]] = listener
+        keeper.listeners[route["name"]], rest = rest[:count], rest[count:]
     add_routes(keeper.retired, table.get("counters", {}), keeper.routes)
     log(f"reload: took {len(socks)} listening socket(s) from conveyor {table.get('version')}")
     return channel

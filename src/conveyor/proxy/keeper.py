@@ -69,7 +69,7 @@ class Keeper:
         self.version = version
         self.started_at = time.time()
         self.routes: dict[str, dict[str, Any]] = {}  # name -> route JSON (checked)
-        self.listeners: dict[str, socket.socket] = {}
+        self.listeners: dict[str, list[socket.socket]] = {}  # name -> one socket per address
         self.workers: dict[int, WorkerHandle] = {}  # slot -> the worker running in it
         self.restarts: dict[int, int] = {}
         self.quick_deaths: dict[int, int] = {}
@@ -110,7 +110,7 @@ class Keeper:
             try:
                 for name, route in list(self.routes.items()):
                     await self._tell(
-                        handle, {"op": "set_route", "route": route}, [self.listeners[name]]
+                        handle, {"op": "set_route", "route": route}, self.listeners[name]
                     )
             except (ChannelClosed, TimeoutError, RuntimeError) as exc:
                 log(f"worker {proc.pid} did not take the route table: {exc}")
@@ -229,50 +229,54 @@ class Keeper:
         doc = {"name": name, **route.to_json()}
         async with self.lock:
             old = self.routes.get(name)
-            sock = None
+            socks: list[socket.socket] = []
             if old is None or tuple(old["listen"]) != address:
-                sock = self._bind(address)
+                socks = self._bind(address)
             try:
-                await self._everyone({"op": "set_route", "route": doc}, [sock] if sock else None)
+                await self._everyone({"op": "set_route", "route": doc}, socks)
             except RuntimeError as exc:
-                if sock is not None:
-                    sock.close()
+                _close(socks)
                 raise ConfigurationError(str(exc)) from exc
             self.routes[name] = doc
-            if sock is not None:
-                previous = self.listeners.get(name)
-                self.listeners[name] = sock
-                if previous is not None:
-                    previous.close()
+            if socks:
+                _close(self.listeners.get(name, []))
+                self.listeners[name] = socks
 
-    def _bind(self, address: tuple[str, int]) -> socket.socket:
+    def _bind(self, address: tuple[str, int]) -> list[socket.socket]:
+        """Listening sockets for every address `host` stands for (as loop.create_server binds
+        "localhost" on 127.0.0.1 and ::1); all or none."""
         host, port = address
         if self.closing:
             raise BindError("the proxy is shutting down")
+        socks: list[socket.socket] = []
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            family, _, _, _, sockaddr = infos[0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            seen = set()
+            for family, _, proto, _, sockaddr in socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            ):
+                if (family, sockaddr) in seen:
+                    continue
+                seen.add((family, sockaddr))
+                sock = socket.socket(family, socket.SOCK_STREAM, proto)
+                socks.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    # As asyncio does: "::" must not also take the IPv4 port.
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(sockaddr)
+                sock.listen(1024)
+                sock.setblocking(False)
         except OSError as exc:
+            _close(socks)
             raise BindError(bind_message(host, port, exc)) from exc
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(sockaddr)
-            sock.listen(1024)
-        except OSError as exc:
-            sock.close()
-            raise BindError(bind_message(host, port, exc)) from exc
-        sock.setblocking(False)
-        return sock
+        return socks
 
     async def remove_route(self, name: str) -> None:
         async with self.lock:
             await self._everyone({"op": "remove_route", "name": name})
             self.routes.pop(name, None)
             self.retired.pop(name, None)
-            sock = self.listeners.pop(name, None)
-            if sock is not None:
-                sock.close()
+            _close(self.listeners.pop(name, []))
 
     async def counters(self) -> dict[str, Any]:
         live = await self._stats()
@@ -329,6 +333,11 @@ class Keeper:
         self.closing = True
         self._poller.cancel()
         await self.retire(timeout, grace)
-        for sock in self.listeners.values():
-            sock.close()
+        for socks in self.listeners.values():
+            _close(socks)
         self.listeners.clear()
+
+
+def _close(socks: list[socket.socket]) -> None:
+    for sock in socks:
+        sock.close()

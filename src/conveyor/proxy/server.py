@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import time
+from collections.abc import Sequence
 from time import perf_counter
 from typing import Any
 
@@ -60,7 +61,8 @@ class Proxy:
         self.started_at = time.time()
         # What ping and status report; a test may make it look like an older conveyor's.
         self.version = __version__
-        self.listeners: dict[str, asyncio.Server] = {}
+        # name -> its servers: one, or one per address the keeper bound (e.g. "localhost").
+        self.listeners: dict[str, list[asyncio.Server]] = {}
         # name -> colour -> counters; outlives route swaps.
         self.stats: dict[str, dict[str, ColorStats]] = {}
         self._lock = asyncio.Lock()
@@ -106,10 +108,10 @@ class Proxy:
         limits: object,
         sticky: object = None,
         fallback: object = None,
-        sock: socket.socket | None = None,
+        socks: Sequence[socket.socket] = (),
     ) -> None:
-        """Replace route `name`. A worker gets its listening socket from the keeper (`sock`,
-        bound already, with a new address); the proxy in one process binds it itself."""
+        """Replace route `name`. A worker gets its listening sockets from the keeper (`socks`,
+        bound already, with a new address); the proxy in one process binds them itself."""
         address, lim, stick = _checked(name, listen, limits, sticky)
         state = self.state
         async with self._lock:
@@ -123,19 +125,18 @@ class Proxy:
                 parse_fallback(fallback, stats_of),
             )
             old = state.routes.get(name)
-            new_server: asyncio.Server | None = None
-            if sock is not None:
-                new_server = await self._serve_on(name, sock)
+            new_servers: list[asyncio.Server] | None = None
+            if socks:
+                new_servers = [await self._serve_on(name, sock) for sock in socks]
             elif old is None or old.listen != address:
-                new_server = await self._listen(name, address)
+                new_servers = [await self._listen(name, address)]
             # Nothing can fail from here on: commit.
             self.stats[name] = stats_of
             state.routes[name] = route
-            if new_server is not None:
-                previous = self.listeners.get(name)
-                self.listeners[name] = new_server
-                if previous is not None:
+            if new_servers is not None:
+                for previous in self.listeners.get(name, ()):
                     previous.close()
+                self.listeners[name] = new_servers
             state.pool.prune(self._live_addresses())
 
     async def _listen(self, name: str, address: tuple[str, int]) -> asyncio.Server:
@@ -196,8 +197,7 @@ class Proxy:
         async with self._lock:
             self.state.routes.pop(name, None)
             self.stats.pop(name, None)
-            server = self.listeners.pop(name, None)
-            if server is not None:
+            for server in self.listeners.pop(name, ()):
                 server.close()
             self.state.pool.prune(self._live_addresses())
 
@@ -248,8 +248,9 @@ class Proxy:
         state = self.state
         state.closing = True
         state.linger = grace > 0
-        for server in self.listeners.values():
-            server.close()
+        for servers in self.listeners.values():
+            for server in servers:
+                server.close()
         self.listeners.clear()
         deadline = state.loop.time() + timeout
         while True:

@@ -75,7 +75,7 @@ class Worker:
                 r.get("limits"),
                 r.get("sticky"),
                 r.get("fallback") or None,
-                socks[0] if socks else None,
+                socks,
             )
             return {"ok": True}
         if op == "remove_route":
