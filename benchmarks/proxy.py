@@ -317,7 +317,7 @@ def main() -> int:
     print(f"load average: {os.getloadavg()[0]:.2f} (compare runs made below 1.5)")
     if not Path(NGINX).exists():
         print("backend: HAProxy returning the 13 bytes itself (nginx is not installed)")
-    tmp = Path(tempfile.mkdtemp(prefix="cvbench", dir="/tmp"))
+    tmp = Path(tempfile.mkdtemp(prefix="proxybench", dir="/tmp"))
     nginx_port, haproxy_port, conveyor_port = free_port(), free_port(), free_port()
     control = tmp / "proxy.sock"
     try:
