@@ -18,7 +18,7 @@ import socket
 import time
 from typing import Any
 
-from conveyor.proxy.channel import Channel
+from conveyor.proxy.channel import Channel, ChannelClosed
 from conveyor.proxy.server import Proxy
 
 # How long in-flight requests may take when the keeper vanished or on SIGTERM.
@@ -106,12 +106,12 @@ async def serve(fd: int) -> None:
     gc.freeze()  # see __main__.serve
     await stop.wait()
     await proxy.drain(worker.drain_timeout, worker.grace)
-    # The last counters, asked for by the keeper after the drain, then the keeper closes.
+    # The last counters (what the drain served too) go to the keeper, which closes the channel
+    # once it has them; a keeper that is gone gets nothing, and nothing waits for it.
     if not channel.closed:
-        channel.handler = worker.handle
         final = asyncio.Event()
         channel.on_close = final.set
-        await channel.send({"op": "drained", "stats": worker.stats()})
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(ChannelClosed, TimeoutError):
+            await channel.send({"op": "drained", "stats": worker.stats()})
             await asyncio.wait_for(final.wait(), 2.0)
     channel.close()
