@@ -4,7 +4,11 @@
 
 What it does, all on 127.0.0.1, everything cleaned up at the end:
 
-* nginx (1 worker, keep-alive, `return 200` of a 13-byte body) is the backend.
+* nginx (1 worker, keep-alive, `return 200` of a 13-byte body) is the backend; where nginx is not
+  installed, HAProxy returning the same 13 bytes itself (`http-request return`, 1 thread).
+* Then (`--workers N`, default 2; benchmarks/bench_workers.py): N workers beside HAProxy with
+  `nbthread N`, route switch latency, `kill -9` of a worker under load, `--reloads` reloads in a
+  row under 64 keep-alive connections.
 * HAProxy (http mode, 1 thread, keep-alive and connection reuse to nginx) and conveyor's proxy
   (`python -m conveyor.proxy`, one route) sit in front of it.
 * Maximum load: wrk (1 thread, `--connections` keep-alive connections, closed loop), `--rounds`
@@ -129,12 +133,37 @@ http {{
     return conf
 
 
-def haproxy_config(tmp: Path, port: int, backend: int) -> Path:
-    conf = tmp / "haproxy.cfg"
+def backend_argv(tmp: Path, port: int) -> list[str]:
+    """nginx returning a constant; where nginx is not installed, HAProxy returning the same 13
+    bytes itself (`http-request return`), one thread: a backend as cheap as nginx's."""
+    if Path(NGINX).exists():
+        return [NGINX, "-c", str(nginx_config(tmp, port))]
+    conf = tmp / "backend.cfg"
     conf.write_text(
         f"""
 global
     nbthread 1
+    maxconn 8192
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 75s
+    timeout server 60s
+    option http-keep-alive
+frontend backend
+    bind {LOCAL}:{port}
+    http-request return status 200 content-type text/plain string "hello world!\\n"
+"""
+    )
+    return [HAPROXY, "-db", "-f", str(conf)]
+
+
+def haproxy_config(tmp: Path, port: int, backend: int, threads: int = 1) -> Path:
+    conf = tmp / f"haproxy{threads}.cfg"
+    conf.write_text(
+        f"""
+global
+    nbthread {threads}
     maxconn 4096
 defaults
     mode http
@@ -163,19 +192,36 @@ def _duration(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (fields 14 and 15 of /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def group_cpu(pgid: int) -> float:
+    """CPU seconds of every live process of a process group (conveyor: the keeper and its
+    workers; HAProxy: one process, its threads included in its /proc/<pid>/stat)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
-def wrk(port: int, connections: int, seconds: float, core: int, pid: int | None = None) -> Result:
-    cpu_before = cpu_seconds(pid) if pid is not None else 0.0
+def wrk(
+    port: int,
+    connections: int,
+    seconds: float,
+    core: int | None,
+    pid: int | None = None,
+    threads: int = 1,
+) -> Result:
+    cpu_before = group_cpu(pid) if pid is not None else 0.0
     out = subprocess.run(
         [
-            *pinned(core),
+            *(pinned(core) if core is not None else []),
             WRK,
-            "-t1",
+            f"-t{threads}",
             f"-c{connections}",
             f"-d{seconds:g}s",
             "--latency",
@@ -192,7 +238,7 @@ def wrk(port: int, connections: int, seconds: float, core: int, pid: int | None 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", out)
     if errors:
         print(f"  warning: {errors.group(0)}", file=sys.stderr)
-    cpu_us = (cpu_seconds(pid) - cpu_before) / total * 1e6 if pid is not None else 0.0
+    cpu_us = (group_cpu(pid) - cpu_before) / total * 1e6 if pid is not None else 0.0
     return Result(rps, p50, p99, connections, cpu_us)
 
 
@@ -251,8 +297,17 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="then: that many workers beside HAProxy with as many threads, a worker killed "
+        "under load, reloads under load, switch latency (0: skip)",
+    )
+    parser.add_argument("--reloads", type=int, default=10)
+    parser.add_argument("--skip-half-load", action="store_true")
     args = parser.parse_args()
-    for binary in (NGINX, HAPROXY, WRK, GCC):
+    for binary in (HAPROXY, WRK, GCC):
         if not Path(binary).exists():
             print(
                 f"missing {binary} (apt-get install -y nginx-light haproxy wrk gcc)",
@@ -260,14 +315,16 @@ def main() -> int:
             )
             return 2
     print(f"load average: {os.getloadavg()[0]:.2f} (compare runs made below 1.5)")
-    tmp = Path(tempfile.mkdtemp(prefix="cvbench", dir="/tmp"))
+    if not Path(NGINX).exists():
+        print("backend: HAProxy returning the 13 bytes itself (nginx is not installed)")
+    tmp = Path(tempfile.mkdtemp(prefix="proxybench", dir="/tmp"))
     nginx_port, haproxy_port, conveyor_port = free_port(), free_port(), free_port()
     control = tmp / "proxy.sock"
     try:
         loadgen = build_loadgen(tmp)
         with (
             process(
-                [*pinned(SERVER_CORE), NGINX, "-c", str(nginx_config(tmp, nginx_port))],
+                [*pinned(SERVER_CORE), *backend_argv(tmp, nginx_port)],
                 tmp / "nginx.out",
             ),
             process(
@@ -290,6 +347,8 @@ def main() -> int:
                     str(control),
                     "--pidfile",
                     str(tmp / "proxy.pid"),
+                    "--workers",
+                    "1",
                 ],
                 tmp / "conveyor.out",
             ) as conveyor_proc,
@@ -320,7 +379,7 @@ def main() -> int:
             direct = median_by([r[0] for r in rounds], "rps")
             haproxy = median_by([r[1] for r in rounds], "rps")
             conveyor = median_by([r[2] for r in rounds], "rps")
-            show("nginx direct", direct)
+            show("backend direct", direct)
             show("via haproxy", haproxy)
             show("via conveyor", conveyor)
             print(
@@ -334,7 +393,7 @@ def main() -> int:
                 f"{s:g}s (+{WARMUP:g}s warm-up) per run, median of {n} by p99"
             )
             targets = (
-                ("nginx direct", nginx_port, direct.rps / 2, PROXY_CORE),
+                ("backend direct", nginx_port, direct.rps / 2, PROXY_CORE),
                 ("via haproxy", haproxy_port, haproxy.rps / 2, LOAD_CORE),
                 ("via conveyor", conveyor_port, conveyor.rps / 2, LOAD_CORE),
                 # The same offered load as conveyor's half load: HAProxy is then at about a
@@ -342,7 +401,7 @@ def main() -> int:
                 ("via haproxy, same rate", haproxy_port, conveyor.rps / 2, LOAD_CORE),
             )
             runs: dict[str, list[Result]] = {}
-            for _ in range(n):
+            for _ in range(0 if args.skip_half_load else n):
                 for name, port, rate, core in targets:
                     runs.setdefault(name, []).append(open_loop(loadgen, port, rate, s, c, core))
                     if port != nginx_port:
@@ -351,13 +410,13 @@ def main() -> int:
                             open_loop(loadgen, nginx_port, rate, s, c, core)
                         )
             summary: dict[str, dict[str, float]] = {}
-            for name, _, rate, _ in targets:
+            for name, _, rate, _ in targets if runs else ():
                 run = median_by(runs[name], "p99")
                 show(f"{name} @ {rate:,.0f}/s", run)
                 entry = {"rate": rate, "p50_ms": run.p50 * 1e3, "p99_ms": run.p99 * 1e3}
                 if f"{name} base" in runs:
                     base = median_by(runs[f"{name} base"], "p99")
-                    show("  nginx direct, same rate", base)
+                    show("  backend direct, same rate", base)
                     added = run.p99 - base.p99
                     print(f"  p99 added: {added * 1e3:.3f} ms")
                     entry |= {"base_p99_ms": base.p99 * 1e3, "p99_added_ms": added * 1e3}
@@ -376,6 +435,10 @@ def main() -> int:
                     }
                 )
             )
+            if args.workers:
+                from bench_workers import workers_section
+
+                workers_section(tmp, nginx_port, args)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

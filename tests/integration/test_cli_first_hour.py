@@ -228,8 +228,8 @@ def test_help_lists_commands_in_order_of_use_and_names_arguments(project: Projec
     listed = re.findall(r"^  (\w+) ", proc.stdout.split("Commands:")[1], re.MULTILINE)
     order = (
         "init release releases deploy gates check approve reject status history logs rollback "
-        "promote abort stop start manifest schema render lock unlock locks audit secrets tokens access agent serve doctor db "
-        "migrate migrations demo"
+        "promote abort stop start manifest schema render lock unlock locks audit secrets tokens "
+        "access agent serve proxy doctor db migrate migrations demo"
     )
     assert listed == [*order.split(), "completion"]
     assert " deploy [OPTIONS] VERSION\n" in project.cli("deploy", "--help").stdout

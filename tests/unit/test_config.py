@@ -119,6 +119,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert (config.rollout.standby, config.rollout.drain_timeout) == (600.0, 30.0)
     assert config.proxy == ProxyConfig()
     assert config.proxy.model_dump() == {
+        "workers": "auto",
         "max_request_line": 8192,
         "max_header_size": 65536,
         "max_headers": 100,

@@ -78,6 +78,10 @@ class Agent:
         in_progress = self._in_progress()
         # Recovery ends before the socket serves: no command sees a deployment that nobody drives.
         notes = self._free_stale_locks() + await self.engine.recover()
+        # The proxy of an older conveyor, reloaded by the router as it adopted it (builtin.py).
+        reloaded = getattr(self.engine.ctx.traffic.router, "reload_note", None)
+        if reloaded:
+            notes.append(reloaded)
         orphans = self._orphans()
         if orphans:
             notes.append(

@@ -20,6 +20,7 @@ from conveyor.cli import access  # noqa: F401 - registers `conveyor tokens` and 
 from conveyor.cli import render  # noqa: F401 - registers `conveyor render`
 from conveyor.cli import migrations_lint  # noqa: F401 - registers `migrations`
 from conveyor.cli import serve  # noqa: F401 - registers `conveyor serve`
+from conveyor.cli import proxy  # noqa: F401 - registers `conveyor proxy`
 
 # isort: on
 from conveyor.cli.common import Command, app

@@ -64,6 +64,7 @@ COMMAND_ORDER = (
     "access",
     "agent",
     "serve",
+    "proxy",
     "doctor",
     "db",
     "migrate",

@@ -11,6 +11,7 @@ conveyor.config.pydantic_errors.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, get_args
@@ -712,7 +713,32 @@ class NotificationConfig(_Model):
         return self
 
 
+# `[proxy] workers`: processes accepting on the proxy's listening sockets (docs/proxy.md, Workers).
+MAX_WORKERS = 64
+AUTO_WORKERS_CAP = 8
+
+
+def _workers(value: object) -> object:
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f'workers must be "auto" or a number of processes, got {value!r}')
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"workers must be between 1 and {MAX_WORKERS} (got {value})")
+    return value
+
+
+def resolve_workers(value: int | str) -> int:
+    """`"auto"`: the cores this process may run on, at most AUTO_WORKERS_CAP; else the number."""
+    if value == "auto":
+        return max(1, min(AUTO_WORKERS_CAP, len(os.sched_getaffinity(0))))
+    return int(value)
+
+
 class ProxyConfig(_Model):
+    # One setting of the proxy process (not of a route): read when the agent starts the proxy and
+    # by `conveyor proxy reload`. Everything below travels with each route as its limits.
+    workers: Annotated[int | Literal["auto"], BeforeValidator(_workers)] = "auto"
     max_request_line: AtLeastOne = 8192
     max_header_size: AtLeastOne = 65536
     max_headers: AtLeastOne = 100

@@ -304,6 +304,7 @@ path = {health_path}
 
 [proxy]
 # Limits and timeouts of the built-in reverse proxy.
+# workers = "auto"              # processes serving requests: "auto" = usable cores, at most 8
 # max_request_line = 8192       # bytes in the request line
 # max_header_size = 65536       # bytes in all headers together
 # max_headers = 100

@@ -95,7 +95,7 @@ class Engine:
                 runtime or Runtimes(paths.logs), store, probe, project_id(paths.home), secrets
             ),
             traffic=Traffic(
-                router or make_router(configured_router(project), paths),
+                router or make_router(configured_router(project), paths, project.dir),
                 paths.home / "routes.json",
                 clock.now,
             ),

@@ -376,7 +376,12 @@ class ClientProtocol(asyncio.Protocol):
             queue.popleft()
         if self.closed:
             return
-        if not ex.keep_alive or not ex.request_done or self.state.closing:
+        # Draining for a reload (`linger`), a connection whose response promised keep-alive
+        # stays open: its next request is answered with `Connection: close`, and the drain
+        # closes it if it stays idle. Closing it here would race a request the client may
+        # already be sending on it. On shutdown it is closed at once.
+        state = self.state
+        if not ex.keep_alive or not ex.request_done or (state.closing and not state.linger):
             self.transport.close()
             return
         if queue:

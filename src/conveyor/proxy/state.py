@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 class ProxyState:
-    __slots__ = ("clients", "closing", "loop", "pool", "routes")
+    __slots__ = ("clients", "closing", "linger", "loop", "pool", "routes")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -29,3 +29,6 @@ class ProxyState:
         self.clients: set[ClientProtocol] = set()
         # Draining: answers say `Connection: close` and finished connections are not kept.
         self.closing = False
+        # Draining for a reload: keep-alive connections are closed after their next response
+        # (or once idle for a while), not at once. See Proxy.drain.
+        self.linger = False

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conveyor import __version__
 from conveyor.routers.base import (
     Backend,
     ColorCounters,
@@ -25,6 +27,8 @@ from conveyor.routers.kinds import ROUTER_FEATURES
 
 if TYPE_CHECKING:
     from conveyor.config import ResolvedEnvironment
+
+log = logging.getLogger(__name__)
 
 CALL_TIMEOUT = 5.0
 START_TIMEOUT = 10.0
@@ -40,25 +44,76 @@ class BuiltinRouter:
     name = "builtin"
     features = ROUTER_FEATURES["builtin"]
 
-    def __init__(self, home: Path, control: Path, pidfile: Path, log: Path) -> None:
+    def __init__(
+        self,
+        home: Path,
+        control: Path,
+        pidfile: Path,
+        log: Path,
+        workers: Callable[[], int | str] = lambda: "auto",
+    ) -> None:
         self.home = home
         self.pidfile = pidfile
         self.log = log
         self.client = ProxyClient(control)
+        self.workers = workers  # `[proxy] workers`, read when a proxy is started
+        # Set when ensure() found a proxy of another conveyor version and reloaded it.
+        self.reload_note: str | None = None
+        self._version_checked: set[object] = set()  # proxy pids whose version was acted on
 
     def options(self, env: ResolvedEnvironment) -> Mapping[str, Any]:
         # The proxy's limits ([proxy] in conveyor.toml, per environment) travel with each route.
         return env.proxy.model_dump()
 
     async def ensure(self) -> bool:
+        """Adopt the running proxy (True: one had to be started, without routes).
+
+        A proxy of another conveyor version (the agent was upgraded with `agent stop
+        --keep-running`) is reloaded at once: the conveyor installed now takes its sockets and
+        routes over, without refusing or dropping a connection (docs/proxy.md, "Reload").
+        """
         try:
-            await self.client.ping()
-            return False
+            ping = await self.client.ping()
         except ProxyUnavailable:
-            pass
-        # start_proxy waits (bounded) for the new process to answer: keep the loop free.
-        await asyncio.to_thread(start_proxy, self.home, self.client.path, self.pidfile, self.log)
-        return True
+            # start_proxy waits (bounded) for the new process to answer: keep the loop free.
+            await asyncio.to_thread(
+                start_proxy,
+                self.home,
+                self.client.path,
+                self.pidfile,
+                self.log,
+                workers=self.workers(),
+            )
+            return True
+        running = ping.get("version")
+        # Once per proxy process: ensure() also runs on every supervision pass, and a proxy that
+        # could not be reloaded is not tried again every few seconds.
+        if running != __version__ and ping.get("pid") not in self._version_checked:
+            self._version_checked.add(ping.get("pid"))
+            try:
+                old, new = await asyncio.to_thread(
+                    reload_proxy,
+                    self.home,
+                    self.client.path,
+                    self.pidfile,
+                    self.log,
+                    workers=self.workers(),
+                )
+            except (ProxyUnavailable, RouterError, OSError) as exc:
+                # A proxy too old to hand its sockets over: it goes on serving, adopted.
+                self.reload_note = (
+                    f"the proxy (pid {ping.get('pid')}) runs conveyor {running or '(unknown)'} and "
+                    f"could not be reloaded ({exc}): it goes on serving; `conveyor agent stop` "
+                    "and a command that starts the agent replace it"
+                )
+            else:
+                self.reload_note = (
+                    f"the proxy (pid {old}) ran conveyor {running or '(unknown)'}: reloaded it "
+                    f"with conveyor {__version__} (pid {new}), its sockets handed over, no "
+                    "connection closed"
+                )
+            log.warning("%s", self.reload_note)
+        return False
 
     async def apply(self, split: Split) -> None:
         await self.client.set_route(
@@ -158,6 +213,19 @@ class ProxyClient:
         await self.call({"op": "shutdown"})
 
 
+def configured_workers(project_dir: Path | None) -> int | str:
+    """`[proxy] workers` of the project's conveyor.toml ("auto" when it cannot be read: every
+    command reports that anyway)."""
+    if project_dir is None:
+        return "auto"
+    from conveyor.config import ConfigError, load_config
+
+    try:
+        return load_config(project_dir / "conveyor.toml").proxy.workers
+    except (ConfigError, OSError):
+        return "auto"
+
+
 def _decode(line: bytes, path: Path) -> dict[str, Any]:
     if not line:
         raise ProxyUnavailable(f"proxy control socket {path}: closed without answering")
@@ -211,6 +279,8 @@ def start_proxy(
     pidfile: Path,
     log: Path,
     python: str = sys.executable,
+    workers: int | str = "auto",
+    extra: Sequence[str] = (),
 ) -> int:
     """Start the proxy (unless one already answers on `control`) and return its pid.
 
@@ -219,10 +289,45 @@ def start_proxy(
     """
     with contextlib.suppress(ProxyUnavailable):
         return int(ping_sync(control)["pid"])
+    return _spawn(home, control, pidfile, log, python, workers, extra, None)
+
+
+def reload_proxy(
+    home: Path,
+    control: Path,
+    pidfile: Path,
+    log: Path,
+    python: str = sys.executable,
+    workers: int | str = "auto",
+    drain_timeout: float = 30.0,
+) -> tuple[int, int]:
+    """Replace the running proxy by one of the conveyor installed now, without closing a socket.
+
+    The new keeper (`--takeover`) takes the listening sockets and routes of the running one over
+    its control socket; the old workers drain (up to `drain_timeout`) and exit. Returns the old
+    and the new keeper's pids once the new one answers on `control`.
+    """
+    old = int(ping_sync(control)["pid"])
+    extra = ("--takeover", "--drain-timeout", f"{drain_timeout:g}")
+    return old, _spawn(home, control, pidfile, log, python, workers, extra, old)
+
+
+def _spawn(
+    home: Path,
+    control: Path,
+    pidfile: Path,
+    log: Path,
+    python: str,
+    workers: int | str,
+    extra: Sequence[str],
+    replacing: int | None,
+) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
+    argv = [python, "-m", "conveyor.proxy", "--control", str(control), "--pidfile", str(pidfile)]
+    argv += ["--workers", str(workers), *extra]
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [python, "-m", "conveyor.proxy", "--control", str(control), "--pidfile", str(pidfile)],
+            argv,
             cwd=home,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -233,7 +338,9 @@ def start_proxy(
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         try:
-            return int(ping_sync(control)["pid"])
+            pid = int(ping_sync(control)["pid"])
+            if pid != replacing:
+                return pid
         except ProxyUnavailable:
             pass
         code = proc.poll()

@@ -8,6 +8,7 @@ routers/kinds.py (configuration reads it without making a router).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from conveyor.paths import Paths
 from conveyor.routers.base import Router, RouterError
@@ -15,10 +16,16 @@ from conveyor.routers.base import Router, RouterError
 Factory = Callable[[Paths], Router]
 
 
-def _builtin(paths: Paths) -> Router:
-    from conveyor.routers.builtin import BuiltinRouter
+def _builtin(paths: Paths, project_dir: Path | None = None) -> Router:
+    from conveyor.routers.builtin import BuiltinRouter, configured_workers
 
-    return BuiltinRouter(paths.home, paths.proxy_socket, paths.proxy_pidfile, paths.proxy_log)
+    return BuiltinRouter(
+        paths.home,
+        paths.proxy_socket,
+        paths.proxy_pidfile,
+        paths.proxy_log,
+        workers=lambda: configured_workers(project_dir),
+    )
 
 
 def _haproxy(paths: Paths) -> Router:
@@ -47,7 +54,10 @@ FACTORIES: dict[str, Factory] = {
 }
 
 
-def make_router(kind: str, paths: Paths) -> Router:
+def make_router(kind: str, paths: Paths, project_dir: Path | None = None) -> Router:
+    """`project_dir`: where conveyor.toml is, for the built-in proxy's `[proxy] workers`."""
+    if kind == "builtin":
+        return _builtin(paths, project_dir)
     factory = FACTORIES.get(kind)
     if factory is None:
         raise RouterError(f"unknown router {kind!r} (known: {', '.join(sorted(FACTORIES))})")

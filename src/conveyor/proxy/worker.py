@@ -1,0 +1,117 @@
+"""A worker process: the data path of the proxy, serving on the keeper's listening sockets.
+
+`python -m conveyor.proxy --worker FD`: FD is this worker's end of a socketpair with the keeper
+(keeper.py). Everything comes over it: the route table with the listening sockets (SCM_RIGHTS),
+route changes, requests for counters, and the order to drain. The worker never binds a port nor
+opens the control socket. When the keeper goes away (its end closes) the worker drains and exits:
+a worker must never hold a listening socket that no keeper owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from conveyor.proxy.channel import Channel, ChannelClosed
+from conveyor.proxy.server import Proxy
+
+# How long in-flight requests may take when the keeper vanished or on SIGTERM.
+DRAIN_TIMEOUT = 5.0
+
+
+class Worker:
+    def __init__(self, proxy: Proxy, stop: asyncio.Event) -> None:
+        self.proxy = proxy
+        self.stop = stop
+        self.started_at = time.time()
+        self.drain_timeout = DRAIN_TIMEOUT
+        self.grace = 0.0
+
+    def handle_now(self, msg: dict[str, Any], socks: list[socket.socket]) -> dict[str, Any] | None:
+        """What can be answered without waiting: a switch (the listen address stays), the
+        counters. None: `handle` does it."""
+        op = msg.get("op")
+        if op == "set_route" and not socks:
+            r = msg["route"]
+            done = self.proxy.set_route_now(
+                r["name"],
+                r["listen"],
+                r["backends"],
+                r.get("limits"),
+                r.get("sticky"),
+                r.get("fallback") or None,
+            )
+            return {"ok": True} if done else None
+        if op == "stats":
+            return self.stats()
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        proxy = self.proxy
+        return {
+            "ok": True,
+            "routes": proxy.stats_json(),
+            "connections": len(proxy.state.clients),
+            "requests": proxy.requests(),
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+        }
+
+    async def handle(self, msg: dict[str, Any], socks: list[socket.socket]) -> dict[str, Any]:
+        op = msg.get("op")
+        proxy = self.proxy
+        if op == "set_route":
+            r = msg["route"]
+            await proxy.set_route(
+                r["name"],
+                r["listen"],
+                r["backends"],
+                r.get("limits"),
+                r.get("sticky"),
+                r.get("fallback") or None,
+                socks,
+            )
+            return {"ok": True}
+        if op == "remove_route":
+            await proxy.remove_route(str(msg["name"]))
+            return {"ok": True}
+        if op == "stats":
+            return self.stats()
+        if op == "drain":
+            self.drain_timeout = float(msg.get("timeout", DRAIN_TIMEOUT))
+            self.grace = float(msg.get("grace", 0.0))
+            self.stop.set()
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+
+async def serve(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    proxy = Proxy(loop)
+    stop = asyncio.Event()
+    worker = Worker(proxy, stop)
+    channel = Channel(socket.socket(fileno=fd), worker.handle, stop.set)
+    channel.sync_handler = worker.handle_now
+    # The keeper handles the signals of the process group (a terminal's Ctrl-C, a hang-up);
+    # SIGTERM sent to this worker alone drains it like the keeper's order.
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    gc.freeze()  # see __main__.serve
+    await stop.wait()
+    await proxy.drain(worker.drain_timeout, worker.grace)
+    # The last counters (what the drain served too) go to the keeper, which closes the channel
+    # once it has them; a keeper that is gone gets nothing, and nothing waits for it.
+    if not channel.closed:
+        final = asyncio.Event()
+        channel.on_close = final.set
+        with contextlib.suppress(ChannelClosed, TimeoutError):
+            await channel.send({"op": "drained", "stats": worker.stats()})
+            await asyncio.wait_for(final.wait(), 2.0)
+    channel.close()
