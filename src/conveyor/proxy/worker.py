@@ -19,6 +19,8 @@ import time
 from typing import Any
 
 from conveyor.proxy.channel import Channel, ChannelClosed
+from conveyor.proxy.control import log
+from conveyor.proxy.model import ConfigurationError
 from conveyor.proxy.server import Proxy
 from conveyor.proxy.table import SharedTable
 
@@ -52,14 +54,20 @@ class Worker:
             old = proxy.state.routes.get(name)
             if old is None or old.listen != tuple(doc["listen"]):
                 continue  # a new listener comes over the channel, with its socket
-            if not proxy.set_route_now(
-                name,
-                doc["listen"],
-                doc["backends"],
-                doc.get("limits"),
-                doc.get("sticky"),
-                doc.get("fallback") or None,
-            ):
+            try:
+                done = proxy.set_route_now(
+                    name,
+                    doc["listen"],
+                    doc["backends"],
+                    doc.get("limits"),
+                    doc.get("sticky"),
+                    doc.get("fallback") or None,
+                )
+            except (ConfigurationError, KeyError, TypeError) as exc:
+                # The keeper checked it: not expected. Never let it fail the request at hand.
+                log(f"route {name} from shared memory not applied: {exc!r}")
+                done = True
+            if not done:
                 return  # a change is under way here: again at the next dispatch
             self.docs[name] = doc
         proxy.state.shared_seen = seq
