@@ -7,9 +7,10 @@ in the other workers, so the kernel goes on queueing (and the others accepting) 
 nothing is refused, and only the requests in flight on the dead worker are lost. The keeper
 starts a new worker at once; it gets the table before it accepts anything.
 
-Route changes come on the control socket (the same protocol as the one-process proxy), are
-checked here, bound here when the address is new, and sent to every worker; the answer goes back
-when all of them have it. Counters are the sum of the workers' (asked when needed), plus what
+Route changes come on the control socket (the same protocol as the one-process proxy) and are
+checked here. A switch (the route keeps its address) is written to the table in shared memory
+(table.py), which every worker reads at its next dispatch: done once written. A new route or
+address (bound here) and a removal are sent to every worker, and answered when all have them. Counters are the sum of the workers' (asked when needed), plus what
 workers that ended had counted (`retired`).
 
 A reload hands the sockets to a new keeper: handover.py.
