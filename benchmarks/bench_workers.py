@@ -3,7 +3,8 @@
 * conveyor with N workers beside HAProxy with `nbthread N`, nothing pinned (both proxies, nginx
   and wrk share the machine's cores), wrk with N threads: req/s and CPU per request.
 * Route switch latency: `set_route` round trips (the agent's call: a new control connection,
-  the keeper, every worker's acknowledgement) while wrk loads the proxy; p50 and p99.
+  the keeper, which writes the table to shared memory) while wrk loads the proxy and idle, beside
+  `ping` (the keeper alone); p50 and p99.
 * `kill -9` of one worker under wrk load: wrk's connect errors (refused) and read/write errors
   (requests in flight on the killed worker).
 * `--reloads` reloads in a row (`reload_proxy`, the code of `conveyor proxy reload`) under 64
@@ -175,7 +176,7 @@ def workers_section(tmp: Path, nginx_port: int, args: argparse.Namespace) -> Non
             iping50, iping99 = ping_latency(control, 300)
             set_conveyor_route(control, cv_port, nginx_port)
             print(
-                f"route switch (set_route answered once all {n} workers have it), 300 calls: "
+                f"route switch with {n} workers (set_route: the keeper writes shared memory), 300 calls: "
                 f"under load p50 {p50 * 1e3:.2f} ms p99 {p99 * 1e3:.2f} ms; "
                 f"idle p50 {idle50 * 1e3:.2f} ms p99 {idle99 * 1e3:.2f} ms\n"
                 f"  ping (the keeper alone): under load p50 {ping50 * 1e3:.2f} ms p99 "

@@ -189,19 +189,12 @@ def database(kind: str, root: Path) -> Iterator[str]:
 # --- the server ------------------------------------------------------------------------------
 
 
-GC_FREEZE = (
-    "import gc, sys; import conveyor.api.app, conveyor.cli.main as cli; "
-    "gc.collect(); gc.freeze(); sys.argv = ['conveyor', *sys.argv[1:]]; cli.main()"
-)
-
-
 class Server:
     """`conveyor serve` on a free loopback port, for the scratch project."""
 
-    def __init__(self, root: Path, env: dict[str, str], gc_freeze: bool = False) -> None:
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
         self.root = root
         self.env = env
-        self.gc_freeze = gc_freeze
         self.port = free_port("127.0.0.1")
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -226,14 +219,8 @@ class Server:
 
     def start(self) -> None:
         with self.log.open("wb") as log:
-            serve = ["serve", "--port", str(self.port)]
-            command = [sys.executable, "-m", "conveyor", *serve]
-            if self.gc_freeze:
-                # The same command, after moving the start-up heap (modules, classes: about 140,000
-                # objects) out of the collector's reach: what `gc.freeze()` in the server would do.
-                command = [sys.executable, "-c", GC_FREEZE, *serve]
             self.proc = subprocess.Popen(
-                command,
+                [sys.executable, "-m", "conveyor", "serve", "--port", str(self.port)],
                 env=self.env,
                 cwd=self.root,
                 stdout=log,
@@ -383,12 +370,11 @@ def run_one(kind: str, args: argparse.Namespace, console: Console) -> list[Row]:
         (root / "conveyor.toml").write_text(config_text(args.services))
         (root / ".conveyor").mkdir()
         with database(kind, root) as url:
-            frozen = " (server heap frozen: --gc-freeze)" if args.gc_freeze else ""
-            console.print(f"[bold]{kind}[/bold]: {url.split('@')[-1]}{frozen}")
+            console.print(f"[bold]{kind}[/bold]: {url.split('@')[-1]}")
             env = {**os.environ, "CONVEYOR_PROJECT": str(root), "CONVEYOR_DATABASE_URL": url}
             env.pop("CONVEYOR_HOME", None)
             store = Store.open(url)
-            server = Server(root, env, args.gc_freeze)
+            server = Server(root, env)
             try:
                 fill(store, args.services, args.deployments, console)
                 token = server.admin_token()
@@ -437,12 +423,6 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--events", type=int, default=20)
-    parser.add_argument(
-        "--gc-freeze",
-        action="store_true",
-        help="run the server with its start-up heap frozen (gc.freeze()): the proposed fix for "
-        "the overview page's p99 (full collections walking every module's objects)",
-    )
     args = parser.parse_args()
     if min(args.services, args.deployments, args.requests, args.clients, args.events) < 1:
         parser.error("every count must be at least 1")

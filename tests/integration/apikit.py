@@ -28,6 +28,7 @@ from conveyor.store.db import Store, database_url
 class Served:
     url: str
     proc: subprocess.Popen[str]
+    lines: queue.Queue[str]  # what it printed after the URL
     verify: Any = True
 
     def client(self, token: str | None = None, **kw: Any) -> httpx.Client:
@@ -100,7 +101,7 @@ def serve(project: Project, *args: str) -> Iterator[Served]:
         raise AssertionError(f"conveyor serve printed nothing: {proc.stderr.read()}") from None  # type: ignore[union-attr]
     assert " on http" in first, (first, proc.stderr.read() if proc.poll() is not None else "")  # type: ignore[union-attr]
     url = first.split(" on ", 1)[1].split(" ", 1)[0]
-    served = Served(url, proc)
+    served = Served(url, proc, lines)
     try:
         yield served
     finally:

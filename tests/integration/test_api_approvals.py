@@ -32,7 +32,9 @@ def test_waiting_deploy_self_approval_refused_then_approved(project: Project) ->
     _, vic_tok = token(project, "vic", "viewer")
     with serve(project) as served:
         dan, amy = served.client(dan_tok), served.client(amy_tok)
-        r = dan.post("/api/v1/environments/production/deployments", json={"version": "v1"})
+        key = {"Idempotency-Key": "ci-prod-v1"}
+        url = "/api/v1/environments/production/deployments"
+        r = dan.post(url, json={"version": "v1"}, headers=key)
         assert r.status_code == 202, r.text
         waiting = r.json()
         assert waiting["status"] == "waiting_for_approval" and waiting["deployment_id"] is None
@@ -67,7 +69,8 @@ def test_waiting_deploy_self_approval_refused_then_approved(project: Project) ->
         assert got[-1]["data"]["actor"] == "amy" and got[-1]["data"]["version"] == "v1"
         stream.close()
 
-        r = dan.post("/api/v1/environments/production/deployments", json={"version": "v1"})
+        # The same job retried with the same key: now it starts (a wait is not remembered).
+        r = dan.post(url, json={"version": "v1"}, headers=key)
         assert r.status_code == 202 and r.json()["status"] == "started", r.text
         dep = r.json()["deployment_id"]
         wait_for(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import signal
 import ssl
 from pathlib import Path
 
@@ -74,3 +75,12 @@ def test_https_with_a_self_signed_certificate(project: Project) -> None:
         browser = served.client(follow_redirects=False)
         r = browser.post("/login", data={"token": admin_tok})
         assert r.status_code == 303 and "secure" in r.headers["set-cookie"].lower()
+
+
+def test_ctrl_c_stops_it_cleanly(project: Project) -> None:
+    project.configure()
+    with serve(project) as served:
+        assert served.client().get("/api/v1/openapi.json").status_code == 200
+        served.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert served.proc.wait(timeout=30) == 0
+        assert "conveyor serve stopped" in served.lines.get(timeout=10)

@@ -429,3 +429,36 @@ async def _both_served(proxy: Running, port: int) -> bool:
         finally:
             w.close()
     return all(w["requests"] > 0 for w in (await status(proxy))["workers"])
+
+
+def test_a_switch_does_not_wait_for_a_worker_that_is_not_running(tmp_path: Path) -> None:
+    """A switch goes through shared memory (table.py): done when the keeper wrote it, even with
+    a worker stopped (SIGSTOP: as a worker the scheduler keeps off the core); that worker's next
+    request, once it runs again, goes to the new colour."""
+    with running_proxy(tmp_path, 2) as proxy:
+
+        async def scenario() -> None:
+            async with upstreams(("blue", named("blue")), ("green", named("green"))) as (
+                blue,
+                green,
+            ):
+                port = await free_port()
+                client = proxy.client
+                await client.set_route(
+                    "dev/web", (LOCAL, port), [Backend("blue", LOCAL, blue.port)]
+                )
+                assert set(await _spread(proxy, port)) == {b"blue"}
+                stopped = (await status(proxy))["workers"][1]["pid"]
+                os.kill(stopped, signal.SIGSTOP)
+                try:
+                    began = asyncio.get_running_loop().time()
+                    await client.set_route(
+                        "dev/web", (LOCAL, port), [Backend("green", LOCAL, green.port)]
+                    )
+                    assert asyncio.get_running_loop().time() - began < 1.0
+                finally:
+                    os.kill(stopped, signal.SIGCONT)
+                before = [w["requests"] for w in (await status(proxy))["workers"]]
+                assert set(await _spread_from(proxy, port, "", before)) == {b"green"}
+
+        run(scenario(), timeout=60)

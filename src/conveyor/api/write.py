@@ -183,7 +183,9 @@ def _launch(
     result = started.result
     if result is None:
         raise ApiError(
-            504, f"the agent did not name the deployment within {srv.settings.start_timeout:g}s"
+            504,
+            f"the agent did not name the deployment within {srv.settings.start_timeout:g}s; "
+            f"it may still start: see GET /api/v1/environments/{env}/deployments",
         )
     if _only_approvals(result):
         req = waiting_requests.add(
@@ -280,7 +282,9 @@ def deploy(
         status, answer = _launch(
             request, cfg, principal, decision, env, body.version, body.force, body.reason
         )
-        if status == 202:  # remembered once accepted; a refusal may be retried with the key
+        if answer.get("status") == "started":
+            # Remembered once a deployment started: a refusal, or a deploy waiting for
+            # approval, may be sent again with the same key (and then start).
             stored.put_idempotent(
                 store,
                 stored.IdempotencyRecord(

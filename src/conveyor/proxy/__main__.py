@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     # Tests: look like another conveyor version (the agent reloads such a proxy).
     parser.add_argument("--report-version", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--table", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         import uvloop
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker is not None:
         from conveyor.proxy.worker import serve as serve_worker
 
-        runner(serve_worker(args.worker))
+        runner(serve_worker(args.worker, args.table))
         return 0
     if args.control is None or args.pidfile is None:
         parser.error("--control and --pidfile are required")

@@ -129,6 +129,9 @@ class Exchange:
         """Pick a backend from the route table as it is now and send the request."""
         state = self.state
         self.started = perf_counter()
+        shared = state.shared
+        if shared is not None and shared[0] != state.shared_seen:
+            state.refresh()  # the keeper wrote a newer table (a switch): apply it first
         route = state.routes.get(self.client.name)
         if route is None:
             self.local_response(503)
@@ -195,6 +198,9 @@ class Exchange:
         backend = first
         while not self.finished:
             if backend is None:
+                shared = state.shared
+                if shared is not None and shared[0] != state.shared_seen:
+                    state.refresh()
                 route = state.routes.get(self.client.name)
                 if route is None:
                     self.local_response(503)

@@ -7,9 +7,10 @@ in the other workers, so the kernel goes on queueing (and the others accepting) 
 nothing is refused, and only the requests in flight on the dead worker are lost. The keeper
 starts a new worker at once; it gets the table before it accepts anything.
 
-Route changes come on the control socket (the same protocol as the one-process proxy), are
-checked here, bound here when the address is new, and sent to every worker; the answer goes back
-when all of them have it. Counters are the sum of the workers' (asked when needed), plus what
+Route changes come on the control socket (the same protocol as the one-process proxy) and are
+checked here. A switch (the route keeps its address) is written to the table in shared memory
+(table.py), which every worker reads at its next dispatch: done once written. A new route or
+address (bound here) and a removal are sent to every worker, and answered when all have them. Counters are the sum of the workers' (asked when needed), plus what
 workers that ended had counted (`retired`).
 
 A reload hands the sockets to a new keeper: handover.py.
@@ -41,6 +42,7 @@ from conveyor.proxy.model import (
     parse_sticky,
 )
 from conveyor.proxy.server import BindError, bind_message
+from conveyor.proxy.table import SharedTable
 
 CALL_TIMEOUT = 5.0
 POLL_INTERVAL = 1.0  # counters of each worker, kept in case it dies
@@ -76,6 +78,7 @@ class Keeper:
         self.retired: dict[str, Any] = {}  # counters of workers that ended
         self.closing = False
         self.lock = asyncio.Lock()
+        self.table = SharedTable.create()  # the routes every worker reads at dispatch
         self._tasks: set[asyncio.Task[Any]] = set()
         self._poller = self._spawn_task(self._poll())
 
@@ -89,13 +92,15 @@ class Keeper:
 
     async def start_workers(self) -> None:
         await asyncio.gather(*(self._start(slot) for slot in range(self.nworkers)))
+        self.table.publish(self.routes)  # a reload's table: the workers have it already
 
     async def _start(self, slot: int) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            argv = ["--worker", str(child.fileno()), "--table", str(self.table.fd)]
             proc = subprocess.Popen(
-                [sys.executable, "-m", "conveyor.proxy", "--worker", str(child.fileno())],
-                pass_fds=[child.fileno()],
+                [sys.executable, "-m", "conveyor.proxy", *argv],
+                pass_fds=[child.fileno(), self.table.fd],
                 stdin=subprocess.DEVNULL,
             )
         finally:
@@ -229,6 +234,12 @@ class Keeper:
         doc = {"name": name, **route.to_json()}
         async with self.lock:
             old = self.routes.get(name)
+            if old is not None and tuple(old["listen"]) == address:
+                # A switch: written to shared memory, every worker's next dispatch has it.
+                previous, self.routes[name] = old, doc
+                if self.table.publish(self.routes):
+                    return
+                self.routes[name] = previous  # too big for shared memory: over the channels
             socks: list[socket.socket] = []
             if old is None or tuple(old["listen"]) != address:
                 socks = self._bind(address)
@@ -238,6 +249,7 @@ class Keeper:
                 _close(socks)
                 raise ConfigurationError(str(exc)) from exc
             self.routes[name] = doc
+            self.table.publish(self.routes)
             if socks:
                 _close(self.listeners.get(name, []))
                 self.listeners[name] = socks
@@ -275,6 +287,7 @@ class Keeper:
         async with self.lock:
             await self._everyone({"op": "remove_route", "name": name})
             self.routes.pop(name, None)
+            self.table.publish(self.routes)
             self.retired.pop(name, None)
             _close(self.listeners.pop(name, []))
 

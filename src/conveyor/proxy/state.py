@@ -8,6 +8,7 @@ A protocol can then be driven by a test with a `ProxyState` and no `Proxy`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from conveyor.proxy.model import Route
@@ -18,7 +19,17 @@ if TYPE_CHECKING:
 
 
 class ProxyState:
-    __slots__ = ("clients", "closing", "linger", "loop", "pool", "routes")
+    __slots__ = (
+        "clients",
+        "closing",
+        "linger",
+        "loop",
+        "pool",
+        "refresh",
+        "routes",
+        "shared",
+        "shared_seen",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -32,3 +43,12 @@ class ProxyState:
         # Draining for a reload: keep-alive connections are closed after their next response
         # (or once idle for a while), not at once. See Proxy.drain.
         self.linger = False
+        # A worker: the sequence number of the keeper's table in shared memory (table.py; None
+        # in the one-process proxy), the one applied, and how to apply a newer one.
+        self.shared: memoryview | None = None
+        self.shared_seen = 0
+        self.refresh: Callable[[], None] = _nothing
+
+
+def _nothing() -> None:
+    pass
