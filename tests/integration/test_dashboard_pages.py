@@ -75,6 +75,18 @@ def test_without_credentials_every_page_sends_to_the_login_page(site: Any) -> No
     assert 'name="next" value="/"' in login.text  # no open redirect
     assert "token expired" in login.text
     assert 'action="/login"' in login.text
+    # Logging in goes on to the page asked for, never off this server.
+    _, client, tokens = site
+    for target, lands in (
+        ("/approvals", "/approvals"),
+        ("//evil.example/", "/"),
+        ("https://x/", "/"),
+    ):
+        resp = client.post(
+            "/login", data={"token": tokens["viewer"], "next": target}, follow_redirects=False
+        )
+        assert (resp.status_code, resp.headers["location"]) == (303, lands), target
+        client.cookies.clear()
 
 
 def test_buttons_follow_the_role(site: Any) -> None:

@@ -205,10 +205,20 @@ async def login(request: Request) -> Response:
 
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     token = (form.get("token") or [""])[0].strip()
-    return await run_in_threadpool(_login, request, token)
+    return await run_in_threadpool(_login, request, token, same_site((form.get("next") or [""])[0]))
 
 
-def _login(request: Request, token: str) -> Response:
+def same_site(target: str) -> str:
+    """`target` when it is a path on this server, else "/": a `next` pointing elsewhere
+    (`//evil.example`, `https://...`, `/\\evil`) would make the login an open redirect."""
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    if any(ord(ch) < 32 for ch in target):
+        return "/"
+    return target
+
+
+def _login(request: Request, token: str, target: str = "/") -> Response:
     srv = server(request)
     try:
         principal = authenticate(
@@ -217,9 +227,11 @@ def _login(request: Request, token: str) -> Response:
     except Unauthenticated as exc:
         with contextlib.suppress(ApiError):  # audited; the browser goes back to the form
             refuse(request, 401, "login", None, "/login", str(exc), None, token)
-        return RedirectResponse(f"/login?error={quote(str(exc))}", status_code=303)
+        return RedirectResponse(
+            f"/login?error={quote(str(exc))}&next={quote(target)}", status_code=303
+        )
     _audit_ok(request, principal, "login")
-    response = RedirectResponse("/", status_code=303)
+    response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
         token,

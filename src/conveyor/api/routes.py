@@ -238,9 +238,13 @@ async def events(
     request: Request,
     environment: str | None = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id_query: Annotated[str | None, Query(alias="last_event_id")] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: deployment, step, traffic, analysis and approval events of the
-    environments the credentials may read; `Last-Event-ID` replays what was missed."""
+    environments the credentials may read; `Last-Event-ID` replays what was missed (or the
+    `last_event_id` query parameter: a browser's new EventSource cannot set the header; the
+    header wins when both are given, as an EventSource's own reconnection sends it)."""
+    last_event_id = last_event_id or last_event_id_query
     from starlette.concurrency import run_in_threadpool
 
     principal = await run_in_threadpool(principal_from_request, request)

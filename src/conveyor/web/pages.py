@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
+from conveyor.api.auth import same_site
 from conveyor.config import ConfigError
 from conveyor.core.access import ACTIONS, Principal, Role, decide, permissions
 from conveyor.web import reads
@@ -72,9 +73,7 @@ def _broken_config(request: Request, who: Principal, exc: Exception) -> Response
 
 @router.get("/login")
 def login_page(request: Request, next: str = "/", error: str = "") -> Response:
-    # Only a path on this server: a `next` pointing elsewhere would make the login an open
-    # redirect.
-    safe = next if next.startswith("/") and not next.startswith("//") else "/"
+    safe = same_site(next)  # a path on this server only: no open redirect
     ctx = {
         **_base(request, None, live=False),
         "next": safe,
