@@ -178,7 +178,9 @@ def test_agent_reloads_a_proxy_of_another_version_and_the_cli_shows_it(project: 
     wait_for(lambda: getter.ok >= served + 20, what="traffic after the reload")
 
     # And by hand: `conveyor proxy reload`.
-    code, done = project.json("proxy", "reload", "--drain-timeout", "5")
+    bad = project.cli("proxy", "reload", "--drain-timeout", "soon")
+    assert bad.returncode == 2 and "--drain-timeout: " in bad.stderr, bad.stderr
+    code, done = project.json("proxy", "reload", "--drain-timeout", "5s")
     assert code == 0, done
     assert done["old"]["pid"] == st["pid"] and done["new"]["pid"] != st["pid"]
     assert done["new"]["version"] == __version__

@@ -7,9 +7,11 @@ conveyor.api.tokens.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -40,8 +42,24 @@ router = APIRouter()
 # before the first one shows in the database.
 _pending: set[str] = set()
 _pending_lock = threading.Lock()
-# Idempotency keys being answered now: the same key twice at once waits for the first.
-_keys: dict[tuple[str, str], threading.Lock] = {}
+# Idempotency keys being answered now: the same key twice at once waits for the first. An
+# entry (its lock, and how many requests hold or wait for it) goes when the last one is done.
+_keys: dict[tuple[str, str], tuple[threading.Lock, list[int]]] = {}
+
+
+@contextlib.contextmanager
+def _one_at_a_time(key: tuple[str, str]) -> Iterator[None]:
+    with _pending_lock:
+        lock, users = _keys.setdefault(key, (threading.Lock(), [0]))
+        users[0] += 1
+    try:
+        with lock:
+            yield
+    finally:
+        with _pending_lock:
+            users[0] -= 1
+            if users[0] == 0:
+                del _keys[key]
 
 
 @dataclass(frozen=True)
@@ -267,9 +285,7 @@ def deploy(
         return JSONResponse(answer, status_code=status)
     store = server(request).store
     digest = _request_hash(request, body.model_dump())
-    with _pending_lock:
-        lock = _keys.setdefault((principal.subject, idempotency_key), threading.Lock())
-    with lock:
+    with _one_at_a_time((principal.subject, idempotency_key)):
         seen = stored.get_idempotent(store, principal.subject, idempotency_key)
         if seen is not None:
             if seen.request_hash != digest:

@@ -83,11 +83,10 @@ def proxy_status(json_out: JsonOpt = False) -> None:
 @proxy_app.command("reload")
 def proxy_reload(
     drain_timeout: Annotated[
-        float | None,
+        str | None,
         typer.Option(
             "--drain-timeout",
-            min=0.0,
-            help="Seconds the old workers may take to finish their requests "
+            help="How long the old workers may take to finish their requests, e.g. 30s "
             "(default: [rollout] drain_timeout).",
             show_default=False,
         ),
@@ -102,12 +101,19 @@ def proxy_reload(
 
         pip install -U conveyor-deploy && conveyor proxy reload
     """
+    from conveyor.core.durations import parse_duration
     from conveyor.routers.base import ProxyUnavailable
     from conveyor.routers.builtin import reload_proxy
 
+    given: float | None = None
+    if drain_timeout is not None:
+        try:
+            given = parse_duration(drain_timeout)
+        except ValueError as exc:
+            fail(f"--drain-timeout: {exc}")
     proj = project()
     cfg = proj.config()
-    timeout = cfg.rollout.drain_timeout if drain_timeout is None else drain_timeout
+    timeout = cfg.rollout.drain_timeout if given is None else given
     paths = proj.paths
     before = _status(paths.proxy_socket)
     if before is None:
