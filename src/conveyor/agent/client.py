@@ -129,7 +129,13 @@ class AgentClient:
             return False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.paths.agent_socket.exists() and self.ping() is None:
+            # Gone means the process ended (its lock released), not only its socket: until then
+            # a supervision pass may still act (say, reload a proxy just replaced by hand).
+            if (
+                not self.paths.agent_socket.exists()
+                and self.ping() is None
+                and not self._lock_held()
+            ):
                 return True
             time.sleep(0.05)
         raise AgentUnavailable(f"the agent did not stop within {timeout:g}s")

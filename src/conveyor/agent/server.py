@@ -118,6 +118,9 @@ class Agent:
         )
         await self._stop.wait()
         supervisor.cancel()
+        # Its pass ends here, not later: with --keep-running nothing may act on the proxy or
+        # the services once the stop is answered (an upgrade replaces them next).
+        await asyncio.gather(supervisor, return_exceptions=True)
         if self._backup_task is not None:
             await asyncio.gather(self._backup_task, return_exceptions=True)
         server.close()
