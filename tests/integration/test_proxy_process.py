@@ -11,36 +11,28 @@ import signal
 import socket
 import stat
 import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from test_proxy_support import (
     LOCAL,
     Request,
+    Running,
     connect,
     free_port,
     get,
+    named,
     read_response,
     reply,
     run,
     upstreams,
     wait_for,
+    wait_gone,
 )
 
 from conveyor.routers.base import Backend, ProxyUnavailable, RouterError
 from conveyor.routers.builtin import ProxyClient, ping_sync, read_pid, start_proxy
-
-
-@dataclass
-class Running:
-    home: Path
-    control: Path
-    pidfile: Path
-    log: Path
-    pid: int
 
 
 @pytest.fixture
@@ -53,31 +45,8 @@ def proxy_proc() -> Iterator[Running]:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        _wait_gone(pid)
+        wait_gone(pid)
         shutil.rmtree(home, ignore_errors=True)
-
-
-def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        # Not our child (new session, started via Popen in start_proxy): reap if it is.
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.01)
-    return False
-
-
-def _named(name: str):  # type: ignore[no-untyped-def]
-    async def handler(
-        req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        reply(writer, 200, name.encode())
-
-    return handler
 
 
 def test_start_ping_pidfile_and_socket_mode(proxy_proc: Running) -> None:
@@ -96,7 +65,7 @@ def test_start_ping_pidfile_and_socket_mode(proxy_proc: Running) -> None:
 def test_control_protocol_round_trip(proxy_proc: Running) -> None:
     async def scenario() -> None:
         client = ProxyClient(proxy_proc.control)
-        async with upstreams(("blue", _named("blue"))) as (blue,):
+        async with upstreams(("blue", named("blue"))) as (blue,):
             port = await free_port()
             await client.set_route(
                 "dev/web",
@@ -159,7 +128,7 @@ def test_control_protocol_round_trip(proxy_proc: Running) -> None:
 def test_zero_downtime_under_swaps(proxy_proc: Running) -> None:
     async def scenario() -> None:
         client = ProxyClient(proxy_proc.control)
-        async with upstreams(("blue", _named("blue")), ("green", _named("green"))) as (
+        async with upstreams(("blue", named("blue")), ("green", named("green"))) as (
             blue,
             green,
         ):
@@ -234,7 +203,7 @@ def test_sigterm_drains_inflight_then_exits(proxy_proc: Running) -> None:
             w.close()
 
     run(scenario())
-    assert _wait_gone(proxy_proc.pid)
+    assert wait_gone(proxy_proc.pid)
     assert not proxy_proc.pidfile.exists()
     assert read_pid(proxy_proc.pidfile) is None
 
@@ -248,13 +217,13 @@ def test_shutdown_op_and_unavailable_afterwards(proxy_proc: Running) -> None:
             await client.ping()
 
     run(scenario())
-    assert _wait_gone(proxy_proc.pid)
+    assert wait_gone(proxy_proc.pid)
 
 
 def test_keeps_serving_when_control_client_vanishes(proxy_proc: Running) -> None:
     async def scenario() -> None:
         client = ProxyClient(proxy_proc.control)
-        async with upstreams(("blue", _named("blue"))) as (blue,):
+        async with upstreams(("blue", named("blue"))) as (blue,):
             port = await free_port()
             await client.set_route("dev/web", (LOCAL, port), [Backend("blue", LOCAL, blue.port)])
             # A control client that dies mid-request, and one that sends garbage.

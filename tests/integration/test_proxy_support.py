@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvloop
 
 from conveyor.proxy.server import Proxy
+from conveyor.routers.builtin import ProxyClient
 from conveyor.runtimes.local import free_port as runtime_free_port
 
 LOCAL = "127.0.0.1"
@@ -268,3 +272,42 @@ async def raw_exchange(port: int, data: bytes) -> tuple[Response, bool]:
         return resp, closed
     finally:
         writer.close()
+
+
+@dataclass
+class Running:
+    """A proxy process started by `start_proxy` for a test: its files and its (first) pid."""
+
+    home: Path
+    control: Path
+    pidfile: Path
+    log: Path
+    pid: int
+
+    @property
+    def client(self) -> ProxyClient:
+        return ProxyClient(self.control)
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether process `pid` ended within `timeout` (reaped when it is our child)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # Not our child (new session, started via Popen in start_proxy): reap if it is.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.01)
+    return False
+
+
+def named(name: str) -> Callable[[Request, Any, asyncio.StreamWriter], Awaitable[None]]:
+    """An upstream handler answering 200 with its own name."""
+
+    async def handler(req: Request, reader: Any, writer: asyncio.StreamWriter) -> None:
+        reply(writer, 200, name.encode())
+
+    return handler

@@ -19,31 +19,19 @@ from typing import Any
 import pytest
 from test_proxy_support import (
     LOCAL,
-    Request,
+    Running,
     connect,
     free_port,
     get,
-    reply,
+    named,
     run,
     upstreams,
     wait_for,
+    wait_gone,
 )
 
 from conveyor.routers.base import Backend
-from conveyor.routers.builtin import ProxyClient, read_pid, start_proxy
-
-
-@dataclass
-class Running:
-    home: Path
-    control: Path
-    pidfile: Path
-    log: Path
-    pid: int
-
-    @property
-    def client(self) -> ProxyClient:
-        return ProxyClient(self.control)
+from conveyor.routers.builtin import read_pid, start_proxy
 
 
 @contextlib.contextmanager
@@ -61,29 +49,9 @@ def running_proxy(home: Path, workers: int | str) -> Iterator[Running]:
 
 
 def _wait_gone(pid: int, timeout: float = 15.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.02)
-    os.kill(pid, signal.SIGKILL)
-
-
-async def _named(req: Request, reader: Any, writer: asyncio.StreamWriter, name: str) -> None:
-    reply(writer, 200, name.encode())
-
-
-def named(name: str) -> Any:
-    async def handler(req: Request, reader: Any, writer: asyncio.StreamWriter) -> None:
-        await _named(req, reader, writer, name)
-
-    return handler
+    """Wait for `pid` to end; SIGKILL it when it has not within `timeout`."""
+    if not wait_gone(pid, timeout):
+        os.kill(pid, signal.SIGKILL)
 
 
 async def status(proxy: Running) -> dict[str, Any]:
