@@ -28,3 +28,18 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
     for task in every:
         if not task.cancelled():
             task.exception()  # retrieved: no "exception was never retrieved" at exit
+
+
+async def wind_down(timeout: float) -> list[asyncio.Task[Any]]:
+    """Cancel every other task of the running loop (again and again, as above) for at most
+    `timeout` seconds; return those still running then, for the caller to name and abandon."""
+    me = asyncio.current_task()
+    pending = {t for t in asyncio.all_tasks() if t is not me and not t.done()}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while pending and loop.time() < deadline:
+        for task in pending:
+            task.cancel()
+        wait = min(RECANCEL_EVERY, max(0.0, deadline - loop.time()))
+        _, pending = await asyncio.wait(pending, timeout=wait)
+    return sorted(pending, key=lambda t: t.get_name())

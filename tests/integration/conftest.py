@@ -219,7 +219,7 @@ class Project:
             return None
 
     def cleanup(self) -> None:
-        self.cli("agent", "stop", "--yes", timeout=60)
+        self.cli("agent", "stop", "--yes", timeout=90)  # above its own 60 s bound
         # Belt and braces: whatever survived a failed test must not leak into the next one. Only
         # processes that are provably ours are killed: pids are reused quickly on this machine.
         groups: list[int] = []

@@ -23,6 +23,7 @@ from conveyor import __version__, identity, markers
 from conveyor.agent import backups, runs
 from conveyor.agent.client import START_ERROR
 from conveyor.agent.metrics import AdminServer
+from conveyor.aio import cancel_and_wait, wind_down
 from conveyor.doctor import check
 from conveyor.engine.engine import Engine
 from conveyor.engine.errors import EngineError
@@ -42,6 +43,8 @@ from conveyor.store.db import (
 log = logging.getLogger("conveyor.agent")
 
 SUPERVISE_EVERY = 0.5
+# How long what is left of a stopped agent (tasks, threads) may delay the end of its process.
+WIND_DOWN = 5.0
 # How often the agent looks whether its daily backup is due (sooner when backup_every is shorter).
 BACKUP_CHECK_EVERY = 60.0
 
@@ -117,10 +120,10 @@ class Agent:
             self.admin.port,
         )
         await self._stop.wait()
-        supervisor.cancel()
         # Its pass ends here, not later: with --keep-running nothing may act on the proxy or
-        # the services once the stop is answered (an upgrade replaces them next).
-        await asyncio.gather(supervisor, return_exceptions=True)
+        # the services once the stop is answered (an upgrade replaces them next). Cancelled
+        # until it ends: a pass inside wait_for can lose one cancellation on 3.11 (aio.py).
+        await cancel_and_wait([supervisor])
         if self._backup_task is not None:
             await asyncio.gather(self._backup_task, return_exceptions=True)
         server.close()
@@ -547,7 +550,26 @@ def main(argv: list[str] | None = None) -> int:
             paths.agent_pidfile.unlink()
         return 1
     redact_logs(agent.engine.ctx.secrets.redactor)  # agent.log never holds a secret value
-    asyncio.run(agent.run())
+    asyncio.run(_run_then_exit(agent, paths))
+    return 0  # not reached: _run_then_exit ends the process
+
+
+async def _run_then_exit(agent: Agent, paths: Paths) -> None:
+    """Run the agent; once it has stopped, end the process within WIND_DOWN seconds.
+
+    `agent stop` returns when this process has ended (its lock released). What is left once
+    `run` returns acts on nothing (the state database is closed), but it must not keep the
+    process alive: a task that ignores its cancellation, or a thread blocked in a Docker call or
+    a metrics fetch, would (Python 3.11 waits for the default executor without end at exit).
+    """
+    await agent.run()
+    for task in await wind_down(WIND_DOWN):
+        log.warning(
+            "abandoned at stop, still running %gs after its cancellation: %r", WIND_DOWN, task
+        )
     with contextlib.suppress(FileNotFoundError):
         paths.agent_pidfile.unlink()
-    return 0
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
