@@ -14,6 +14,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+# A connect or a response slower than these is counted as an error (and sampled, with its stage).
+CONNECT_TIMEOUT = 5.0
+RESPONSE_TIMEOUT = 30.0
+
 
 @dataclass
 class LoadResult:
@@ -102,19 +106,26 @@ class LoadGenerator:
                     await asyncio.sleep(delay)
                 next_at += interval
             started = time.perf_counter()
+            fresh = False  # whether this request opened its connection (for error samples)
+            stage = "request"
             try:
                 if conn is None:
+                    stage = "connect"
                     conn = await asyncio.wait_for(
-                        asyncio.open_connection(self.host, self.port), timeout=5
+                        asyncio.open_connection(self.host, self.port), timeout=CONNECT_TIMEOUT
                     )
+                    fresh = True
                 reader, writer = conn
                 writer.write(request)
-                status, version, keep = await asyncio.wait_for(self._response(reader), timeout=30)
+                stage = "response"
+                status, version, keep = await asyncio.wait_for(
+                    self._response(reader), timeout=RESPONSE_TIMEOUT
+                )
             except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
                 with self._lock:
                     self.result.errors += 1
                     if len(self.result.error_samples) < 10:
-                        self.result.error_samples.append(f"{type(exc).__name__}: {exc}")
+                        self.result.error_samples.append(_describe(exc, stage, fresh, started))
                 if conn is not None:
                     conn[1].close()
                 conn = None
@@ -181,3 +192,11 @@ def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
     return ordered[k]
+
+
+def _describe(exc: BaseException, stage: str, fresh: bool, started: float) -> str:
+    """One error sample: what failed, at which stage, on which kind of connection, when."""
+    took = time.perf_counter() - started
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    conn = "a new connection" if fresh else "a kept-alive connection"
+    return f"{what} ({stage} on {conn}, after {took:.3f}s, at {time.time():.3f})"
