@@ -100,7 +100,7 @@ class Remote:
         if op == "deploy":
             return self._deploy(env, req, on_progress)
         if op == "rollback":
-            return self._rollback(env, req)
+            return self._rollback(env, req, on_progress)
         if op in ("promote", "abort"):
             return self._act(op, env, req)
         if op == "status":
@@ -114,11 +114,11 @@ class Remote:
         return _refused(f"{op} is not available with --server", 2)
 
     def _deploy(self, env: str, req: dict[str, Any], on_progress: Any) -> dict[str, Any]:
-        if req.get("override_freeze"):
-            return _refused("--override-freeze is not available with --server", 2)
         body = {"version": req["version"], "force": bool(req.get("force"))}
         if req.get("reason"):
             body["reason"] = req["reason"]
+        if req.get("override_freeze"):
+            body["override_freeze"] = True
         # Listening before asking: no event of the new deployment can come before the stream.
         with Follow(self, env) as follow:
             status, answer = self.call("POST", f"/environments/{env}/deployments", json=body)
@@ -172,11 +172,7 @@ class Remote:
             return _answer_refused(status, answer)
         return {"ok": True, "exit": 0, "data": answer.get("data") or {}}
 
-    def _rollback(self, env: str, req: dict[str, Any]) -> dict[str, Any]:
-        if req.get("keep_secrets") or req.get("migrations") == "down":
-            return _refused(
-                "--keep-secrets and --migrations down are not available with --server", 2
-            )
+    def _rollback(self, env: str, req: dict[str, Any], on_progress: Any) -> dict[str, Any]:
         detail = self.get(f"/environments/{env}")
         live = [
             i["deployment_id"]
@@ -186,12 +182,51 @@ class Remote:
         ]
         if not live:
             return _refused(f"nothing runs in {env}: nothing to roll back", 1)
-        status, answer = self.call("POST", f"/deployments/{max(live)}/rollback", json={})
-        if status != 202:
-            return _answer_refused(status, answer)
-        if answer.get("deployment_id") is None:
-            return _refused("the server did not say which deployment rolled back", 1)
-        return self._ended(int(answer["deployment_id"]))
+        body = {
+            "keep_secrets": bool(req.get("keep_secrets")),
+            "migrations": str(req.get("migrations") or "keep"),
+            "force": bool(req.get("force")),
+        }
+        with Follow(self, env) as follow:
+            status, answer = self.call("POST", f"/deployments/{max(live)}/rollback", json=body)
+            if status != 202:
+                return _answer_refused(status, answer)
+            if answer.get("deployment_id") is None:
+                return _refused("the server did not say which deployment rolled back", 1)
+            dep = int(answer["deployment_id"])
+            if answer.get("status") == "started":
+                follow.until_end(dep, on_progress)
+        return self._rolled_back(env, dep)
+
+    def _rolled_back(self, env: str, dep: int) -> dict[str, Any]:
+        """The rollback's result as the agent answered it: its audit entry, written once the
+        request ended (after the migrations' Down sections, which run once the deployment
+        itself has ended), with what it undid from the deployment's events."""
+        import time
+
+        while True:
+            page = self.get("/audit", environment=env, action="rollback", limit=20)
+            entry = next(
+                (e for e in page["entries"] if (e.get("data") or {}).get("deployment") == dep),
+                None,
+            )
+            if entry is not None:
+                break
+            time.sleep(0.5)  # the request is still running (its migrations, most likely)
+        ended = self._ended(dep)
+        code = int(entry["data"].get("exit") or 0)
+        data = {**ended["data"], "reason": entry["detail"]}
+        undone = [
+            e for e in self.get(f"/deployments/{dep}")["events"] if e["state"] == "migrated_down"
+        ]
+        if undone and "migrations" in (undone[-1].get("data") or {}):
+            data["migrations_down"] = undone[-1]["data"]["migrations"]
+        return {
+            "ok": code == 0,
+            "exit": code,
+            "data": data,
+            "error": None if code == 0 else entry["detail"],
+        }
 
     # --- approvals and the audit log ------------------------------------------------------------
 
