@@ -20,6 +20,7 @@ from test_secrets_deploy import configure, digest, long_value, set_secret, with_
 from test_secrets_deploy import served as served_secrets
 
 from conftest import Project, wait_for
+from conveyor.runtimes.local import free_port
 
 
 @contextmanager
@@ -153,3 +154,122 @@ def test_a_remote_rollback_takes_migrations_down_or_keeps_the_secrets(
         assert (undone["data"]["migrations"], undone["data"]["keep_secrets"]) == ("down", False)
         assert (keep["data"]["migrations"], keep["data"]["keep_secrets"]) == ("keep", True)
         assert {e["data"]["via"]["token"] for e in (keep, undone)} == {dan_id}
+
+
+PRODUCTION = """
+[environments.production]
+approvals = 1
+
+[environments.production.services.web]
+port = {port}
+"""
+
+
+def test_approvals_of_a_release_before_any_deploy_and_their_withdrawal(project: Project) -> None:
+    project.configure(extra=PRODUCTION.format(port=free_port()))
+    project.release("v1")
+    project.release("v2")
+    _, ann_tok = token(project, "ann", "admin")
+    amy_id, amy_tok = token(project, "amy", "approver", "production")
+    _, ivy_tok = token(project, "ivy", "approver", "production")
+    _, dan_tok = token(project, "dan", "deployer", "production")
+    _, vic_tok = token(project, "vic", "viewer")
+    with serve(project) as served:
+        amy, dan = served.client(amy_tok), served.client(dan_tok)
+        deploys = "/api/v1/environments/production/deployments"
+        v1 = "/api/v1/environments/production/releases/v1/approvals"
+        approve = {"decision": "approve", "comment": "dashboards fine"}
+
+        # Refused: a viewer and a deployer (403, audited), a rejection without a comment or a
+        # bad body (422), an unknown release or environment (404), nothing to withdraw (409).
+        assert served.client(vic_tok).post(v1, json=approve).status_code == 403
+        assert dan.post(v1, json=approve).status_code == 403
+        assert dan.delete(f"{v1}/approve").status_code == 403
+        r = amy.post(v1, json={"decision": "reject"})
+        assert r.status_code == 422 and "comment" in r.json()["error"], r.text
+        assert amy.post(v1, json={"decision": "maybe"}).status_code == 422
+        assert amy.delete(f"{v1}/maybe").status_code == 422
+        r = amy.post("/api/v1/environments/production/releases/v9/approvals", json=approve)
+        assert r.status_code == 404 and "v9" in r.json()["error"], r.text
+        assert amy.get("/api/v1/environments/nowhere/releases/v1/approvals").status_code == 404
+        r = amy.delete(f"{v1}/approve")
+        assert r.status_code == 409 and "no standing approval by amy" in r.json()["error"]
+
+        # Approved before anyone asked, then withdrawn: the gate blocks again.
+        r = amy.post(v1, json=approve)
+        assert r.status_code == 201, r.text
+        assert [(a["actor"], a["decision"]) for a in r.json()["approvals"]] == [("amy", "approve")]
+        assert amy.get(v1).json()["approvals"][0]["withdrawn_at"] is None
+        r = amy.delete(f"{v1}/approve")
+        assert r.status_code == 200, r.text
+        assert [a["actor"] for a in r.json()["withdrawn"]] == ["amy"]
+        r = dan.post(deploys, json={"version": "v1"})
+        assert r.status_code == 202 and r.json()["status"] == "waiting_for_approval", r.text
+        waiting = r.json()["request_id"]
+
+        # The waiting deploy's approval withdrawn through its own address, then given again
+        # through the CLI elsewhere (it finds the waiting deploy); dan's deploy then starts.
+        assert amy.post(f"/api/v1/deployments/{waiting}/approvals", json=approve).status_code == 201
+        r = amy.delete(f"/api/v1/deployments/{waiting}/approvals/approve")
+        assert r.status_code == 200 and len(r.json()["withdrawn"]) == 1, r.text
+        assert not next(g for g in r.json()["gates"] if g["gate"] == "approvals")["met"]
+        with elsewhere(served, amy_tok) as remote:
+            proc = remote.run("approve", "v1", "--env", "production", "--comment", "ok now")
+            assert proc.returncode == 0, proc.stderr
+        r = dan.post(deploys, json={"version": "v1"})
+        assert r.status_code == 202 and r.json()["status"] == "started", r.text
+        dep = r.json()["deployment_id"]
+        wait_for(
+            lambda: dan.get(f"/api/v1/deployments/{dep}").json()["outcome"] == "succeeded",
+            what="v1 live in production",
+        )
+
+        # v2: approved from the CLI before any deploy, withdrawn from it, approved again: the
+        # deployer's deploy passes the approvals gate at once.
+        with elsewhere(served, amy_tok) as remote:
+            code, out = remote.json("approve", "v2", "--env", "production")
+            assert code == 0 and out["approvals"][-1]["actor"] == "amy", out
+            code, out = remote.json("approve", "v2", "--env", "production", "--withdraw")
+            assert code == 0 and [a["actor"] for a in out["withdrawn"]] == ["amy"], out
+            proc = remote.run("approve", "v2", "--env", "production", "--withdraw")
+            assert proc.returncode == 1 and "no standing approval by amy" in proc.stderr
+            r = dan.post(deploys, json={"version": "v2"})
+            assert r.json()["status"] == "waiting_for_approval", r.text
+            # A rejection, by amy; ivy may not withdraw it, an admin may.
+            proc = remote.run("reject", "v2", "--env", "production", "--comment", "no")
+            assert proc.returncode == 0, proc.stderr
+        assert served.client(vic_tok).get("/api/v1/approvals").json()["waiting"] == []
+        v2 = "/api/v1/environments/production/releases/v2/approvals"
+        r = served.client(ivy_tok).delete(f"{v2}/reject")
+        assert r.status_code == 409, r.text
+        with elsewhere(served, ann_tok) as admin:
+            proc = admin.run("reject", "v2", "--env", "production", "--withdraw")
+            assert proc.returncode == 0, proc.stderr
+            assert "withdrawn: amy's rejection of v2 for production" in proc.stdout
+        assert amy.post(v2, json=approve).status_code == 201
+        r = dan.post(deploys, json={"version": "v2"})
+        assert r.status_code == 202 and r.json()["status"] == "started", r.text
+
+        entries = audit_entries(served, ann_tok, "production", "approve.withdraw")
+        assert [(e["actor"], e["outcome"]) for e in reversed(entries)] == [
+            ("dan", "refused"),  # a deployer
+            ("amy", "refused"),  # nothing stood yet
+            ("amy", "ok"),
+            ("amy", "ok"),
+            ("amy", "ok"),
+            ("amy", "refused"),
+        ]
+        assert entries[-1]["data"]["via"]["status"] == 403
+        via = entries[-2]["data"]["via"]
+        assert (via["token"], via["role"], via["source"]) == (amy_id, "approver", "127.0.0.1")
+        rejected = audit_entries(served, ann_tok, "production", "reject.withdraw")
+        assert [(e["actor"], e["outcome"], e["detail"]) for e in reversed(rejected)] == [
+            ("ivy", "refused", "nothing to withdraw"),
+            ("ann", "ok", "amy's reject"),
+        ]
+        refused = {
+            (e["actor"], e["action"])
+            for e in audit_entries(served, ann_tok, "production", "approve")
+            if e["outcome"] == "refused"
+        }
+        assert refused == {("vic", "approve"), ("dan", "approve")}  # the POSTs

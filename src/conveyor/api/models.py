@@ -209,6 +209,10 @@ class Approvals(Open):
     gates: list[dict[str, Any]]
 
 
+class Withdrawn(Approvals):
+    withdrawn: list[dict[str, Any]] = Field(description="the approvals or rejections withdrawn")
+
+
 class AuditPage(Open):
     entries: list[dict[str, Any]]
     next_cursor: str | None

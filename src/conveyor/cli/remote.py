@@ -1,6 +1,6 @@
 """The CLI against a remote conveyor: `--server URL` (or CONVEYOR_SERVER) sends deploy, rollback,
-promote, abort, status, history, approve, reject and audit through its HTTP API instead of a
-local agent. The token comes from CONVEYOR_TOKEN or from the file named by CONVEYOR_TOKEN_FILE
+promote, abort, status, history, approve, reject (and their --withdraw) and audit through its HTTP
+API instead of a local agent. The token comes from CONVEYOR_TOKEN or from the file named by CONVEYOR_TOKEN_FILE
 (mode 0600): never from the command line, where any user could read it in the process list.
 
 `request()` answers like the agent's socket does (progress events, then a result dict), so the
@@ -231,8 +231,9 @@ class Remote:
     # --- approvals and the audit log ------------------------------------------------------------
 
     def decide(self, version: str, env: str, decision: str, comment: str) -> dict[str, Any]:
-        """Approve or reject `version` for `env`: the deploy waiting for it, or its latest
-        deployment there. Returns the server's answer (the approvals as they stand)."""
+        """Approve or reject `version` for `env`: the deploy waiting for it when there is one
+        (its requester may not approve it), else the release itself, as `conveyor approve`
+        does locally. Returns the server's answer (the approvals as they stand)."""
         ref = next(
             (
                 w["id"]
@@ -241,20 +242,24 @@ class Remote:
             ),
             None,
         )
-        if ref is None:
-            page = self.get(f"/environments/{env}/deployments", limit=200)
-            ref = next((d["id"] for d in page["deployments"] if d["version"] == version), None)
-        if ref is None:
-            fail(
-                f"nothing to {decision} for {version} in {env} on {self.url}: deploy it first "
-                "(a deploy that needs approval waits for it)",
-                1,
-            )
-        status, answer = self.call(
-            "POST", f"/deployments/{ref}/approvals", json={"decision": decision, "comment": comment}
+        path = (
+            f"/deployments/{ref}/approvals"
+            if ref is not None
+            else f"/environments/{env}/releases/{version}/approvals"
         )
+        status, answer = self.call("POST", path, json={"decision": decision, "comment": comment})
         if status != 201:
-            fail(str(answer.get("error") or answer), 2 if status == 422 else 1)
+            fail(str(answer.get("error") or answer), 2 if status in (404, 422) else 1)
+        return dict(answer)
+
+    def withdraw(self, version: str, env: str, decision: str) -> dict[str, Any]:
+        """Withdraw one's own approval or rejection of `version` for `env` (an admin token:
+        everyone's). Nothing to withdraw: exit 1, as locally."""
+        status, answer = self.call(
+            "DELETE", f"/environments/{env}/releases/{version}/approvals/{decision}"
+        )
+        if status != 200:
+            fail(str(answer.get("error") or answer), 2 if status in (404, 422) else 1)
         return dict(answer)
 
 
