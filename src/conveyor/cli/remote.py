@@ -196,14 +196,18 @@ class Remote:
             dep = int(answer["deployment_id"])
             if answer.get("status") == "started":
                 follow.until_end(dep, on_progress)
-        return self._rolled_back(env, dep)
+        return self._rolled_back(env, dep, body["migrations"] == "down")
 
-    def _rolled_back(self, env: str, dep: int) -> dict[str, Any]:
+    def _rolled_back(self, env: str, dep: int, down: bool) -> dict[str, Any]:
         """The rollback's result as the agent answered it: its audit entry, written once the
         request ended (after the migrations' Down sections, which run once the deployment
-        itself has ended), with what it undid from the deployment's events."""
+        itself has ended), with what it undid from the deployment's events. Should the entry
+        not come (within an hour with Down sections, a minute without), the deployment's
+        outcome, saying so."""
         import time
 
+        deadline = time.monotonic() + (3600.0 if down else 60.0)
+        ended = self._ended(dep)
         while True:
             page = self.get("/audit", environment=env, action="rollback", limit=20)
             entry = next(
@@ -212,7 +216,13 @@ class Remote:
             )
             if entry is not None:
                 break
-            time.sleep(0.5)  # the request is still running (its migrations, most likely)
+            if time.monotonic() > deadline:
+                ended["data"]["reason"] += (
+                    f"; the agent's answer is not in the audit log yet (`conveyor --server "
+                    f"{self.url} audit --env {env}` shows it once written)"
+                )
+                return ended
+            time.sleep(0.5)  # the request is still running (its Down sections, most likely)
         ended = self._ended(dep)
         code = int(entry["data"].get("exit") or 0)
         data = {**ended["data"], "reason": entry["detail"]}
