@@ -173,6 +173,7 @@ def test_approvals_of_a_release_before_any_deploy_and_their_withdrawal(project: 
     amy_id, amy_tok = token(project, "amy", "approver", "production")
     _, ivy_tok = token(project, "ivy", "approver", "production")
     _, dan_tok = token(project, "dan", "deployer", "production")
+    _, dan_approver_tok = token(project, "dan", "approver", "production")
     _, vic_tok = token(project, "vic", "viewer")
     with serve(project) as served:
         amy, dan = served.client(amy_tok), served.client(dan_tok)
@@ -206,6 +207,9 @@ def test_approvals_of_a_release_before_any_deploy_and_their_withdrawal(project: 
         r = dan.post(deploys, json={"version": "v1"})
         assert r.status_code == 202 and r.json()["status"] == "waiting_for_approval", r.text
         waiting = r.json()["request_id"]
+        # dan, an approver too, asked for it: no address lets him approve his own deploy.
+        r = served.client(dan_approver_tok).post(v1, json=approve)
+        assert r.status_code == 403 and "cannot approve" in r.json()["error"], r.text
 
         # The waiting deploy's approval withdrawn through its own address, then given again
         # through the CLI elsewhere (it finds the waiting deploy); dan's deploy then starts.
@@ -272,4 +276,4 @@ def test_approvals_of_a_release_before_any_deploy_and_their_withdrawal(project: 
             for e in audit_entries(served, ann_tok, "production", "approve")
             if e["outcome"] == "refused"
         }
-        assert refused == {("vic", "approve"), ("dan", "approve")}  # the POSTs
+        assert refused == {("vic", "approve"), ("dan", "approve")}  # the POSTs, dan's own
