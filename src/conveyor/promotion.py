@@ -208,3 +208,39 @@ def record_decision(
     recorded = FactStore(store).decide(cfg.app.name, version, env, user, decision, now, comment)
     audited("ok", comment)
     return recorded
+
+
+def withdraw_decision(
+    cfg: Config,
+    store: Store,
+    version: str,
+    env: str,
+    user: str,
+    decision: str,
+    now: datetime,
+    *,
+    anyone: bool,
+    via: dict[str, Any] | None = None,
+) -> list[ApprovalRecord]:
+    """Withdraw the standing `decision`s ("approve" or "reject") of `version` for `env`: the
+    user's own, or everyone's when `anyone` (an admin: a rejecter who left must not block a
+    release for ever). What `conveyor approve|reject --withdraw` and the API's DELETE of an
+    approval both do, audited either way (`<decision>.withdraw`, refused when nothing stood);
+    `via` adds the API's facts. The ones withdrawn, none when nothing stood."""
+    from conveyor.store import audit
+
+    of = None if anyone else [user]
+    ended = FactStore(store).withdraw(cfg.app.name, version, env, decision, user, now, of)
+    audit.record(
+        store,
+        at=now,
+        actor=user,
+        action=f"{decision}.withdraw",
+        app=cfg.app.name,
+        environment=env,
+        target=version,
+        outcome="ok" if ended else "refused",
+        detail=", ".join(f"{r.actor}'s {decision}" for r in ended) or "nothing to withdraw",
+        data={"via": via} if via else {},
+    )
+    return ended

@@ -144,11 +144,34 @@ class DeployBody(BaseModel):
     version: str = Field(min_length=1, max_length=64)
     force: bool = False
     reason: str = Field("", max_length=2000)
+    override_freeze: bool = Field(
+        False,
+        description="deploy through a freeze window (`deploy --override-freeze`): needs the "
+        "admin role on the environment, the caller among conveyor.toml's [access] admins, and a "
+        "`reason` (recorded)",
+    )
 
 
 class RollbackBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    force: bool = False
+    keep_secrets: bool = Field(
+        False,
+        description="keep the current secret versions (`rollback --keep-secrets`) instead of "
+        "giving the previous version back the ones it ran with",
+    )
+    migrations: Literal["keep", "down"] = Field(
+        "keep",
+        description="down: once traffic is back, undo the migrations the rolled-back "
+        "deployment applied (`rollback --migrations down`)",
+    )
+    force: bool = Field(
+        False, description="with migrations down: also run Down sections that drop data"
+    )
+
+
+class RetryBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    force: bool = Field(False, description="deploy it again even when it is live")
 
 
 class AbortBody(BaseModel):
@@ -184,6 +207,10 @@ class Approvals(Open):
     environment: str
     approvals: list[dict[str, Any]]
     gates: list[dict[str, Any]]
+
+
+class Withdrawn(Approvals):
+    withdrawn: list[dict[str, Any]] = Field(description="the approvals or rejections withdrawn")
 
 
 class AuditPage(Open):

@@ -29,10 +29,11 @@ from conveyor.api.models import (
     EnvironmentPatch,
     LockChange,
     PromoteBody,
+    RetryBody,
     RollbackBody,
 )
 from conveyor.config import Config, ConfigError
-from conveyor.core.access import Decision, Principal
+from conveyor.core.access import Decision, Principal, Role, effective_roles
 from conveyor.store import requests as waiting_requests
 from conveyor.store.requests import RequestRecord
 
@@ -163,6 +164,7 @@ def _launch(
     version: str,
     force: bool,
     reason: str,
+    override_freeze: bool = False,
 ) -> tuple[int, dict[str, Any]]:
     """Send a deploy to the agent; (HTTP status, body) as soon as it is named or refused."""
     srv = server(request)
@@ -175,6 +177,10 @@ def _launch(
         body = {"op": "deploy", "env": env, "version": version, "force": force}
         if reason:
             body["reason"] = reason
+        if override_freeze:
+            # The agent's own check then applies, as for `deploy --override-freeze`: the
+            # caller must be among conveyor.toml's [access] admins (conveyor.promotion.admit).
+            body["override_freeze"] = True
         started = actions.start(
             srv, _agent_request(request, principal, decision, body), srv.settings.start_timeout
         )
@@ -278,13 +284,30 @@ def deploy(
     cfg = _config(request)
     _known(cfg, env)
     principal, decision = authorize(request, "deploy", env, body.version)
-    if idempotency_key is None:
-        status, answer = _launch(
-            request, cfg, principal, decision, env, body.version, body.force, body.reason
+    if body.override_freeze:
+        decision = _may_override(request, principal, env, body)
+
+    def launch() -> tuple[int, dict[str, Any]]:
+        return _launch(
+            request,
+            cfg,
+            principal,
+            decision,
+            env,
+            body.version,
+            body.force,
+            body.reason,
+            body.override_freeze,
         )
+
+    if idempotency_key is None:
+        status, answer = launch()
         return JSONResponse(answer, status_code=status)
     store = server(request).store
-    digest = _request_hash(request, body.model_dump())
+    # override_freeze counts only when set: a key used before the field existed matches still.
+    digest = _request_hash(
+        request, body.model_dump(exclude=None if body.override_freeze else {"override_freeze"})
+    )
     with _one_at_a_time((principal.subject, idempotency_key)):
         seen = stored.get_idempotent(store, principal.subject, idempotency_key)
         if seen is not None:
@@ -295,9 +318,7 @@ def deploy(
                     "use a new key for a new request",
                 )
             return JSONResponse(seen.response["body"], status_code=int(seen.response["status"]))
-        status, answer = _launch(
-            request, cfg, principal, decision, env, body.version, body.force, body.reason
-        )
+        status, answer = launch()
         if answer.get("status") == "started":
             # Remembered once a deployment started: a refusal, or a deploy waiting for
             # approval, may be sent again with the same key (and then start).
@@ -314,6 +335,30 @@ def deploy(
                 ),
             )
     return JSONResponse(answer, status_code=status)
+
+
+def _may_override(request: Request, principal: Principal, env: str, body: DeployBody) -> Decision:
+    """A deploy through a freeze window, as `deploy --override-freeze` allows it: with a reason
+    (422 without), by the admin role on `env` (403 otherwise, audited). The agent then checks,
+    as for the CLI, that the caller is among conveyor.toml's [access] admins. The decision in
+    the admin role, for the audit log."""
+    from conveyor.api.auth import refuse
+
+    if not body.reason.strip():
+        raise ApiError(422, "override_freeze needs a reason (it is recorded)")
+    if Role.admin not in effective_roles(principal, env):
+        refuse(
+            request,
+            403,
+            "freeze.override",
+            env,
+            body.version,
+            f"override_freeze needs the admin role on {env}; this request holds "
+            + (", ".join(sorted(effective_roles(principal, env))) or "no role")
+            + " there",
+            principal,
+        )
+    return Decision(True, Role.admin, "")
 
 
 def _known(cfg: Config, env: str) -> None:
@@ -374,10 +419,16 @@ def _current(found: Found, ref: str) -> None:
 )
 def rollback(request: Request, ref: str, body: RollbackBody | None = None) -> Response:
     """Roll back the environment of deployment `ref`, when `ref` is what is live there now
-    (409 otherwise): traffic back to the standby, or the previous release started again. To go
-    back to any earlier release, deploy it (POST /environments/{env}/deployments or retry)."""
+    (409 otherwise): traffic back to the standby, or the previous release started again, with
+    the secret versions it ran with (`keep_secrets`: the current ones). `migrations: down`
+    then undoes the migrations the rolled-back deployment applied (`force`: even Down sections
+    that drop data). What `conveyor rollback` sends the agent. To go back to any earlier
+    release, deploy it (POST /environments/{env}/deployments or retry)."""
     cfg = _config(request)
     found, principal, decision = _deployment(request, cfg, ref, "rollback")
+    body = body if body is not None else RollbackBody.model_validate({})
+    if body.force and body.migrations != "down":
+        raise ApiError(422, 'force only applies to "migrations": "down"')
     store = server(request).store
     live = {
         i.deployment_id
@@ -390,10 +441,18 @@ def rollback(request: Request, ref: str, body: RollbackBody | None = None) -> Re
             f"deployment {ref} is not what runs in {found.environment} now: roll back the live "
             "one, or deploy the release you want",
         )
-    force = body.force if body is not None else False
     srv = server(request)
     req = _agent_request(
-        request, principal, decision, {"op": "rollback", "env": found.environment, "force": force}
+        request,
+        principal,
+        decision,
+        {
+            "op": "rollback",
+            "env": found.environment,
+            "keep_secrets": body.keep_secrets,
+            "migrations": body.migrations,
+            "force": body.force,
+        },
     )
     started = actions.start(srv, req, srv.settings.start_timeout)
     result = started.result
@@ -401,21 +460,22 @@ def rollback(request: Request, ref: str, body: RollbackBody | None = None) -> Re
         if result is None:
             raise ApiError(504, "the agent did not answer the rollback in time")
         return _refusal(result)
-    return JSONResponse(
-        {
-            "status": "started" if result is None else "done",
-            "deployment_id": started.deployment_id,
-            "environment": found.environment,
-            "version": ((result or {}).get("data") or {}).get("version"),
-        },
-        status_code=202,
-    )
+    data = (result or {}).get("data") or {}
+    answer = {
+        "status": "started" if result is None else "done",
+        "deployment_id": started.deployment_id,
+        "environment": found.environment,
+        "version": data.get("version"),
+    }
+    if "migrations_down" in data:
+        answer["migrations_down"] = data["migrations_down"]  # the migrations undone
+    return JSONResponse(answer, status_code=202)
 
 
 @router.post(
     "/deployments/{ref}/retry", status_code=202, response_model=Accepted, tags=["deployments"]
 )
-def retry(request: Request, ref: str, body: RollbackBody | None = None) -> Response:
+def retry(request: Request, ref: str, body: RetryBody | None = None) -> Response:
     """Deploy the same release to the same environment again (`force`: even when live)."""
     cfg = _config(request)
     found, principal, decision = _deployment(request, cfg, ref, "retry")

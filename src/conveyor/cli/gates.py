@@ -288,40 +288,46 @@ def _approval_json(rec: Any) -> dict[str, Any]:
 
 def _withdraw(version: str, env: str, decision: str, json_out: bool) -> None:
     from conveyor.cli.remote import server
-    from conveyor.store.facts import FactStore
+    from conveyor.promotion import withdraw_decision
 
-    if server() is not None:
-        fail("--withdraw is not available with --server: run it on the server's machine")
+    url = server()
+    if url is not None:
+        _withdraw_remotely(url, version, env, decision, json_out)
+        return
 
     proj, cfg, store, rec = _open(env, version)
     user = who(proj)
     # Admins may withdraw anyone's: a rejecter who left must not block a release for ever.
-    of = None if user in cfg.access.admins else [user]
+    anyone = user in cfg.access.admins
     try:
-        ended = FactStore(store).withdraw(
-            cfg.app.name, rec.version, env, decision, user, _now(), of
-        )
-        _audited(
-            store,
-            cfg,
-            user,
-            f"{decision}.withdraw",
-            env,
-            rec.version,
-            "ok" if ended else "refused",
-            ", ".join(f"{r.actor}'s {decision}" for r in ended) or "nothing to withdraw",
+        ended = withdraw_decision(
+            cfg, store, rec.version, env, user, decision, _now(), anyone=anyone
         )
     finally:
         store.close()
     what = "approval" if decision == "approve" else "rejection"
     if not ended:
-        whose = "" if of is None else f" by {user}"
+        whose = "" if anyone else f" by {user}"
         fail(f"no standing {what}{whose} of {version} for {env} to withdraw", 1)
     if json_out:
         emit_json({"withdrawn": [_approval_json(r) for r in ended]})
         return
     for r in ended:
         console.print(f"withdrawn: {r.actor}'s {what} of {version} for {env}", markup=False)
+
+
+def _withdraw_remotely(url: str, version: str, env: str, decision: str, json_out: bool) -> None:
+    from conveyor.cli.remote import Remote
+
+    answer = Remote(url).withdraw(version, env, decision)
+    if json_out:
+        emit_json(answer)
+        return
+    what = "approval" if decision == "approve" else "rejection"
+    for r in answer["withdrawn"]:
+        console.print(
+            f"withdrawn: {r['actor']}'s {what} of {version} for {env} on {url}", markup=False
+        )
 
 
 def _decide_remotely(

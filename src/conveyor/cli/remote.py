@@ -1,6 +1,6 @@
 """The CLI against a remote conveyor: `--server URL` (or CONVEYOR_SERVER) sends deploy, rollback,
-promote, abort, status, history, approve, reject and audit through its HTTP API instead of a
-local agent. The token comes from CONVEYOR_TOKEN or from the file named by CONVEYOR_TOKEN_FILE
+promote, abort, status, history, approve, reject (and their --withdraw) and audit through its HTTP
+API instead of a local agent. The token comes from CONVEYOR_TOKEN or from the file named by CONVEYOR_TOKEN_FILE
 (mode 0600): never from the command line, where any user could read it in the process list.
 
 `request()` answers like the agent's socket does (progress events, then a result dict), so the
@@ -100,7 +100,7 @@ class Remote:
         if op == "deploy":
             return self._deploy(env, req, on_progress)
         if op == "rollback":
-            return self._rollback(env, req)
+            return self._rollback(env, req, on_progress)
         if op in ("promote", "abort"):
             return self._act(op, env, req)
         if op == "status":
@@ -114,11 +114,11 @@ class Remote:
         return _refused(f"{op} is not available with --server", 2)
 
     def _deploy(self, env: str, req: dict[str, Any], on_progress: Any) -> dict[str, Any]:
-        if req.get("override_freeze"):
-            return _refused("--override-freeze is not available with --server", 2)
         body = {"version": req["version"], "force": bool(req.get("force"))}
         if req.get("reason"):
             body["reason"] = req["reason"]
+        if req.get("override_freeze"):
+            body["override_freeze"] = True
         # Listening before asking: no event of the new deployment can come before the stream.
         with Follow(self, env) as follow:
             status, answer = self.call("POST", f"/environments/{env}/deployments", json=body)
@@ -172,11 +172,7 @@ class Remote:
             return _answer_refused(status, answer)
         return {"ok": True, "exit": 0, "data": answer.get("data") or {}}
 
-    def _rollback(self, env: str, req: dict[str, Any]) -> dict[str, Any]:
-        if req.get("keep_secrets") or req.get("migrations") == "down":
-            return _refused(
-                "--keep-secrets and --migrations down are not available with --server", 2
-            )
+    def _rollback(self, env: str, req: dict[str, Any], on_progress: Any) -> dict[str, Any]:
         detail = self.get(f"/environments/{env}")
         live = [
             i["deployment_id"]
@@ -186,18 +182,68 @@ class Remote:
         ]
         if not live:
             return _refused(f"nothing runs in {env}: nothing to roll back", 1)
-        status, answer = self.call("POST", f"/deployments/{max(live)}/rollback", json={})
-        if status != 202:
-            return _answer_refused(status, answer)
-        if answer.get("deployment_id") is None:
-            return _refused("the server did not say which deployment rolled back", 1)
-        return self._ended(int(answer["deployment_id"]))
+        body = {
+            "keep_secrets": bool(req.get("keep_secrets")),
+            "migrations": str(req.get("migrations") or "keep"),
+            "force": bool(req.get("force")),
+        }
+        with Follow(self, env) as follow:
+            status, answer = self.call("POST", f"/deployments/{max(live)}/rollback", json=body)
+            if status != 202:
+                return _answer_refused(status, answer)
+            if answer.get("deployment_id") is None:
+                return _refused("the server did not say which deployment rolled back", 1)
+            dep = int(answer["deployment_id"])
+            if answer.get("status") == "started":
+                follow.until_end(dep, on_progress)
+        return self._rolled_back(env, dep, body["migrations"] == "down")
+
+    def _rolled_back(self, env: str, dep: int, down: bool) -> dict[str, Any]:
+        """The rollback's result as the agent answered it: its audit entry, written once the
+        request ended (after the migrations' Down sections, which run once the deployment
+        itself has ended), with what it undid from the deployment's events. Should the entry
+        not come (within an hour with Down sections, a minute without), the deployment's
+        outcome, saying so."""
+        import time
+
+        deadline = time.monotonic() + (3600.0 if down else 60.0)
+        ended = self._ended(dep)
+        while True:
+            page = self.get("/audit", environment=env, action="rollback", limit=20)
+            entry = next(
+                (e for e in page["entries"] if (e.get("data") or {}).get("deployment") == dep),
+                None,
+            )
+            if entry is not None:
+                break
+            if time.monotonic() > deadline:
+                ended["data"]["reason"] += (
+                    f"; the agent's answer is not in the audit log yet (`conveyor --server "
+                    f"{self.url} audit --env {env}` shows it once written)"
+                )
+                return ended
+            time.sleep(0.5)  # the request is still running (its Down sections, most likely)
+        ended = self._ended(dep)
+        code = int(entry["data"].get("exit") or 0)
+        data = {**ended["data"], "reason": entry["detail"]}
+        undone = [
+            e for e in self.get(f"/deployments/{dep}")["events"] if e["state"] == "migrated_down"
+        ]
+        if undone and "migrations" in (undone[-1].get("data") or {}):
+            data["migrations_down"] = undone[-1]["data"]["migrations"]
+        return {
+            "ok": code == 0,
+            "exit": code,
+            "data": data,
+            "error": None if code == 0 else entry["detail"],
+        }
 
     # --- approvals and the audit log ------------------------------------------------------------
 
     def decide(self, version: str, env: str, decision: str, comment: str) -> dict[str, Any]:
-        """Approve or reject `version` for `env`: the deploy waiting for it, or its latest
-        deployment there. Returns the server's answer (the approvals as they stand)."""
+        """Approve or reject `version` for `env`: the deploy waiting for it when there is one
+        (its requester may not approve it), else the release itself, as `conveyor approve`
+        does locally. Returns the server's answer (the approvals as they stand)."""
         ref = next(
             (
                 w["id"]
@@ -206,20 +252,24 @@ class Remote:
             ),
             None,
         )
-        if ref is None:
-            page = self.get(f"/environments/{env}/deployments", limit=200)
-            ref = next((d["id"] for d in page["deployments"] if d["version"] == version), None)
-        if ref is None:
-            fail(
-                f"nothing to {decision} for {version} in {env} on {self.url}: deploy it first "
-                "(a deploy that needs approval waits for it)",
-                1,
-            )
-        status, answer = self.call(
-            "POST", f"/deployments/{ref}/approvals", json={"decision": decision, "comment": comment}
+        path = (
+            f"/deployments/{ref}/approvals"
+            if ref is not None
+            else f"/environments/{env}/releases/{version}/approvals"
         )
+        status, answer = self.call("POST", path, json={"decision": decision, "comment": comment})
         if status != 201:
-            fail(str(answer.get("error") or answer), 2 if status == 422 else 1)
+            fail(str(answer.get("error") or answer), 2 if status in (404, 422) else 1)
+        return dict(answer)
+
+    def withdraw(self, version: str, env: str, decision: str) -> dict[str, Any]:
+        """Withdraw one's own approval or rejection of `version` for `env` (an admin token:
+        everyone's). Nothing to withdraw: exit 1, as locally."""
+        status, answer = self.call(
+            "DELETE", f"/environments/{env}/releases/{version}/approvals/{decision}"
+        )
+        if status != 200:
+            fail(str(answer.get("error") or answer), 2 if status in (404, 422) else 1)
         return dict(answer)
 
 
