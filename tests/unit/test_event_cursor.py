@@ -1,14 +1,20 @@
 """The event stream's delivery cursor (conveyor.api.cursor): ids that commit out of order are
-delivered once each, in id order; a gap is waited for `wait` seconds, then given up."""
+delivered once each, in id order; a gap is waited for `wait` seconds, then given up. And a
+client that resumes from further than the server's cursors gets nothing twice."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conveyor.api.cursor import MAX_GAPS, Cursor
+from conveyor.api.events import Hub, Message
+from conveyor.api.state import Server, Settings
+from conveyor.core.access import Binding, Principal, Role
 
 
 def test_a_late_commit_is_delivered_in_its_place() -> None:
@@ -128,3 +134,26 @@ def test_every_commit_in_time_is_delivered_once_in_order(
             assert i in out, f"{i} committed {x.commit}s after its id was taken: not delivered"
     assert c.gaps == [] and c.held == []
     assert c.delivered == c.high == max(visible, default=0)
+
+
+def test_a_client_resuming_ahead_of_the_server_gets_nothing_twice(tmp_path: Path) -> None:
+    # It had events up to 5, approvals up to 2, withdrawals up to 1 (from another server, or
+    # from this one before a restart): what this server sends of those is not sent to it again.
+    (tmp_path / "conveyor.toml").write_text('[app]\nname = "shop"\n')
+    srv = Server.open(Settings(project_dir=tmp_path, keepalive=60))
+    hub = Hub(srv)
+    principal = Principal("vic", (Binding("vic", Role.viewer, None),), None)
+
+    async def run() -> list[str]:
+        stream = hub.subscribe(principal, None, "5.2.1")
+        assert await stream.__anext__() == "retry: 2000\n\n"  # it is registered
+        for table, row in [(0, 4), (0, 5), (1, 2), (2, 1), (0, 6), (1, 3), (2, 2)]:
+            hub.fan_out(Message(f"{table}-{row}", "step", "dev", {}, (table, row)))
+        got = [await asyncio.wait_for(stream.__anext__(), 10) for _ in range(3)]
+        await stream.aclose()
+        return [text.split("\n", 1)[0] for text in got]
+
+    try:
+        assert asyncio.run(run()) == ["id: 0-6", "id: 1-3", "id: 2-2"]
+    finally:
+        srv.close()

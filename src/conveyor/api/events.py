@@ -50,6 +50,7 @@ class Message:
     event: str
     environment: str | None
     data: dict[str, Any]
+    key: tuple[int, int] = (0, 0)  # (table: 0 events, 1 approvals, 2 withdrawals; row id)
 
     _text: str = ""
 
@@ -66,6 +67,9 @@ class Client:
     environment: str | None
     queue: asyncio.Queue[Message]
     dropped: bool = False
+    # Where it resumed from: what it already has, should this server's cursors be behind it (it
+    # had it from another server, or from this one before a restart).
+    floor: tuple[int, int, int] | None = None
     _readable: dict[str | None, bool] = field(default_factory=dict)
 
     def wants(self, msg: Message) -> bool:
@@ -98,7 +102,9 @@ class Hub:
         self.dropped = 0  # clients dropped as too slow, since the start
         self.given_up = 0  # ids given up after `gap_wait`, since the start
         self.gap_wait = gap_wait
-        self._cursors: tuple[Cursor, ...] = ()
+        # The poller's cursors (events, approvals, withdrawals): ahead of the ones above while
+        # what they passed is being read and sent.
+        self.streams: tuple[Cursor, ...] = ()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -115,7 +121,7 @@ class Hub:
         if wait is None:
             serialized = self.srv.store.dialect == "sqlite"
             wait = 0.0 if serialized else max(GAP_WAIT, 4 * self.srv.settings.poll_interval)
-        self._cursors = tuple(Cursor(h, wait) for h in heads)
+        self.streams = tuple(Cursor(h, wait) for h in heads)
         self._task = asyncio.create_task(self._poll())
 
     async def stop(self) -> None:
@@ -140,14 +146,14 @@ class Hub:
     async def poll_once(self) -> None:
         """One poll: the ids past the cursors and in their gaps (one statement), then, if
         something became deliverable and someone listens, this application's rows (one more)."""
-        wanted = [(c.high, c.ranges()) for c in self._cursors]
+        wanted = [(c.high, c.ranges()) for c in self.streams]
         seen = await asyncio.to_thread(self.scan, wanted)
         now = time.monotonic()
-        for kind, cursor, ids in zip(KINDS, self._cursors, seen, strict=True):
+        for kind, cursor, ids in zip(KINDS, self.streams, seen, strict=True):
             for lo, hi in cursor.advance(ids, now).expired:
                 self.given_up += hi - lo + 1
                 log.info("gave up waiting for %s id(s) %d..%d (rolled back?)", kind, lo, hi)
-        e, a, w = (c.delivered for c in self._cursors)
+        e, a, w = (c.delivered for c in self.streams)
         target = (e, a, w)
         if target == self.cursors:
             return
@@ -235,7 +241,7 @@ class Hub:
                     "at": row.at.isoformat(),
                 }
                 kind = event_type(row.state)
-                out.append(Message(str(row.id), kind, env, {**data, "type": kind}))
+                out.append(Message(str(row.id), kind, env, {**data, "type": kind}, (0, row.id)))
             e = rows[-1][0].id if len(rows) == BATCH else upto[0]
         if a < upto[1]:
             approvals = session.scalars(
@@ -246,7 +252,9 @@ class Hub:
             ).all()
             for given in approvals:
                 data = _approval(given, "given")
-                out.append(Message(f"{e}.{given.id}.{w}", "approval", given.environment, data))
+                msg = Message(f"{e}.{given.id}.{w}", "approval", given.environment, data)
+                msg.key = (1, given.id)
+                out.append(msg)
             a = approvals[-1].id if len(approvals) == BATCH else upto[1]
         if w < upto[2]:
             withdrawals = session.execute(
@@ -267,7 +275,9 @@ class Hub:
                     "withdrawn_by": wd.withdrawn_by,
                     "withdrawn_at": wd.withdrawn_at.isoformat(),
                 }
-                out.append(Message(f"{e}.{a}.{wd.id}", "approval", ended.environment, data))
+                msg = Message(f"{e}.{a}.{wd.id}", "approval", ended.environment, data)
+                msg.key = (2, wd.id)
+                out.append(msg)
             w = withdrawals[-1][0].id if len(withdrawals) == BATCH else upto[2]
         return out, (e, a, w)
 
@@ -313,6 +323,7 @@ class Hub:
                         approval = found[0] if approval is None else approval
                         withdrawal = found[1] if withdrawal is None else withdrawal
                     cur: Cursors = (event, approval, withdrawal)
+                    client.floor = cur
                     while any(c < u for c, u in zip(cur, upto, strict=True)):
                         batch, cur = await asyncio.to_thread(self.read, cur, upto)
                         for msg in batch:
@@ -329,6 +340,10 @@ class Hub:
                     got = await asyncio.wait_for(client.queue.get(), keepalive)
                 except TimeoutError:
                     got = None
+                if got is not None and client.floor is not None:
+                    table, row = got.key
+                    if row <= client.floor[table]:
+                        continue  # it has that one already
                 if recheck is not None and loop.time() - checked >= keepalive:
                     checked = loop.time()
                     now = await asyncio.to_thread(recheck)
@@ -369,5 +384,5 @@ def _cursor(text: str) -> tuple[int, int | None, int | None] | None:
         ids = [int(p) for p in parts]
     except ValueError:
         return None
-    ids += [None] * (3 - len(ids))  # type: ignore[list-item]
-    return ids[0], ids[1], ids[2]
+    rest: list[int | None] = [*ids[1:], None, None]
+    return ids[0], rest[0], rest[1]
