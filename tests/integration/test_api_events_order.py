@@ -1,5 +1,6 @@
 """The event stream when rows commit out of id order (PostgreSQL: two writers, each in its own
-transaction), and withdrawals of approvals on the stream (SQLite and PostgreSQL).
+transaction), and withdrawals of approvals on the stream (SQLite and PostgreSQL), with the
+migration that puts the withdrawals made before it there.
 
 The server is the real application (create_app under uvicorn on 127.0.0.1, as `conveyor serve`
 runs it) in this process, so the test can see what its one poller has read; the clients are real
@@ -12,13 +13,14 @@ import contextlib
 import queue
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import uvicorn
 from apikit import Events, Served, token
-from sqlalchemy import Connection, create_engine, insert
+from sqlalchemy import Connection, create_engine, insert, inspect, select
+from test_store import _migrate
 
 from conftest import Project, temp_project, wait_for
 from conveyor.api.app import create_app
@@ -27,7 +29,7 @@ from conveyor.api.state import Settings
 from conveyor.runtimes.local import free_port
 from conveyor.store.db import Store, normalize_url
 from conveyor.store.facts import FactStore
-from conveyor.store.models import EventRow
+from conveyor.store.models import ApprovalRow, ApprovalWithdrawalRow, EventRow
 
 
 @contextlib.contextmanager
@@ -60,6 +62,18 @@ def add_event(conn: Connection, deployment: int, state: str) -> int:
             insert(EventRow)
             .values(deployment_id=deployment, at=datetime.now(UTC), state=state, reason="", data={})
             .returning(EventRow.id)
+        ).scalar_one()
+    )
+
+
+def add_approval(conn: Connection, actor: str, **withdrawn: Any) -> int:
+    """An approval of v1 for dev inserted in `conn`'s transaction (`withdrawn_at`, `_by`)."""
+    values = {"version": "v1", "environment": "dev", "decision": "approve", "comment": ""}
+    return int(
+        conn.execute(
+            insert(ApprovalRow)
+            .values(app="shop", actor=actor, at=datetime.now(UTC), **values, **withdrawn)
+            .returning(ApprovalRow.id)
         ).scalar_one()
     )
 
@@ -116,6 +130,22 @@ def test_an_event_committed_after_a_later_one_is_sent_once_in_its_place(
             replay = Events(served, tok, last=str(a - 1))
             assert ids(replay.until(lambda m: int(m["id"]) == c)) == [a, b, c]
             replay.close()
+
+            # The same for approvals given by two people at once.
+            with engine.connect() as one, engine.connect() as two:
+                first = one.begin()
+                x = add_approval(one, "amy")
+                with two.begin():
+                    y = add_approval(two, "bob")
+                wait_for(lambda: hub.streams[1].high >= y, what="the poller seeing approval Y")
+                assert hub.streams[1].ranges() == [(x, x)] and hub.last_approval < x
+                first.commit()
+            given = stream.until(lambda m: m["event"] == "approval" and m["data"]["id"] == y)
+            assert [(m["data"]["id"], m["data"]["actor"]) for m in given] == [
+                (x, "amy"),
+                (y, "bob"),
+            ]
+            assert [m["id"].split(".")[1] for m in given] == [str(x), str(y)]
 
             # A rolled-back transaction leaves a permanent hole: given up after the wait.
             for cursor in hub.streams:
@@ -181,3 +211,31 @@ def test_a_withdrawal_is_on_the_stream_live_and_on_replay(
             before.close()
     finally:
         store.close()
+
+
+def test_the_migration_copies_the_withdrawals_made_before_it(url: str) -> None:
+    _migrate(url, "0009_api")
+    engine = create_engine(normalize_url(url))
+    at = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    rows = [  # (actor, withdrawn at, withdrawn by)
+        ("amy", at + timedelta(hours=2), "amy"),
+        ("bob", None, None),
+        ("cid", at + timedelta(hours=1), "ann"),
+    ]
+    try:
+        with engine.begin() as conn:
+            for actor, when, by in rows:
+                add_approval(conn, actor, withdrawn_at=when, withdrawn_by=by)
+        _migrate(url, "head")
+        with engine.connect() as conn:
+            copied = conn.execute(
+                select(ApprovalRow.actor, ApprovalWithdrawalRow.withdrawn_by)
+                .join(ApprovalRow, ApprovalRow.id == ApprovalWithdrawalRow.approval_id)
+                .order_by(ApprovalWithdrawalRow.id)
+            ).all()
+        assert [tuple(r) for r in copied] == [("cid", "ann"), ("amy", "amy")]  # oldest first
+        _migrate(url, "0009_api", down=True)
+        with engine.connect() as conn:
+            assert "approval_withdrawals" not in inspect(conn).get_table_names()
+    finally:
+        engine.dispose()
