@@ -14,7 +14,12 @@ from datetime import datetime
 from sqlalchemy import select
 
 from conveyor.store.db import Store
-from conveyor.store.models import ApprovalRow, CheckResultRow, ReleaseTagRow
+from conveyor.store.models import (
+    ApprovalRow,
+    ApprovalWithdrawalRow,
+    CheckResultRow,
+    ReleaseTagRow,
+)
 
 DECISIONS = frozenset({"approve", "reject"})
 
@@ -175,6 +180,12 @@ class FactStore:
                 row.withdrawn_at = at
                 row.withdrawn_by = by
                 ended.append(row)
+                # The event stream reads withdrawals by this row's id (api/events.py).
+                session.add(
+                    ApprovalWithdrawalRow(
+                        approval_id=row.id, app=row.app, withdrawn_by=by, withdrawn_at=at
+                    )
+                )
             session.flush()
             return [_approval(row) for row in ended]
 

@@ -161,6 +161,21 @@ class ApprovalRow(Base):
     withdrawn_by: Mapped[str | None] = mapped_column(String(200))
 
 
+class ApprovalWithdrawalRow(Base):
+    """One approval withdrawn (FactStore.withdraw), in the order withdrawals were written: the
+    event stream reads new withdrawals by this id, as it reads new approvals by theirs."""
+
+    __tablename__ = "approval_withdrawals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    approval_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("approvals.id", ondelete="CASCADE")
+    )
+    app: Mapped[str] = mapped_column(String(200))
+    withdrawn_by: Mapped[str] = mapped_column(String(200))
+    withdrawn_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class DeploymentRequestRow(Base):
     """A deploy asked for through the API and refused only for missing approvals: it waits in
     the approvals inbox until it is deployed, rejected or withdrawn (conveyor.store.requests)."""
