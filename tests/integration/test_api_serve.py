@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
+import shlex
+import shutil
 import signal
+import socket
 import ssl
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 from apikit import serve, token
@@ -84,3 +91,95 @@ def test_ctrl_c_stops_it_cleanly(project: Project) -> None:
         served.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert served.proc.wait(timeout=30) == 0
         assert "conveyor serve stopped" in served.lines.get(timeout=10)
+
+
+def test_install_unit_writes_a_unit_whose_command_serves(project: Project, tmp_path: Path) -> None:
+    """`serve --install-unit`: systemd restarts the server whenever it ends (there is no systemd
+    here to crash it under, so the unit's own command line is run and must serve)."""
+    project.configure()
+    cert, key = self_signed(project.dir)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["--port", str(port), "--keepalive", "0.3s", "--tls-cert", "cert.pem"]
+    printed = project.cli("serve", *args, "--tls-key", "key.pem", "--install-unit", "--print-unit")
+    assert printed.returncode == 0, printed.stderr
+    unit = dict(
+        line.split("=", 1)
+        for line in printed.stdout.splitlines()
+        if "=" in line and "#" not in line
+    )
+    assert unit["Restart"] == "always" and unit["StartLimitIntervalSec"] == "0"
+    assert unit["KillSignal"] == "SIGTERM"
+    command = shlex.split(unit["ExecStart"].replace("%%", "%"))
+    assert command[1:4] == ["-m", "conveyor", "serve"]
+    assert str(cert.resolve()) in command and str(key.resolve()) in command  # not relative
+    unit_file = tmp_path / "conveyor-shop-serve.service"
+    unit_file.write_text(printed.stdout)
+    if shutil.which("systemd-analyze"):
+        check = subprocess.run(
+            ["systemd-analyze", "verify", "--man=no", str(unit_file)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "SYSTEMD_LOG_LEVEL": "notice"},
+        )
+        problems = [x for x in (check.stdout + check.stderr).splitlines() if unit_file.name in x]
+        assert not problems, check.stdout + check.stderr
+    # What systemd would run, run here (from elsewhere: the unit names its directory).
+    proc = subprocess.Popen(
+        command,
+        cwd=unit["WorkingDirectory"].strip('"'),
+        env=project.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        assert f"https://127.0.0.1:{port}" in proc.stdout.readline()
+        _, admin_tok = token(project, "ann", "admin")
+        ctx = ssl.create_default_context(cafile=str(cert))
+        request = urllib.request.Request(
+            f"https://127.0.0.1:{port}/api/v1/me", headers={"Authorization": f"Bearer {admin_tok}"}
+        )
+        with urllib.request.urlopen(request, timeout=30, context=ctx) as resp:
+            assert resp.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+    # Written where systemd looks for a user's units, with the next steps; nothing on bad input.
+    home = tmp_path / "home"
+    env = {**project.env, "HOME": str(home)}
+    run = [sys.executable, "-m", "conveyor", "serve"]
+    wrote = subprocess.run(
+        [*run, "--install-unit", "--user"],
+        env=env,
+        cwd=project.dir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert wrote.returncode == 0, wrote.stderr
+    [written] = (home / ".config" / "systemd" / "user").iterdir()
+    assert written.name.endswith("-serve.service") and "--port 8400" in written.read_text()
+    assert "systemctl --user enable --now" in wrote.stdout and written.name in wrote.stdout
+    for bad, says in [
+        (["--print-unit"], "go with --install-unit"),
+        (["--install-unit", "--user", "--host", "0.0.0.0"], "without TLS"),
+    ]:
+        written.unlink(missing_ok=True)
+        refused = subprocess.run(
+            [*run, *bad],
+            env=env,
+            cwd=project.dir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert refused.returncode == 2 and says in refused.stderr, refused.stderr
+        assert not written.exists()

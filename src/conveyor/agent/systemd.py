@@ -1,10 +1,13 @@
-"""A systemd unit that keeps the project's agent running on a server, with no command run.
+"""systemd units that keep the project's agent, and its API server, running on a server.
 
 systemd restarts the agent whenever it ends (`Restart=always`). Stopping or restarting the unit
 must never stop the apps: the agent takes SIGTERM as `conveyor agent stop --keep-running` does
 (services and the proxy keep serving, the next agent adopts them), and `KillMode=process` keeps
 systemd from killing the rest of the unit's cgroup, where the services and the proxy it started
 live (their own sessions do not take them out of it).
+
+`conveyor serve --install-unit` writes a second unit for the API and dashboard: the same
+restart policy, SIGTERM for uvicorn's graceful stop, and nothing else in its cgroup to spare.
 """
 
 from __future__ import annotations
@@ -14,16 +17,18 @@ import shlex
 from pathlib import Path
 
 
-def unit_name(app: str) -> str:
-    """conveyor-<app>.service, with anything systemd would not take in a name made a dash."""
-    return f"conveyor-{re.sub(r'[^A-Za-z0-9_.-]', '-', app)}.service"
+def unit_name(app: str, role: str = "agent") -> str:
+    """conveyor-<app>.service (the agent) or conveyor-<app>-serve.service, with anything systemd
+    would not take in a name made a dash."""
+    suffix = "" if role == "agent" else f"-{role}"
+    return f"conveyor-{re.sub(r'[^A-Za-z0-9_.-]', '-', app)}{suffix}.service"
 
 
-def unit_path(app: str, user_unit: bool, home: Path) -> Path:
+def unit_path(app: str, user_unit: bool, home: Path, role: str = "agent") -> Path:
     """Where the unit goes: the user's units (`systemctl --user`) or the system's."""
     if user_unit:
-        return home / ".config" / "systemd" / "user" / unit_name(app)
-    return Path("/etc/systemd/system") / unit_name(app)
+        return home / ".config" / "systemd" / "user" / unit_name(app, role)
+    return Path("/etc/systemd/system") / unit_name(app, role)
 
 
 def _quote(value: str) -> str:
@@ -91,8 +96,54 @@ def unit_text(
     return "\n".join(lines)
 
 
-def next_steps(app: str, user_unit: bool) -> str:
+def serve_unit_text(
+    app: str,
+    project_dir: Path,
+    python: str,
+    user: str | None,
+    path_env: str,
+    conveyor_home: str | None,
+    serve_args: list[str],
+) -> str:
+    """The unit for `app`'s `conveyor serve`, run with `serve_args` (its options, as given)."""
+    start = " ".join(_quote(w) for w in (python, "-m", "conveyor", "serve", *serve_args))
+    env = [f"Environment={_quote('PATH=' + path_env)}"]
+    if conveyor_home:
+        env.append(f"Environment={_quote('CONVEYOR_HOME=' + conveyor_home)}")
+    conf = project_dir / ".conveyor"
+    lines = [
+        "# Written by `conveyor serve --install-unit`; add --print-unit to show it again.",
+        "[Unit]",
+        f"Description=conveyor API and dashboard for {app} ({project_dir})".replace("%", "%%"),
+        # Started after the agent's unit when both are installed; it does not need it (the
+        # server starts the agent when an action needs it, as the CLI does).
+        f"After=network.target {unit_name(app)}",
+        "StartLimitIntervalSec=0",
+        "",
+        "[Service]",
+        "Type=simple",
+        f"WorkingDirectory={_quote(str(project_dir))}",
+        *([f"User={user}"] if user else []),
+        f"ExecStart={start}",
+        *env,
+        # The same settings as the agent's (CONVEYOR_DATABASE_URL, ...), then the server's own.
+        f"EnvironmentFile=-{_quote(str(conf / 'agent.env'))}",
+        f"EnvironmentFile=-{_quote(str(conf / 'serve.env'))}",
+        "Restart=always",
+        "RestartSec=1",
+        # uvicorn stops gracefully on SIGTERM: open event streams are closed within 3 s.
+        "KillSignal=SIGTERM",
+        "TimeoutStopSec=30",
+        "",
+        "[Install]",
+        f"WantedBy={'multi-user.target' if user else 'default.target'}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def next_steps(app: str, user_unit: bool, role: str = "agent") -> str:
     """The commands that load and start the unit once it is written."""
     systemctl = "systemctl --user" if user_unit else "sudo systemctl"
-    name = shlex.quote(unit_name(app))
+    name = shlex.quote(unit_name(app, role))
     return f"{systemctl} daemon-reload && {systemctl} enable --now {name}"

@@ -54,6 +54,22 @@ def serve(
         str,
         typer.Option(metavar="DURATION", help="Keep-alive comment interval on the event stream."),
     ] = "15s",
+    install_unit: Annotated[
+        bool,
+        typer.Option(
+            "--install-unit",
+            help="Instead of serving, write a systemd unit that runs this same command and "
+            "restarts it whenever it ends.",
+        ),
+    ] = False,
+    user_unit: Annotated[
+        bool,
+        typer.Option("--user", help="With --install-unit: a user unit (systemctl --user)."),
+    ] = False,
+    print_unit: Annotated[
+        bool,
+        typer.Option("--print-unit", help="With --install-unit: print the unit, write nothing."),
+    ] = False,
 ) -> None:
     """Run the HTTP API (/api/v1, described at /api/v1/openapi.json) and the dashboard. Every
     request needs a token (`conveyor tokens create`); actions go through the project's agent,
@@ -62,6 +78,8 @@ def serve(
     Example:
 
         conveyor serve --port 8400
+
+        conveyor serve --port 8400 --install-unit --user   # kept running by systemd
     """
     from conveyor.core.durations import parse_duration
 
@@ -84,9 +102,51 @@ def serve(
     if tls_cert is not None and tls_key is not None:
         _readable(tls_cert, "cannot read the TLS certificate")
         _readable(tls_key, "cannot read the TLS key")
+    if (user_unit or print_unit) and not install_unit:
+        fail("--user and --print-unit go with --install-unit")
     proj = project()
-    proj.config()  # a broken conveyor.toml: said now (exit 2), not on every request
+    cfg = proj.config()  # a broken conveyor.toml: said now (exit 2), not on every request
+    if install_unit:
+        args = ["--host", host, "--port", str(port), "--keepalive", keepalive]
+        if tls_cert is not None and tls_key is not None:
+            args += ["--tls-cert", str(tls_cert.resolve()), "--tls-key", str(tls_key.resolve())]
+        if insecure:
+            args.append("--insecure")
+        _install_unit(cfg.app.name, proj.dir, args, user_unit, print_unit)
+        return
     _run(proj.dir, host, port, tls_cert, tls_key, every)
+
+
+def _install_unit(
+    app_name: str, project_dir: Path, args: list[str], user_unit: bool, print_only: bool
+) -> None:
+    import getpass
+    import os
+    import sys
+
+    from conveyor.agent import systemd
+
+    text = systemd.serve_unit_text(
+        app=app_name,
+        project_dir=project_dir,
+        python=sys.executable,
+        user=None if user_unit else getpass.getuser(),
+        path_env=os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        conveyor_home=os.environ.get("CONVEYOR_HOME"),
+        serve_args=args,
+    )
+    if print_only:
+        sys.stdout.write(text)
+        return
+    target = systemd.unit_path(app_name, user_unit, Path.home(), role="serve")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    except OSError as exc:
+        hint = "" if user_unit else " (a system unit needs root: sudo, or --user)"
+        fail(f"cannot write {target}: {exc.strerror or exc}{hint}", 1)
+    console.print(f"wrote {target}", markup=False)
+    console.print(f"next: {systemd.next_steps(app_name, user_unit, role='serve')}", markup=False)
 
 
 def _run(
