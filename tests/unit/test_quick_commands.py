@@ -230,6 +230,7 @@ def test_a_database_behind_head_is_upgraded(tmp_path: Path) -> None:
             *("secret_keyring", "secret_versions", "secret_cache"),
             *("api_tokens", "role_bindings", "idempotency_keys"),
             "deployment_requests",
+            "approval_withdrawals",
         ):
             db.execute(f"DROP TABLE {table}")
         db.execute(
