@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.web.reads import _checks, _timeline, _traffic
+from conveyor.web.reads import _checks, _timeline, _traffic, progress
 from conveyor.web.render import age
 
 PLAN = {
@@ -47,6 +47,18 @@ def test_a_canary_step_shows_the_router_split_by_version() -> None:
 def test_finished_or_switching_deployments_show_where_traffic_ends(phase: str, share: int) -> None:
     [route] = _traffic(deployment("succeeded"), "dev", phase, None, {})
     assert route["desired"]["new"] == share and route["actual"]["new"] == share
+
+
+def test_a_deployment_that_ended_after_the_agent_was_asked_shows_where_its_traffic_ended() -> None:
+    # The agent's status was read while it ran (or already without it); its record, read
+    # after, says it succeeded: the page shows the outcome's traffic, not a stale phase.
+    for current in ({"id": 7, "phase": "baking"}, {}):
+        running, phase = progress("succeeded", current, 7)
+        assert not running and phase == "succeeded"
+        [route] = _traffic(deployment("succeeded"), "dev", phase, None, {})
+        assert route["desired"]["new"] == 100 and route["actual"]["new"] == 100
+    assert progress("in_progress", {"id": 7, "phase": "step"}, 7) == (True, "step")
+    assert progress("in_progress", {"id": 6, "phase": "step"}, 7) == (False, "in_progress")
 
 
 def test_a_deployment_that_moved_no_traffic_yet_shows_none_to_the_new_version() -> None:

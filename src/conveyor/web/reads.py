@@ -132,11 +132,15 @@ def deployment(request: Request, ref: str) -> dict[str, Any] | None:
         return None
     live = live_status(request, rec.environment) if rec.outcome == "in_progress" else None
     data = views.deployment(store, cfg, rec.id, live)
+    if data is not None and live is not None and data["outcome"] != "in_progress":
+        # It ended between the first read and this one: what the agent said of it is old.
+        live = None
+        data = views.deployment(store, cfg, rec.id, None)
     if data is None:
         return None
+    outcome = str(data["outcome"])
     current = (live or {}).get("deployment") or {}
-    running = rec.outcome == "in_progress" and current.get("id") == rec.id
-    phase = str(current.get("phase") or "") if running else rec.outcome
+    running, phase = progress(outcome, current, rec.id)
     colors = {
         (i.service, i.color): i.version for i in store.instances(cfg.app.name, rec.environment)
     }
@@ -153,12 +157,21 @@ def deployment(request: Request, ref: str) -> dict[str, Any] | None:
     if running:
         actions.append("abort")
     live_ids = {i.deployment_id for i in store.instances(cfg.app.name, rec.environment)}
-    if rec.outcome == "succeeded" and rec.id in live_ids and rec.previous_version:
+    if outcome == "succeeded" and rec.id in live_ids and rec.previous_version:
         actions.append("rollback")
-    if rec.outcome in ("failed", "aborted", "rolled_back"):
+    if outcome in ("failed", "aborted", "rolled_back"):
         actions.append("retry")
     data["actions"] = actions
     return data
+
+
+def progress(outcome: str, current: dict[str, Any], dep_id: int) -> tuple[bool, str]:
+    """Whether deployment `dep_id` is running as the agent's status `current` shows it, and
+    its phase. Its own record (`outcome`, read last) decides: one that ended meanwhile shows its
+    outcome and where its traffic ended, never a stale phase (seen: a page rendered as the
+    rollout finished showed "succeeded" and no traffic bar at all)."""
+    running = outcome == "in_progress" and current.get("id") == dep_id
+    return running, (str(current.get("phase") or "") if running else outcome)
 
 
 def _traffic(
