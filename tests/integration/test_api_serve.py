@@ -153,16 +153,19 @@ def test_install_unit_writes_a_unit_whose_command_serves(project: Project, tmp_p
     # Written where systemd looks for a user's units, with the next steps; nothing on bad input.
     home = tmp_path / "home"
     env = {**project.env, "HOME": str(home)}
-    run = [sys.executable, "-m", "conveyor", "serve"]
-    wrote = subprocess.run(
-        [*run, "--install-unit", "--user"],
-        env=env,
-        cwd=project.dir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+
+    def serve_as_home(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "conveyor", "serve", *args],
+            env=env,
+            cwd=project.dir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+
+    wrote = serve_as_home("--install-unit", "--user")
     assert wrote.returncode == 0, wrote.stderr
     [written] = (home / ".config" / "systemd" / "user").iterdir()
     assert written.name.endswith("-serve.service") and "--port 8400" in written.read_text()
@@ -172,14 +175,6 @@ def test_install_unit_writes_a_unit_whose_command_serves(project: Project, tmp_p
         (["--install-unit", "--user", "--host", "0.0.0.0"], "without TLS"),
     ]:
         written.unlink(missing_ok=True)
-        refused = subprocess.run(
-            [*run, *bad],
-            env=env,
-            cwd=project.dir,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-        )
+        refused = serve_as_home(*bad)
         assert refused.returncode == 2 and says in refused.stderr, refused.stderr
         assert not written.exists()

@@ -198,12 +198,9 @@ def agent_install(
     if print_only:
         sys.stdout.write(text)
         return
-    target = systemd.unit_path(app, user_unit, Path.home())
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
+        target = systemd.install(text, app, user_unit, Path.home())
     except OSError as exc:
-        hint = "" if user_unit else " (a system unit needs root: sudo, or --user)"
-        fail(f"cannot write {target}: {exc.strerror or exc}{hint}", 1)
+        fail(str(exc), 1)
     console.print(f"wrote {target}", markup=False)
     console.print(f"next: {systemd.next_steps(app, user_unit)}", markup=False)
