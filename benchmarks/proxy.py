@@ -66,6 +66,7 @@ class Result:
     p99: float
     connections: int
     cpu_us: float = 0.0  # CPU time of the proxy per request (max-load runs of the proxies)
+    sys_us: float = 0.0  # of which in the kernel (system time)
 
 
 def free_port() -> int:
@@ -192,10 +193,12 @@ def _duration(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def group_cpu(pgid: int) -> float:
-    """CPU seconds of every live process of a process group (conveyor: the keeper and its
-    workers; HAProxy: one process, its threads included in its /proc/<pid>/stat)."""
-    total = 0.0
+def group_cpu(pgid: int) -> tuple[float, float]:
+    """CPU seconds (user+system, system) of every live process of a process group (conveyor:
+    the keeper and its workers; HAProxy: one process, its threads included in its
+    /proc/<pid>/stat)."""
+    total = system = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -204,8 +207,9 @@ def group_cpu(pgid: int) -> float:
         except OSError:
             continue
         if int(fields[2]) == pgid:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+            total += (int(fields[11]) + int(fields[12])) / tick
+            system += int(fields[12]) / tick
+    return total, system
 
 
 def wrk(
@@ -216,7 +220,7 @@ def wrk(
     pid: int | None = None,
     threads: int = 1,
 ) -> Result:
-    cpu_before = group_cpu(pid) if pid is not None else 0.0
+    cpu_before = group_cpu(pid) if pid is not None else (0.0, 0.0)
     out = subprocess.run(
         [
             *(pinned(core) if core is not None else []),
@@ -238,8 +242,12 @@ def wrk(
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", out)
     if errors:
         print(f"  warning: {errors.group(0)}", file=sys.stderr)
-    cpu_us = (group_cpu(pid) - cpu_before) / total * 1e6 if pid is not None else 0.0
-    return Result(rps, p50, p99, connections, cpu_us)
+    cpu_us = sys_us = 0.0
+    if pid is not None:
+        cpu_after = group_cpu(pid)
+        cpu_us = (cpu_after[0] - cpu_before[0]) / total * 1e6
+        sys_us = (cpu_after[1] - cpu_before[1]) / total * 1e6
+    return Result(rps, p50, p99, connections, cpu_us, sys_us)
 
 
 def build_loadgen(tmp: Path) -> Path:
@@ -280,8 +288,16 @@ def set_conveyor_route(control: Path, port: int, backend: int) -> None:
     )
 
 
+def hot_path(control: Path) -> str:
+    """What the conveyor proxy's workers run: compiled (mypyc) or interpreted."""
+    from conveyor.routers.builtin import ProxyClient
+
+    status = asyncio.run(ProxyClient(control).call({"op": "status"}))
+    return ", ".join(sorted({w.get("hot_path", "interpreted") for w in status["workers"]}))
+
+
 def show(name: str, r: Result) -> None:
-    cpu = f"   {r.cpu_us:5.1f} CPU-us/req" if r.cpu_us else ""
+    cpu = f"   {r.cpu_us:5.1f} CPU-us/req ({r.sys_us:.1f} system)" if r.cpu_us else ""
     print(
         f"{name:<26} {r.rps:>10,.0f} req/s   p50 {r.p50 * 1e3:7.3f} ms   "
         f"p99 {r.p99 * 1e3:7.3f} ms{cpu}"
@@ -360,6 +376,10 @@ def main() -> int:
                 time.sleep(0.02)
             set_conveyor_route(control, conveyor_port, nginx_port)
             wait_port(conveyor_port)
+            print(
+                f"conveyor hot path: {hot_path(control)} "
+                "(`conveyor proxy compile`; CONVEYOR_PROXY_NATIVE=0: interpreted)"
+            )
 
             c, s, n = args.connections, args.seconds, args.rounds
             # Warm-up (connection pools, CPU caches), not reported.
@@ -430,6 +450,8 @@ def main() -> int:
                         "conveyor_rps": conveyor.rps,
                         "haproxy_cpu_us": haproxy.cpu_us,
                         "conveyor_cpu_us": conveyor.cpu_us,
+                        "haproxy_sys_us": haproxy.sys_us,
+                        "conveyor_sys_us": conveyor.sys_us,
                         "ratios": ratios,
                         "half_load": summary,
                     }

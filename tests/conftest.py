@@ -16,7 +16,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conveyor.store.db import Store
+from conveyor.proxy import native
+
+# CONVEYOR_TEST_PROXY_NATIVE=1 (test_proxy_native.py): the proxy's suites run on its compiled hot
+# path, loaded here, before any test module imports one of its modules.
+if os.environ.get("CONVEYOR_TEST_PROXY_NATIVE") == "1" and not native.activate().compiled:
+    raise RuntimeError(f"CONVEYOR_TEST_PROXY_NATIVE=1 but {native.STATE.reason}")
+
+from conveyor.store.db import Store  # noqa: E402
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 

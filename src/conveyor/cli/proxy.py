@@ -1,4 +1,5 @@
-"""`conveyor proxy status|reload`: the built-in proxy's keeper and workers (docs/proxy.md)."""
+"""`conveyor proxy status|reload|compile`: the built-in proxy's keeper and workers, and its
+compiled hot path (docs/proxy.md)."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def proxy_status(json_out: JsonOpt = False) -> None:
         console.print(
             f"  worker {w['slot']}: pid {w['pid']}, up {_since(w['started_at'])}, "
             f"{w['connections']} connection(s), {w['requests']} request(s), "
-            f"{w['restarts']} restart(s)",
+            f"{w['restarts']} restart(s), hot path {w.get('hot_path', 'interpreted')}",
             markup=False,
             soft_wrap=True,
         )
@@ -147,6 +148,43 @@ def proxy_reload(
         f"proxy reloaded: pid {old} (conveyor {before.get('version')}) -> pid {new} "
         f"(conveyor {after.get('version')}, {workers} worker(s)); the old "
         f"workers finish their requests (up to {timeout:g}s) and exit",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+@proxy_app.command("compile")
+def proxy_compile(
+    force: Annotated[
+        bool, typer.Option("--force", help="Build again even when a build of these sources exists.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compile the proxy's hot path with mypyc (about a fifth less CPU per request). The build
+    is for the sources installed now; proxies started afterwards use it (a running one:
+    `conveyor proxy reload`). Needs a C compiler, Python's headers and mypy; exit 1 saying what
+    is missing otherwise, and the proxy keeps running interpreted.
+
+    Example:
+
+        conveyor proxy compile && conveyor proxy reload
+    """
+    from conveyor.proxy import native
+
+    if not json_out:
+        console.print("compiling the proxy's hot path (mypyc; about 15 s)...", markup=False)
+    try:
+        where, built = native.compile_hot_path(force=force)
+    except native.BuildError as exc:
+        fail(str(exc), 1)
+    result = {"path": str(where), "built": built, "modules": list(native.MODULES)}
+    if json_out:
+        emit_json(result)
+        return
+    verb = "compiled" if built else "already compiled"
+    console.print(
+        f"{verb}: {where}; proxies started from now on use it "
+        "(`conveyor proxy reload` for the running one)",
         markup=False,
         soft_wrap=True,
     )

@@ -309,6 +309,7 @@ class Keeper:
                 "connections": w.last.get("connections", 0),
                 "requests": w.last.get("requests", 0),
                 "restarts": self.restarts.get(w.slot, 0),
+                "hot_path": w.last.get("hot_path", "interpreted"),
             }
             for w in sorted(live, key=lambda w: w.slot)
         ]

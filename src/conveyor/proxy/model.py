@@ -104,7 +104,8 @@ class Limits:
             raw = obj[f.name]
             if isinstance(raw, bool) or not isinstance(raw, int | float):
                 raise ConfigurationError(f"limits.{f.name} must be a number")
-            if f.type == "int":
+            # A string under `from __future__ import annotations`, the type itself when compiled.
+            if f.type in ("int", int):
                 if raw != int(raw):
                     raise ConfigurationError(f"limits.{f.name} must be an integer")
                 raw = int(raw)

@@ -18,6 +18,7 @@ import socket
 import time
 from typing import Any
 
+from conveyor.proxy import native
 from conveyor.proxy.channel import Channel, ChannelClosed
 from conveyor.proxy.control import log
 from conveyor.proxy.model import ConfigurationError
@@ -104,6 +105,7 @@ class Worker:
             "requests": proxy.requests(),
             "pid": os.getpid(),
             "started_at": self.started_at,
+            "hot_path": native.STATE.label(),
         }
 
     async def handle(self, msg: dict[str, Any], socks: list[socket.socket]) -> dict[str, Any]:
