@@ -36,6 +36,13 @@ def ensure_venv() -> None:
     STAMP.write_text(digest)
 
 
+def compile_proxy() -> None:
+    """The proxy's compiled hot path (docs/proxy.md); built again only after its sources change.
+    Without a C compiler the proxy runs interpreted: said, not fatal."""
+    if run(str(VENV / "bin" / "conveyor"), "proxy", "compile") != 0:
+        print("the proxy will run interpreted (see the line above)", flush=True)
+
+
 def run(*cmd: str) -> int:
     print("+", " ".join(cmd), flush=True)
     return subprocess.call(cmd, cwd=ROOT)
@@ -47,6 +54,7 @@ def main() -> int:
         print(__doc__)
         return 2
     ensure_venv()
+    compile_proxy()
     bin_ = VENV / "bin"
     if what == "demo":
         return run(str(bin_ / "conveyor"), "demo", *sys.argv[2:])

@@ -23,7 +23,7 @@ from conveyor.proxy import native
 if os.environ.get("CONVEYOR_TEST_PROXY_NATIVE") == "1" and not native.activate().compiled:
     raise RuntimeError(f"CONVEYOR_TEST_PROXY_NATIVE=1 but {native.STATE.reason}")
 
-from conveyor.store.db import Store  # noqa: E402
+from conveyor.store.db import Store
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 

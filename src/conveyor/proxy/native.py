@@ -63,7 +63,8 @@ def native_root() -> Path:
     return Path(given) if given else Path(sys.prefix) / "share" / "conveyor-native"
 
 
-def build_key(source_dir: Path = _SOURCE_DIR) -> str:
+def build_key(source_dir: Path | None = None) -> str:
+    source_dir = source_dir or _SOURCE_DIR
     digest = hashlib.sha256()
     digest.update(f"{sys.implementation.cache_tag} {sysconfig.get_platform()}\n".encode())
     for name in MODULES:
@@ -72,7 +73,7 @@ def build_key(source_dir: Path = _SOURCE_DIR) -> str:
     return digest.hexdigest()[:24]
 
 
-def build_dir(source_dir: Path = _SOURCE_DIR) -> Path:
+def build_dir(source_dir: Path | None = None) -> Path:
     return native_root() / build_key(source_dir)
 
 
