@@ -171,7 +171,7 @@ def proxy_compile(
     """
     from conveyor.proxy import native
 
-    if not json_out:
+    if not json_out and (force or not (native.build_dir() / "manifest.json").is_file()):
         console.print("compiling the proxy's hot path (mypyc; about 15 s)...", markup=False)
     try:
         where, built = native.compile_hot_path(force=force)
