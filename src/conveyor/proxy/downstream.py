@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -25,10 +25,10 @@ from conveyor.proxy.responses import canned
 if TYPE_CHECKING:
     from conveyor.proxy.state import ProxyState
 
-_DEFAULT_LIMITS = Limits()
-_CRLF = b"\r\n"
+_DEFAULT_LIMITS: Final = Limits()
+_CRLF: Final = b"\r\n"
 # Request headers the proxy looks at; all others are forwarded untouched.
-_SPECIAL = frozenset(
+_SPECIAL: Final = frozenset(
     (
         b"content-length",
         b"transfer-encoding",
@@ -45,8 +45,8 @@ _SPECIAL = frozenset(
     )
 )
 # Connection tokens with a meaning of their own; any other token names a hop-by-hop header.
-_CONNECTION_OPTIONS = frozenset((b"close", b"keep-alive", b"upgrade"))
-_CHUNK_END = b"0\r\n\r\n"
+_CONNECTION_OPTIONS: Final = frozenset((b"close", b"keep-alive", b"upgrade"))
+_CHUNK_END: Final = b"0\r\n\r\n"
 # How long a refused client may go on sending before its connection is closed regardless.
 LINGER = 2.0
 

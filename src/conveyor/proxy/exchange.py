@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from conveyor.proxy.flow import PAUSE_PENDING
 from conveyor.proxy.model import COOKIE, IDEMPOTENT, REFUSED, RESET, Backend, ColorStats, Route
@@ -28,12 +28,12 @@ if TYPE_CHECKING:
     from conveyor.proxy.state import ProxyState
 
 # Above this many buffered request bytes (no upstream connection yet), stop reading the client.
-PENDING_HIGH = 256 * 1024
+PENDING_HIGH: Final = 256 * 1024
 # A request sent on a reused connection is kept (up to this size) until the first response byte,
 # so that it can be replayed on a fresh connection if the pooled one was already dead; on a route
 # with a fallback, on any connection, so that it can be sent there if the backend dies with it.
-REPLAY_CAP = 256 * 1024
-FIRST_BACKOFF = 0.025
+REPLAY_CAP: Final = 256 * 1024
+FIRST_BACKOFF: Final = 0.025
 
 
 class Exchange:

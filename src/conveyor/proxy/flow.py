@@ -6,6 +6,8 @@ buffer does not resume a client that is also paused because it pipelined request
 
 from __future__ import annotations
 
-PAUSE_PIPELINE = 1  # a pipelined request waits for the one before it
-PAUSE_PENDING = 2  # request bytes are buffered while no upstream connection is ready
-PAUSE_UPSTREAM = 4  # the upstream's write buffer is above its high-water mark
+from typing import Final
+
+PAUSE_PIPELINE: Final = 1  # a pipelined request waits for the one before it
+PAUSE_PENDING: Final = 2  # request bytes are buffered while no upstream connection is ready
+PAUSE_UPSTREAM: Final = 4  # the upstream's write buffer is above its high-water mark

@@ -17,10 +17,10 @@ import zlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Container
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Final
 
 # Upper bounds (seconds) of the latency histogram; the last bucket is +Inf.
-LATENCY_BOUNDS: tuple[float, ...] = (
+LATENCY_BOUNDS: Final[tuple[float, ...]] = (
     0.001,
     0.0025,
     0.005,
@@ -35,15 +35,15 @@ LATENCY_BOUNDS: tuple[float, ...] = (
     5.0,
     10.0,
 )
-_FIRST_BOUND = LATENCY_BOUNDS[0]
+_FIRST_BOUND: Final = LATENCY_BOUNDS[0]
 
 
 # RFC 7230 token (a header name); RFC 6265 cookie names are RFC 2616 tokens: the same set.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 6265 cookie-octet: a colour must be one to travel unquoted as a cookie value.
-_COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
+_COOKIE_VALUE: Final = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
 # Headers the proxy drops or rewrites before forwarding: stickiness could never see them.
-_UNUSABLE_HEADERS = frozenset(
+_UNUSABLE_HEADERS: Final = frozenset(
     (
         "connection",
         "keep-alive",
@@ -58,15 +58,17 @@ _UNUSABLE_HEADERS = frozenset(
 )
 # Methods whose request may be sent twice: the standards say so (RFC 9110, 9.2.2), and the
 # proxy relies on it when it replays a request the backend may have received.
-IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"))
+IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"))
 # Why a request went to the fallback (index into ColorStats.retries).
-REFUSED = 0  # the connect failed: nothing reached the backend
-RESET = 1  # the connection was reset or closed before a single response byte
-RETRY_REASONS = ("refused", "reset")
+REFUSED: Final = 0  # the connect failed: nothing reached the backend
+RESET: Final = 1  # the connection was reset or closed before a single response byte
+RETRY_REASONS: Final = ("refused", "reset")
 # Route.mode: how a request to a split route chooses its colour.
-RANDOM = 0  # weighted random (also: every route that is not split, whatever its sticky setting)
-COOKIE = 1
-HEADER = 2
+RANDOM: Final = (
+    0  # weighted random (also: every route that is not split, whatever its sticky setting)
+)
+COOKIE: Final = 1
+HEADER: Final = 2
 
 
 class ConfigurationError(ValueError):

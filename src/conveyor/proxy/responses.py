@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-REASONS: dict[int, bytes] = {
+from typing import Final
+
+REASONS: Final[dict[int, bytes]] = {
     400: b"Bad Request",
     408: b"Request Timeout",
     414: b"URI Too Long",
@@ -13,7 +15,7 @@ REASONS: dict[int, bytes] = {
 }
 
 # b"200" etc. for every status, so the response head needs no formatting per request.
-STATUS_BYTES: list[bytes] = [str(i).encode() for i in range(1000)]
+STATUS_BYTES: Final[list[bytes]] = [str(i).encode() for i in range(1000)]
 
 
 def _build(status: int, keep_alive: bool) -> bytes:
@@ -27,7 +29,7 @@ def _build(status: int, keep_alive: bool) -> bytes:
     )
 
 
-_CANNED: dict[tuple[int, bool], bytes] = {
+_CANNED: Final[dict[tuple[int, bool], bytes]] = {
     (status, keep): _build(status, keep) for status in REASONS for keep in (True, False)
 }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from conveyor.proxy.state import ProxyState
 
 # Response headers that describe this hop only; the proxy writes its own framing/Connection.
-_HOP = frozenset(
+_HOP: Final = frozenset(
     (
         b"connection",
         b"keep-alive",
@@ -27,15 +27,15 @@ _HOP = frozenset(
         b"content-length",
     )
 )
-_CHUNK_END = b"0\r\n\r\n"
-_CRLF = b"\r\n"
+_CHUNK_END: Final = b"0\r\n\r\n"
+_CRLF: Final = b"\r\n"
 # Framing of the response body towards the client.
-RAW = 0  # bytes as they come (Content-Length, or HTTP/1.0 client reading until close)
-RECHUNK = 1  # re-encoded as chunked (chunked or close-delimited upstream, HTTP/1.1 client)
+RAW: Final = 0  # bytes as they come (Content-Length, or HTTP/1.0 client reading until close)
+RECHUNK: Final = 1  # re-encoded as chunked (chunked or close-delimited upstream, HTTP/1.1 client)
 # The response to the request in flight is complete (or a HEAD response's head is): whatever the
 # parser still produces on this connection is dropped, never written to the client.
-DROP = 2
-MAX_IDLE_PER_BACKEND = 256
+DROP: Final = 2
+MAX_IDLE_PER_BACKEND: Final = 256
 
 
 class UpstreamProtocol(asyncio.Protocol):
