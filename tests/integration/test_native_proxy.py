@@ -7,6 +7,7 @@ failure under CI=true (.ci/run installs them).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -144,6 +145,35 @@ def test_the_proxy_suites_pass_compiled(build: Path) -> None:
         text=True,
         timeout=600,
     )
-    tail = "\n".join(done.stdout.splitlines()[-30:]) + done.stderr[-3000:]
-    assert done.returncode == 0, tail
-    assert " passed" in tail and "failed" not in tail, tail
+    lines = done.stdout.splitlines()
+    failures = [ln for ln in lines if ln.startswith(("FAILED", "ERROR", "E "))]
+    said = "\n".join(failures[:40] + lines[-3:]) + done.stderr[-2000:]
+    assert done.returncode == 0, said
+    assert " passed" in lines[-1] and "failed" not in lines[-1], said
+
+
+def test_compile_force_builds_again_in_place(build: Path) -> None:
+    """`conveyor proxy compile --force --json`: a new build of the same key replaces the old."""
+    env = {**os.environ, "CONVEYOR_NATIVE_DIR": str(build)}
+    before = json.loads((native.build_dir() / "manifest.json").read_text())
+    done = subprocess.run(
+        [sys.executable, "-m", "conveyor", "proxy", "compile", "--force", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["built"] is True and Path(result["path"]).parent == build
+    after = json.loads((Path(result["path"]) / "manifest.json").read_text())
+    assert after["key"] == before["key"] and after["built_at"] > before["built_at"]
+    assert sorted(p.name for p in build.iterdir()) == [before["key"]]  # nothing left behind
+    again = subprocess.run(
+        [sys.executable, "-m", "conveyor", "proxy", "compile", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert json.loads(again.stdout)["built"] is False

@@ -151,12 +151,12 @@ def compile_hot_path(force: bool = False) -> tuple[Path, bool]:
     except OSError as exc:
         raise BuildError(f"cannot write builds in {root}: {exc} (set CONVEYOR_NATIVE_DIR)") from exc
     try:
-        return _build(source_dir, work, final), True
+        return _build(source_dir, work, final, force), True
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _build(source_dir: Path, work: Path, final: Path) -> Path:
+def _build(source_dir: Path, work: Path, final: Path, force: bool) -> Path:
     # mypyc type-checks what it compiles, so it needs the whole package beside the modules.
     tree = work / "src"
     shutil.copytree(
@@ -199,8 +199,9 @@ def _build(source_dir: Path, work: Path, final: Path) -> Path:
         "seconds": round(time.monotonic() - started, 1),
     }
     (staged / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    if final.exists():
-        # --force: the old build aside first (running workers keep their mapped copy).
+    if force and final.exists():
+        # The old build aside first (running workers keep their mapped copy). Without --force a
+        # build that appeared meanwhile (a concurrent compile) is kept: it is the same.
         final.rename(work / "old")
     try:
         staged.rename(final)

@@ -25,8 +25,11 @@ from conveyor.proxy.keeper import Keeper
 
 DRAIN_TIMEOUT = 5.0
 # A reload's old workers close an idle keep-alive connection after it was idle this long: a busy
-# one gets its next request answered with `Connection: close` first (server.Proxy.drain).
-RELOAD_GRACE = 1.0
+# one gets its next request answered with `Connection: close` first (server.Proxy.drain). Closing
+# an idle connection races a request the client may be sending on it; the longer the grace, the
+# rarer a client that pauses that long and then sends exactly then (1 s did lose a request when
+# a loaded machine stalled the client for a second). Bounded by the drain timeout.
+RELOAD_GRACE = 5.0
 
 
 def workers_count(value: str) -> int:

@@ -339,7 +339,9 @@ def _spawn(
     while True:
         try:
             pid = int(ping_sync(control)["pid"])
-            if pid != replacing:
+            # Started once it answers and its pid file names it: the keeper writes the file
+            # after its workers run, a little after it first answers ping.
+            if pid != replacing and read_pid(pidfile) == pid:
                 return pid
         except ProxyUnavailable:
             pass
