@@ -79,3 +79,17 @@ def test_a_build_without_its_tools_says_what_is_missing(monkeypatch: pytest.Monk
     monkeypatch.setattr(native, "build_dir", lambda source_dir=None: Path("/nonexistent/x"))
     with pytest.raises(native.BuildError, match=r"missing a C compiler \(.*apt-get install gcc\)"):
         native.compile_hot_path()
+
+
+def test_unreadable_sources_mean_interpreted_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = native.NativeState()
+    monkeypatch.setattr(native, "STATE", state)
+    monkeypatch.delenv("CONVEYOR_PROXY_NATIVE", raising=False)
+    monkeypatch.setattr(native, "MODULES", ("gone",))
+    monkeypatch.setattr(native, "_SOURCE_DIR", tmp_path)  # no gone.py: installed as bytecode
+    assert native.activate().reason.startswith("cannot read the sources to find their build: ")
+    assert not state.compiled
+    with pytest.raises(native.BuildError, match="cannot read the sources to compile: "):
+        native.compile_hot_path()

@@ -89,7 +89,11 @@ def activate() -> NativeState:
     if loaded:
         STATE.reason = f"activated too late: {', '.join(loaded)} already imported"
         return STATE
-    where = build_dir()
+    try:
+        where = build_dir()
+    except OSError as exc:  # sources not readable (installed as bytecode only): run what is there
+        STATE.reason = f"cannot read the sources to find their build: {exc}"
+        return STATE
     if not (where / "manifest.json").is_file():
         STATE.reason = f"no build for these sources in {native_root()} (`conveyor proxy compile`)"
         return STATE
@@ -138,7 +142,10 @@ def compile_hot_path(force: bool = False) -> tuple[Path, bool]:
     activating meanwhile sees either no build or a whole one.
     """
     source_dir = _SOURCE_DIR
-    final = build_dir(source_dir)
+    try:
+        final = build_dir(source_dir)
+    except OSError as exc:
+        raise BuildError(f"cannot read the sources to compile: {exc}") from exc
     if (final / "manifest.json").is_file() and not force:
         return final, False
     missing = _missing_tools()
