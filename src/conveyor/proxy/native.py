@@ -91,10 +91,13 @@ def activate() -> NativeState:
         return STATE
     try:
         where = build_dir()
-    except OSError as exc:  # sources not readable (installed as bytecode only): run what is there
+        built = (where / "manifest.json").is_file()
+    except OSError as exc:
+        # Sources installed as bytecode only, or a build directory we may not read: run what
+        # is there rather than fail to start.
         STATE.reason = f"cannot read the sources to find their build: {exc}"
         return STATE
-    if not (where / "manifest.json").is_file():
+    if not built:
         STATE.reason = f"no build for these sources in {native_root()} (`conveyor proxy compile`)"
         return STATE
     package = importlib.import_module(PACKAGE)
