@@ -40,12 +40,19 @@ def test_the_builds_live_under_the_directory_given(
     assert native.native_root().name == "conveyor-native"
 
 
-def test_activation_says_why_it_runs_interpreted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    state = native.NativeState()
-    monkeypatch.setattr(native, "STATE", state)
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> native.NativeState:
+    """A process state of its own, builds under tmp_path, the switch not set."""
+    fresh = native.NativeState()
+    monkeypatch.setattr(native, "STATE", fresh)
     monkeypatch.setenv("CONVEYOR_NATIVE_DIR", str(tmp_path))
+    monkeypatch.delenv("CONVEYOR_PROXY_NATIVE", raising=False)
+    return fresh
+
+
+def test_activation_says_why_it_runs_interpreted(
+    state: native.NativeState, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CONVEYOR_PROXY_NATIVE", "0")
     assert native.activate().reason == "CONVEYOR_PROXY_NATIVE=0"
     monkeypatch.setenv("CONVEYOR_PROXY_NATIVE", "1")
@@ -57,12 +64,8 @@ def test_activation_says_why_it_runs_interpreted(
 
 
 def test_without_a_build_it_names_the_command(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    state: native.NativeState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    state = native.NativeState()
-    monkeypatch.setattr(native, "STATE", state)
-    monkeypatch.setenv("CONVEYOR_NATIVE_DIR", str(tmp_path))
-    monkeypatch.delenv("CONVEYOR_PROXY_NATIVE", raising=False)
     # As in a fresh proxy process: none of the compiled modules imported yet.
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "fresh.py").write_text("")
@@ -82,11 +85,8 @@ def test_a_build_without_its_tools_says_what_is_missing(monkeypatch: pytest.Monk
 
 
 def test_unreadable_sources_mean_interpreted_not_a_crash(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    state: native.NativeState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    state = native.NativeState()
-    monkeypatch.setattr(native, "STATE", state)
-    monkeypatch.delenv("CONVEYOR_PROXY_NATIVE", raising=False)
     monkeypatch.setattr(native, "MODULES", ("gone",))
     monkeypatch.setattr(native, "_SOURCE_DIR", tmp_path)  # no gone.py: installed as bytecode
     assert native.activate().reason.startswith("cannot read the sources to find their build: ")
